@@ -1,0 +1,147 @@
+"""The exception tree: one root, control-flow signals for handlers, and errors mapped at the boundary.
+
+```
+QWorkerError
+├── HandlerSignal                 raised by handlers to steer their message (not errors)
+│   ├── Retry                     retry later, after `delay_s`
+│   └── Reject                    never succeeds: dead-letter it now
+├── ConfigError (ValueError)      bad settings or wiring, found at start-up
+│   ├── HandlerAlreadyRegistered
+│   ├── HandlerSignatureError (TypeError)
+│   └── HandlerNotFound (LookupError)
+├── TransportError                a queue operation failed (botocore errors are mapped to these in
+│   │                             one place, `qworker.transport.map_errors`)
+│   ├── TransientTransportError   worth retrying after a backoff
+│   │   ├── QueueUnavailable      connection refused, timed out, reset
+│   │   ├── Throttled             the server asked us to slow down
+│   │   └── ServerError           5xx, internal errors
+│   ├── QueueDoesNotExist (LookupError)
+│   ├── AccessDenied (PermissionError)
+│   ├── InvalidReceiptHandle      the receipt expired (the message was received again elsewhere)
+│   └── BadRequest (ValueError)   the server refused the request as malformed
+└── MessageDecodeError (ValueError)  a body that cannot become the handler's argument
+```
+
+A class docstring doubles as its default message.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDenied",
+    "BadRequest",
+    "ConfigError",
+    "HandlerAlreadyRegistered",
+    "HandlerNotFound",
+    "HandlerSignal",
+    "HandlerSignatureError",
+    "InvalidReceiptHandle",
+    "MessageDecodeError",
+    "QWorkerError",
+    "QueueDoesNotExist",
+    "QueueUnavailable",
+    "Reject",
+    "Retry",
+    "ServerError",
+    "Throttled",
+    "TransientTransportError",
+    "TransportError",
+]
+
+
+class QWorkerError(Exception):
+    """A qworker error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        """Use the class docstring as the message when none is given."""
+        super().__init__(message if message is not None else (self.__doc__ or "").strip())
+
+
+class HandlerSignal(QWorkerError):
+    """A handler steers its message."""
+
+
+class Retry(HandlerSignal):
+    """The handler asks for its message to be retried later."""
+
+    def __init__(self, delay_s: float = 0.0, reason: str | None = None) -> None:
+        """Retry after `delay_s` seconds (capped at SQS's 12 hours).
+
+        Args:
+            delay_s: How long the message stays hidden before its next delivery.
+            reason: Why, for the log line.
+        """
+        if delay_s < 0:
+            raise ValueError("Retry delay_s must not be negative")
+        self.delay_s = delay_s
+        self.reason = reason
+        super().__init__(reason or f"retry in {delay_s:g} s")
+
+
+class Reject(HandlerSignal):
+    """The message can never succeed."""
+
+    def __init__(self, reason: str = "rejected by handler") -> None:
+        """Reject the message: it goes to the dead-letter queue with `reason`.
+
+        Args:
+            reason: Why, recorded on the dead-lettered message and in the log.
+        """
+        self.reason = reason
+        super().__init__(reason)
+
+
+class ConfigError(QWorkerError, ValueError):
+    """The configuration is invalid."""
+
+
+class HandlerAlreadyRegistered(ConfigError):
+    """A handler is already registered for this queue."""
+
+
+class HandlerSignatureError(ConfigError, TypeError):
+    """The handler's signature cannot be bound to a message."""
+
+
+class HandlerNotFound(ConfigError, LookupError):
+    """No handler was found in the module."""
+
+
+class TransportError(QWorkerError):
+    """A queue operation failed."""
+
+
+class TransientTransportError(TransportError):
+    """A queue operation failed in a way that is worth retrying."""
+
+
+class QueueUnavailable(TransientTransportError):
+    """The queue server cannot be reached."""
+
+
+class Throttled(TransientTransportError):
+    """The queue server asked us to slow down."""
+
+
+class ServerError(TransientTransportError):
+    """The queue server failed."""
+
+
+class QueueDoesNotExist(TransportError, LookupError):
+    """The queue does not exist."""
+
+
+class AccessDenied(TransportError, PermissionError):
+    """The credentials may not do this on the queue."""
+
+
+class InvalidReceiptHandle(TransportError):
+    """The receipt handle is no longer valid."""
+
+
+class BadRequest(TransportError, ValueError):
+    """The server refused the request as malformed."""
+
+
+class MessageDecodeError(QWorkerError, ValueError):
+    """The message body cannot be decoded into the handler's argument."""
