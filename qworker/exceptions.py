@@ -1,4 +1,4 @@
-"""The exception tree: one root, control-flow signals for handlers, and errors mapped at the boundary.
+"""The exception tree: one root, control-flow signals for handlers, errors mapped at the edge.
 
 ```
 QWorkerError

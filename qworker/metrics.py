@@ -1,8 +1,9 @@
 """The metric schema: the one list of names, units and dimensions the worker emits and alarms watch.
 
-Two users read this module: the worker, which emits these metrics as CloudWatch EMF, and `deploy/`, whose
-alarms and canary judge name them. A test loads the templates and checks every namespace, metric name and
-dimension they use against this schema, so a rename here fails the test and not the next canary.
+Two users read this module: the worker, which emits these metrics as CloudWatch EMF, and `deploy/`,
+whose alarms and canary judge name them. A test loads the templates and checks every namespace,
+metric name and dimension they use against this schema, so a rename here fails the test and not the
+next canary.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ COUNT_METRICS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec(MetricName.FAILED, Unit.COUNT, "handler raised or timed out"),
     MetricSpec(MetricName.RETRIED, Unit.COUNT, "handler raised Retry"),
     MetricSpec(MetricName.REJECTED, Unit.COUNT, "invalid body or Reject; sent to the DLQ"),
-    MetricSpec(MetricName.RELEASED, Unit.COUNT, "received but never started; visible again at once"),
+    MetricSpec(
+        MetricName.RELEASED, Unit.COUNT, "received but never started; visible again at once"
+    ),
     MetricSpec(
         MetricName.FIRST_ATTEMPT_PROCESSED, Unit.COUNT, "processed on the message's first delivery"
     ),

@@ -1,15 +1,15 @@
 """Outcomes: what happened to each message, and the retry policy that decides when it comes back.
 
-Every message a worker receives ends in exactly one `Outcome`; the consumer logs it, counts it, and turns
-it into one action on the queue (DESIGN.md, "Outcomes"):
+Every message a worker receives ends in exactly one `Outcome`; the consumer logs it, counts it,
+and turns it into one action on the queue (DESIGN.md, "Outcomes"):
 
-| outcome     | meaning                                               | action on the queue                |
-| ----------- | ----------------------------------------------------- | ---------------------------------- |
-| `succeeded` | the handler returned                                  | deleted                            |
-| `failed`    | the handler raised, or timed out                      | visible again after backoff        |
-| `retried`   | the handler raised `Retry`                            | visible again after the asked delay|
-| `rejected`  | the body was invalid, or the handler raised `Reject`  | sent to the DLQ now                |
-| `released`  | never started (shutdown, canary release, FIFO stop)   | visible again at once              |
+| outcome     | meaning                                              | action on the queue         |
+| ----------- | ---------------------------------------------------- | --------------------------- |
+| `succeeded` | the handler returned                                 | deleted                     |
+| `failed`    | the handler raised, or timed out                     | visible again after backoff |
+| `retried`   | the handler raised `Retry`                           | visible after the asked delay |
+| `rejected`  | the body was invalid, or the handler raised `Reject` | sent to the DLQ now         |
+| `released`  | never started (shutdown, canary release, FIFO stop)  | visible again at once       |
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class OutcomeRecord:
         duration_s: Time spent in the handler (0 for messages that never started).
         message_age_s: Time from the message's `SentTimestamp` to the end of processing.
         error: A short description of the failure (exception type and text), if any.
+        delay_s: For `retried`, the delay the handler asked for.
         settled: False when the queue action that records the outcome failed (the message will
             come back and is counted again then).
     """
@@ -65,6 +66,7 @@ class OutcomeRecord:
     duration_s: float = 0.0
     message_age_s: float = 0.0
     error: str | None = None
+    delay_s: float | None = None
     settled: bool = True
 
     @property
@@ -79,7 +81,8 @@ class RetryPolicy:
     """Exponential, jittered, capped backoff computed from a message's receive count.
 
     The delay for the n-th failed delivery is `base_s * factor ** (n - 1)`, capped at `max_s`, then
-    drawn uniformly from `[delay * (1 - jitter), delay]` ("equal jitter") so that a burst of failures
+    drawn uniformly from `[delay * (1 - jitter), delay]` ("equal jitter") so that a burst of
+    failures
     does not come back as a burst.
 
     Attributes:

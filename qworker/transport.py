@@ -1,11 +1,13 @@
 """The queue transport: a narrow protocol over SQS, and its aiobotocore implementation.
 
 The consumer speaks only `QueueTransport`, a handful of coroutines shaped after what a worker needs
-(receive, delete, change visibility, send), not after botocore's API. `SqsTransport` implements it over
-one long-lived aiobotocore client; `qworker.testing.FakeQueueTransport` implements it in memory.
+(receive, delete, change visibility, send), not after botocore's API. `SqsTransport` implements it
+over one long-lived aiobotocore client; `qworker.testing.FakeQueueTransport` implements it in
+memory.
 
-botocore errors never leave this module: `map_errors()` turns them into the `TransportError` family in
-one place, so the consumer can tell a transient outage (back off, try again) from a lasting error.
+botocore errors never leave this module: `map_errors()` turns them into the `TransportError` family
+in one place, so the consumer can tell a transient outage (back off, try again) from a lasting
+error.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ MESSAGE_ATTRIBUTES: Final = ("All",)
 @final
 @dataclass(frozen=True, slots=True)
 class MessageAttribute:
-    """A message attribute: a data type (`String`, `Number`, `Binary`, or one with a suffix) and value."""
+    """A message attribute: a data type (`String`, `Number`, `Binary`, or one with a suffix) and
+    value."""
 
     data_type: str
     value: str | bytes

@@ -1,0 +1,150 @@
+"""The app: a registry of handlers, one per queue, built with a typed decorator.
+
+```python
+app = QWorker("orders-service")
+
+@app.handler("orders", max_in_flight=20)
+async def handle_order(order: OrderPlaced) -> None: ...
+```
+
+`Router` collects handlers in another module; `app.include_router(router)` adds them. A module with
+a plain module-level `handle` function needs no app: `QWorker.from_module()` wraps it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+from collections.abc import Callable, Mapping
+from typing import Final, TypeVar, overload
+
+from qworker.exceptions import HandlerAlreadyRegistered, HandlerNotFound
+from qworker.handler import HandlerFunc, HandlerSpec
+
+__all__ = ["DEFAULT_QUEUE", "QWorker", "Router"]
+
+F = TypeVar("F", bound=HandlerFunc)
+
+DEFAULT_QUEUE: Final = None
+"""The queue key of a handler registered without a queue: the queue the settings name."""
+
+
+class Router:
+    """A set of handlers, one per queue, that can be included in an app."""
+
+    def __init__(self) -> None:
+        """Create an empty router."""
+        self._handlers: dict[str | None, HandlerSpec] = {}
+
+    def __repr__(self) -> str:
+        """Show the queues."""
+        return f"{type(self).__name__}({sorted(str(q) for q in self._handlers)})"
+
+    @property
+    def handlers(self) -> Mapping[str | None, HandlerSpec]:
+        """The registered handlers by queue name (`None`: the configured queue)."""
+        return types.MappingProxyType(self._handlers)
+
+    @overload
+    def handler(self, queue: F, /) -> F: ...
+
+    @overload
+    def handler(
+        self,
+        queue: str | None = None,
+        /,
+        *,
+        max_in_flight: int | None = None,
+        timeout_s: float | None = None,
+    ) -> Callable[[F], F]: ...
+
+    def handler(
+        self,
+        queue: str | F | None = None,
+        /,
+        *,
+        max_in_flight: int | None = None,
+        timeout_s: float | None = None,
+    ) -> F | Callable[[F], F]:
+        """Register a handler for a queue; use as `@app.handler` or `@app.handler("queue", ...)`.
+
+        Args:
+            queue: The queue's name; none means the queue the settings name.
+            max_in_flight: At most this many messages of this queue run at once.
+            timeout_s: A handler running longer fails.
+
+        Raises:
+            HandlerAlreadyRegistered: The queue has a handler already.
+            HandlerSignatureError: The function cannot take a message.
+        """
+        if callable(queue):
+            return self.handler()(queue)
+        queue_name: str | None = queue
+
+        def register(func: F) -> F:
+            self.add(
+                HandlerSpec.from_function(
+                    func, queue=queue_name, max_in_flight=max_in_flight, timeout_s=timeout_s
+                )
+            )
+            return func
+
+        return register
+
+    def add(self, spec: HandlerSpec) -> None:
+        """Register a handler spec.
+
+        Raises:
+            HandlerAlreadyRegistered: The queue has a handler already.
+        """
+        existing = self._handlers.get(spec.queue)
+        if existing is not None:
+            where = spec.queue or "the configured queue"
+            raise HandlerAlreadyRegistered(
+                f"{where} already has handler {existing.name}; cannot add {spec.name}"
+            )
+        self._handlers[spec.queue] = spec
+
+    def include_router(self, router: Router) -> None:
+        """Add every handler of `router`."""
+        for spec in router.handlers.values():
+            self.add(spec)
+
+
+class QWorker(Router):
+    """A worker application: named handlers for one or more queues."""
+
+    def __init__(self, name: str = "qworker") -> None:
+        """Create an app.
+
+        Args:
+            name: The service name (the `Service` metric dimension unless the settings say).
+        """
+        super().__init__()
+        self.name = name
+
+    @classmethod
+    def from_module(cls, module_name: str) -> QWorker:
+        """Load the app a module defines: a `QWorker` object, or a module-level `handle` function.
+
+        Raises:
+            HandlerNotFound: The module has neither.
+            HandlerSignatureError: `handle` cannot take a message.
+        """
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise HandlerNotFound(f"cannot import handler module {module_name!r}: {exc}") from None
+        apps = [v for v in vars(module).values() if isinstance(v, QWorker)]
+        if len(apps) == 1:
+            return apps[0]
+        if len(apps) > 1:
+            raise HandlerNotFound(f"module {module_name!r} defines {len(apps)} QWorker apps")
+        handle = getattr(module, "handle", None)
+        if handle is None:
+            raise HandlerNotFound(
+                f"module {module_name!r} has no QWorker app and no module-level handle() function"
+            )
+        app = cls(module_name.rsplit(".", 1)[-1])
+        app.handler(handle)
+        return app

@@ -1,0 +1,153 @@
+"""Batching: gather single requests (deletes, visibility changes) into SQS batch calls.
+
+Callers `await batcher.submit(item)` and get back the entry's `BatchFailure`, or None when it
+succeeded. The batcher collects up to 10 items, or what arrives within a few milliseconds, sends
+them in one call, and resolves every caller. Entry ids are the entries' indexes in the batch (see
+`SqsTransport`), and every failed entry is handed back to its caller, never dropped. Transient
+errors (of the whole call, or of entries the server did not blame on us) are retried with a short
+backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, Generic, TypeVar, final
+
+from qworker.exceptions import TransientTransportError, TransportError
+from qworker.transport import MAX_BATCH, BatchFailure
+
+__all__ = ["Batcher"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_MAX_WAIT_S: Final = 0.002
+"""How long a partial batch waits for more entries: short, as a held message burns visibility."""
+
+DEFAULT_ATTEMPTS: Final = 4
+"""Tries of one batch call against transient errors before its callers get the error."""
+
+RETRY_BASE_S: Final = 0.05
+"""First backoff between tries; doubles each time, with full jitter."""
+
+
+@final
+class Batcher(Generic[T]):
+    """Gathers items into batch calls of at most `MAX_BATCH` entries."""
+
+    def __init__(
+        self,
+        send: Callable[[Sequence[T]], Awaitable[list[BatchFailure]]],
+        *,
+        name: str,
+        max_wait_s: float = DEFAULT_MAX_WAIT_S,
+        max_concurrent: int = 4,
+        attempts: int = DEFAULT_ATTEMPTS,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """Create a batcher; run it with `run()` in a task group.
+
+        Args:
+            send: Sends one batch and returns its failed entries by index.
+            name: For logs and task names.
+            max_wait_s: How long a partial batch waits for more entries.
+            max_concurrent: Batch calls in flight at once.
+            attempts: Tries against transient errors.
+            sleep: Injectable sleep for the backoff.
+        """
+        self._send = send
+        self.name = name
+        self._max_wait_s = max_wait_s
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._attempts = attempts
+        self._sleep = sleep
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[BatchFailure | None]]] = asyncio.Queue()
+        self.calls = 0
+
+    async def submit(self, item: T) -> BatchFailure | None:
+        """Queue one item and wait for its batch's answer.
+
+        Raises:
+            TransportError: The batch call failed for good.
+        """
+        future: asyncio.Future[BatchFailure | None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, future))
+        return await future
+
+    async def run(self) -> None:
+        """Send batches until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            while True:
+                batch = await self._collect()
+                await self._slots.acquire()
+                group.create_task(self._flush(batch), name=f"{self.name} batch")
+
+    async def _collect(self) -> list[tuple[T, asyncio.Future[BatchFailure | None]]]:
+        batch = [await self._queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._max_wait_s
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    batch.append(await self._queue.get())
+            except TimeoutError:
+                break
+        return batch
+
+    async def _flush(self, batch: list[tuple[T, asyncio.Future[BatchFailure | None]]]) -> None:
+        try:
+            pending = batch
+            for attempt in range(1, self._attempts + 1):
+                pending = await self._try(pending, final=attempt == self._attempts)
+                if not pending:
+                    return
+                await self._sleep(random.uniform(0, RETRY_BASE_S * 2 ** (attempt - 1)))  # noqa: S311 (jitter, not crypto)
+        finally:
+            self._slots.release()
+
+    async def _try(
+        self, batch: list[tuple[T, asyncio.Future[BatchFailure | None]]], *, final: bool
+    ) -> list[tuple[T, asyncio.Future[BatchFailure | None]]]:
+        """Send once; resolve what is settled and return what should be tried again."""
+        self.calls += 1
+        try:
+            failures = await self._send([item for item, _ in batch])
+        except TransientTransportError as exc:
+            if not final:
+                log.warning(
+                    "batch call failed, retrying",
+                    extra={"action": f"{self.name}_retry", "error": str(exc)},
+                )
+                return batch
+            _fail_all(batch, exc)
+            return []
+        except TransportError as exc:
+            _fail_all(batch, exc)
+            return []
+        by_index = {f.index: f for f in failures}
+        retry: list[tuple[T, asyncio.Future[BatchFailure | None]]] = []
+        for index, (item, future) in enumerate(batch):
+            failure = by_index.get(index)
+            if failure is not None and not failure.sender_fault and not final:
+                retry.append((item, future))
+            elif not future.done():
+                future.set_result(failure)
+        return retry
+
+
+def _fail_all(batch: list[tuple[T, asyncio.Future[BatchFailure | None]]], exc: Exception) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)

@@ -1,0 +1,233 @@
+"""The command line: `qworker run`, `qworker send`, and the commands other modules register.
+
+Every setting of `QWorkerSettings` is a flag of `qworker run` (`concurrency` → `--concurrency`);
+flags win over `QWORKER_*` variables, which win over defaults. A bad setting prints one line naming
+it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from qworker.app import QWorker
+
+from qworker.exceptions import ConfigError, TransportError
+from qworker.local import EmbeddedSqs, create_queue_with_dlq, read_state
+from qworker.logs import configure_logging
+from qworker.producer import send_bodies
+from qworker.role import Identity, fetch_ecs_task_id
+from qworker.settings import QWorkerSettings, load_settings
+from qworker.signals import handle_signals
+from qworker.transport import SqsTransport
+from qworker.worker import Worker, open_sqs_client
+
+__all__ = ["main"]
+
+EXIT_CONFIG: Final = 2
+_CONNECTION_FIELDS: Final = ("queue_url", "queue_name", "endpoint_url", "region")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, fields: Sequence[str] | None = None) -> None:
+    for name, info in QWorkerSettings.model_fields.items():
+        if fields is not None and name not in fields:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        help_text = info.description or ""
+        if info.annotation in (bool, bool | None):
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, metavar=name.upper(), help=help_text)
+
+
+def _settings(args: argparse.Namespace) -> QWorkerSettings:
+    given = {k: getattr(args, k) for k in QWorkerSettings.model_fields if hasattr(args, k)}
+    return load_settings(**given)
+
+
+def _identity(settings: QWorkerSettings, app_name: str) -> Identity:
+    service = settings.service if "service" in settings.model_fields_set else app_name
+    return Identity(
+        service=service,
+        role=settings.deployment_role.value,
+        version=settings.version,
+        task_id=fetch_ecs_task_id(settings.ecs_container_metadata_uri_v4),
+    )
+
+
+# -- run ------------------------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if os.getcwd() not in sys.path:
+        # Console scripts do not put the working directory on sys.path; handler modules live there.
+        sys.path.insert(0, os.getcwd())
+    app = QWorker.from_module(args.module)
+    identity = _identity(settings, app.name)
+    configure_logging(identity, level=settings.log_level, fmt=settings.log_format)
+    asyncio.run(serve(app, settings, identity))
+    return 0
+
+
+async def serve(app: QWorker, settings: QWorkerSettings, identity: Identity) -> None:
+    """Run `app` until SIGTERM/SIGINT, on the embedded server when no queue is configured."""
+    async with _embedded(app, settings) as (endpoint_url, settings_used):
+        worker = Worker(
+            app,
+            settings_used,
+            identity=identity,
+            endpoint_url=endpoint_url,
+            local=endpoint_url is not None and settings.use_embedded,
+        )
+        with handle_signals(worker.stop):
+            await worker.run()
+
+
+@contextlib.asynccontextmanager
+async def _embedded(
+    app: QWorker, settings: QWorkerSettings
+) -> AsyncIterator[tuple[str | None, QWorkerSettings]]:
+    if not settings.use_embedded:
+        yield None, settings
+        return
+    server = EmbeddedSqs(port=settings.local_port)
+    endpoint = await asyncio.to_thread(server.start)
+    try:
+        default_queue = settings.queue_name or app.name
+        names = [q or default_queue for q in app.handlers]
+        async with open_sqs_client(settings, endpoint_url=endpoint, local=True) as client:
+            for name in names:
+                await create_queue_with_dlq(
+                    client, name, max_receive_count=settings.max_receive_count
+                )
+        _record_queues(names)
+        print(  # noqa: T201 (a hint for the person at the terminal)
+            f"qworker: embedded SQS on {endpoint}; queues {', '.join(names)}. Send with:\n"
+            f"  qworker send --queue-name {names[0]} '<json body>'",
+            file=sys.stderr,
+        )
+        yield endpoint, settings.model_copy(update={"queue_name": default_queue})
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+def _record_queues(names: list[str]) -> None:
+    from qworker.local import STATE_FILE  # noqa: PLC0415 (one constant)
+
+    with contextlib.suppress(OSError, ValueError):
+        state = json.loads(STATE_FILE.read_text())
+        state["queues"] = names
+        STATE_FILE.write_text(json.dumps(state))
+
+
+# -- send -----------------------------------------------------------------------------------------
+
+
+def _bodies(args: argparse.Namespace) -> Iterator[str]:
+    yield from args.bodies
+    if args.file:
+        stream = sys.stdin if args.file == "-" else Path(args.file).open(encoding="utf-8")  # noqa: SIM115 (closed below)
+        try:
+            yield from (line.rstrip("\n") for line in stream if line.strip())
+        finally:
+            if stream is not sys.stdin:
+                stream.close()
+    elif not args.bodies and not sys.stdin.isatty():
+        yield from (line.rstrip("\n") for line in sys.stdin if line.strip())
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    endpoint = settings.endpoint_url
+    queue_name = settings.queue_name
+    state: dict[str, Any] = {}
+    if endpoint is None and settings.queue_url is None:
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads(Path(".qworker/embedded.json").read_text())
+        endpoint = read_state()
+        if queue_name is None and len(state.get("queues", [])) == 1:
+            queue_name = state["queues"][0]
+    if settings.queue_url is None and queue_name is None:
+        raise ConfigError("which queue? set QWORKER_QUEUE_NAME or QWORKER_QUEUE_URL (--queue-name / --queue-url)")
+    attributes = dict(a.split("=", 1) for a in args.attribute)
+    bodies = list(_bodies(args))
+    if not bodies:
+        raise ConfigError("nothing to send: give bodies as arguments, --file FILE, or lines on stdin")
+    sent = asyncio.run(
+        _send(settings, endpoint, queue_name, bodies, attributes, args.group_id, args.delay_s)
+    )
+    print(f"sent {sent} message(s)", file=sys.stderr)  # noqa: T201 (the command's answer)
+    return 0
+
+
+async def _send(  # noqa: PLR0917 (a private call with positional plumbing)
+    settings: QWorkerSettings,
+    endpoint: str | None,
+    queue_name: str | None,
+    bodies: list[str],
+    attributes: dict[str, str],
+    group_id: str | None,
+    delay_s: int,
+) -> int:
+    local = endpoint is not None and settings.endpoint_url is None
+    async with open_sqs_client(settings, endpoint_url=endpoint, local=local) as client:
+        transport = await SqsTransport.open(client, name=queue_name, url=settings.queue_url)
+        return await send_bodies(
+            transport, bodies, attributes=attributes, group_id=group_id, delay_s=delay_s
+        )
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `qworker` command."""
+    parser = argparse.ArgumentParser(prog="qworker", description="asyncio SQS workers with a judged canary")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a handler module's worker")
+    run.add_argument("module", help="the handler module, e.g. handlers.orders")
+    _add_setting_flags(run)
+    run.set_defaults(func=_cmd_run)
+
+    send = sub.add_parser("send", help="put messages on a queue")
+    send.add_argument("bodies", nargs="*", help="message bodies")
+    send.add_argument("--file", help="a file with one body per line ('-': stdin)")
+    send.add_argument("--attribute", action="append", default=[], metavar="NAME=VALUE")
+    send.add_argument("--group-id", help="FIFO message group id")
+    send.add_argument("--delay-s", type=int, default=0, help="delay before the messages show")
+    _add_setting_flags(send, _CONNECTION_FIELDS)
+    send.set_defaults(func=_cmd_send)
+
+    try:
+        from qworker.canary import cli as canary_cli  # noqa: PLC0415 (TEMP until canary cli lands)
+
+        canary_cli.register(sub)
+    except ImportError:
+        pass
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `qworker` command; return its exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"qworker: error: {exc}", file=sys.stderr)  # noqa: T201 (the command's answer)
+        return EXIT_CONFIG
+    except TransportError as exc:
+        print(f"qworker: error: {exc}", file=sys.stderr)  # noqa: T201 (the command's answer)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+

@@ -1,0 +1,142 @@
+"""Dispatch: run one message through its handler and say what happened, as an `OutcomeRecord`.
+
+Decoding, the handler call, its timeout and the mapping of exceptions to outcomes live here, and
+nothing else: the consumer acts on the record (delete, change visibility, dead-letter) and observers
+(metrics, tracing) wrap the call as middleware. A handler error never escapes: `Exception` becomes
+an outcome, while cancellation (`BaseException`) still flows, so shutdown can stop a handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, Protocol, final
+
+from qworker.exceptions import MessageDecodeError, Reject, Retry
+from qworker.handler import HandlerSpec
+from qworker.outcome import Outcome, OutcomeRecord
+from qworker.role import Identity
+from qworker.transport import Message
+
+__all__ = ["Dispatch", "Dispatcher", "Middleware"]
+
+Dispatch = Callable[[Message], Awaitable[OutcomeRecord]]
+"""Runs one message and returns its outcome."""
+
+MAX_ERROR_CHARS: Final = 500
+"""Error texts are cut to this length in records (they end up in logs and DLQ attributes)."""
+
+
+class Middleware(Protocol):
+    """Wraps dispatch, e.g. to open a span around it; must return the inner outcome."""
+
+    async def __call__(self, message: Message, call_next: Dispatch) -> OutcomeRecord:
+        """Process `message` by awaiting `call_next(message)`, adding what the middleware adds."""
+        ...
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text[:MAX_ERROR_CHARS]
+
+
+@final
+class Dispatcher:
+    """Runs messages of one queue through one handler, inside the middleware chain."""
+
+    def __init__(
+        self,
+        spec: HandlerSpec,
+        *,
+        queue: str,
+        identity: Identity,
+        timeout_s: float | None = None,
+        middleware: Sequence[Middleware] = (),
+        clock: Callable[[], float] = time.perf_counter,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Bind a handler to a queue.
+
+        Args:
+            spec: The handler.
+            queue: The queue's name (for records).
+            identity: The worker's identity (role and version go on every record).
+            timeout_s: Fail a handler that runs longer (the handler's own timeout wins).
+            middleware: Outermost first.
+            clock: Measures handler duration.
+            wall_clock: Epoch seconds, for message age.
+        """
+        self.spec = spec
+        self.queue = queue
+        self.identity = identity
+        self.timeout_s = spec.timeout_s if spec.timeout_s is not None else timeout_s
+        self._clock = clock
+        self._wall_clock = wall_clock
+        chain: Dispatch = self._run
+        for layer in reversed(middleware):
+            chain = _wrap(layer, chain)
+        self._chain = chain
+
+    async def __call__(self, message: Message) -> OutcomeRecord:
+        """Process one message and return its outcome."""
+        return await self._chain(message)
+
+    def record(
+        self,
+        message: Message,
+        outcome: Outcome,
+        *,
+        duration_s: float = 0.0,
+        error: str | None = None,
+        delay_s: float | None = None,
+    ) -> OutcomeRecord:
+        """Build the record of `message`'s outcome."""
+        sent = message.sent_timestamp_s
+        return OutcomeRecord(
+            outcome=outcome,
+            queue=self.queue,
+            handler=self.spec.name,
+            role=self.identity.role,
+            version=self.identity.version,
+            message_id=message.message_id,
+            receive_count=message.receive_count,
+            duration_s=duration_s,
+            message_age_s=max(0.0, self._wall_clock() - sent) if sent is not None else 0.0,
+            error=error,
+            delay_s=delay_s,
+        )
+
+    async def _run(self, message: Message) -> OutcomeRecord:
+        try:
+            argument = self.spec.decode(message)
+        except MessageDecodeError as exc:
+            return self.record(message, Outcome.REJECTED, error=str(exc)[:MAX_ERROR_CHARS])
+        started = self._clock()
+        outcome, error, delay_s = Outcome.SUCCEEDED, None, None
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.spec.call(argument, message)
+        except Retry as exc:
+            outcome, error, delay_s = Outcome.RETRIED, str(exc), exc.delay_s
+        except Reject as exc:
+            outcome, error = Outcome.REJECTED, exc.reason[:MAX_ERROR_CHARS]
+        except TimeoutError as exc:
+            outcome = Outcome.FAILED
+            error = (
+                f"handler timed out after {self.timeout_s:g} s"
+                if self.timeout_s is not None and self._clock() - started >= self.timeout_s
+                else _describe(exc)
+            )
+        except Exception as exc:  # noqa: BLE001 (a handler's error is an outcome, never a crash)
+            outcome, error = Outcome.FAILED, _describe(exc)
+        return self.record(
+            message, outcome, duration_s=self._clock() - started, error=error, delay_s=delay_s
+        )
+
+
+def _wrap(layer: Middleware, inner: Dispatch) -> Dispatch:
+    async def call(message: Message) -> OutcomeRecord:
+        return await layer(message, inner)
+
+    return call

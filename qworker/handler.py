@@ -1,0 +1,159 @@
+"""Handler specs: how a plain function is bound to a message.
+
+A handler is a function (async, or sync: sync ones run in a worker thread) whose first parameter
+says what it wants from the body, by its annotation:
+
+- a pydantic model (or any type pydantic can validate, `dict[str, Any]`, `list[int]`, ...): the body
+  is decoded as JSON and validated into it;
+- `str`: the raw body; `bytes`: the body's UTF-8 bytes;
+- `Message`: the whole message (id, attributes, receive count, receipt handle).
+
+A further parameter annotated `Message` also receives the whole message. The signature is checked
+once, when the handler is registered, so a mistake fails at import time and not on the first
+message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, final, get_type_hints
+
+from pydantic import TypeAdapter, ValidationError
+
+from qworker.exceptions import HandlerSignatureError, MessageDecodeError
+from qworker.transport import Message
+
+__all__ = ["HandlerFunc", "HandlerSpec"]
+
+HandlerFunc = Callable[..., Awaitable[None]] | Callable[..., None]
+"""A handler: an async or sync function taking the decoded body (and optionally the message)."""
+
+_RAW_TYPES: tuple[type, ...] = (str, bytes, Message)
+
+
+def _qualified_name(func: Callable[..., object]) -> str:
+    module = getattr(func, "__module__", None) or "?"
+    return f"{module}.{getattr(func, '__qualname__', repr(func))}"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    """A registered handler and what its parameters ask for.
+
+    Attributes:
+        func: The function.
+        name: Its qualified name, used in logs, metrics properties and spans.
+        queue: The queue it consumes (`None`: the queue given by the settings).
+        body_type: What the first parameter asks for (`str`, `bytes`, `Message` or a validated
+        type).
+        message_param: The name of a further `Message` parameter, if any.
+        max_in_flight: This handler's own concurrency limit, if any.
+        timeout_s: This handler's own timeout, if any.
+    """
+
+    func: HandlerFunc
+    name: str
+    queue: str | None
+    body_type: Any
+    message_param: str | None
+    max_in_flight: int | None = None
+    timeout_s: float | None = None
+
+    @classmethod
+    def from_function(
+        cls,
+        func: HandlerFunc,
+        *,
+        queue: str | None = None,
+        max_in_flight: int | None = None,
+        timeout_s: float | None = None,
+    ) -> HandlerSpec:
+        """Inspect `func` and bind its parameters.
+
+        Raises:
+            HandlerSignatureError: The function cannot take a message.
+        """
+        name = _qualified_name(func)
+        if not callable(func):
+            raise HandlerSignatureError(f"handler {name} is not callable")
+        if max_in_flight is not None and max_in_flight < 1:
+            raise HandlerSignatureError(f"handler {name}: max_in_flight must be at least 1")
+        body_type, message_param = _bind(func, name)
+        if body_type not in _RAW_TYPES:
+            _adapter(body_type)  # fail now if pydantic cannot validate this type
+        return cls(func, name, queue, body_type, message_param, max_in_flight, timeout_s)
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the handler is a coroutine function."""
+        return inspect.iscoroutinefunction(self.func)
+
+    def decode(self, message: Message) -> object:
+        """Turn the message into the handler's first argument.
+
+        Raises:
+            MessageDecodeError: The body is not valid for the handler's type.
+        """
+        if self.body_type is Message:
+            return message
+        if self.body_type is str:
+            return message.body
+        if self.body_type is bytes:
+            return message.body.encode()
+        try:
+            return _adapter(self.body_type).validate_json(message.body)
+        except ValidationError as exc:
+            summary = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                for e in exc.errors(include_url=False)[:5]
+            )
+            raise MessageDecodeError(f"invalid body: {summary}") from None
+
+    async def call(self, argument: object, message: Message) -> None:
+        """Call the handler (a sync one in a worker thread)."""
+        kwargs = {self.message_param: message} if self.message_param else {}
+        if self.is_async:
+            await self.func(argument, **kwargs)  # type: ignore[misc] (checked by is_async)
+        else:
+            await asyncio.to_thread(self.func, argument, **kwargs)
+
+
+@functools.cache
+def _adapter(tp: Any) -> TypeAdapter[Any]:  # noqa: ANN401 (any type pydantic can validate)
+    return TypeAdapter(tp)
+
+
+def _bind(func: HandlerFunc, name: str) -> tuple[Any, str | None]:
+    try:
+        signature = inspect.signature(func)
+        hints = get_type_hints(func)
+    except (TypeError, ValueError, NameError) as exc:
+        raise HandlerSignatureError(f"handler {name}: cannot read its signature: {exc}") from None
+    params = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    if not params:
+        raise HandlerSignatureError(f"handler {name} takes no parameter: it needs the message")
+    first, rest = params[0], params[1:]
+    if first.kind is first.KEYWORD_ONLY or first.name not in hints:
+        raise HandlerSignatureError(
+            f"handler {name}: annotate its first parameter {first.name!r} with the body's type "
+            "(a pydantic model, dict, str, bytes or Message)"
+        )
+    message_param: str | None = None
+    for param in rest:
+        if hints.get(param.name) is Message and message_param is None:
+            message_param = param.name
+        elif param.default is param.empty:
+            raise HandlerSignatureError(
+                f"handler {name}: parameter {param.name!r} cannot be filled: only one further "
+                "parameter, annotated Message, is passed"
+            )
+    return hints[first.name], message_param

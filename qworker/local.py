@@ -1,0 +1,132 @@
+"""The embedded local SQS server: a worker with no queue configured runs against its own.
+
+With no queue URL and no endpoint set, `qworker run` starts moto's SQS server in-process on
+127.0.0.1, creates the handlers' queues, each with a dead-letter queue and a redrive policy, and
+consumes. It is for trying handlers out with a few messages: moto is slow (tens of messages a
+second) and can hand one message to two receivers under load; volume runs belong on LocalStack.
+
+The server's endpoint is written to `.qworker/embedded.json`, so `qworker send` in another terminal
+finds it without flags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from pathlib import Path
+from typing import Any, Final, final
+
+from qworker.exceptions import ConfigError
+from qworker.transport import map_errors
+
+__all__ = ["STATE_FILE", "EmbeddedSqs", "create_queue_with_dlq", "dead_letter_name", "read_state"]
+
+log = logging.getLogger(__name__)
+
+STATE_FILE: Final = Path(".qworker") / "embedded.json"
+LOOPBACK: Final = "127.0.0.1"
+DLQ_RETENTION_S: Final = 14 * 24 * 3600
+
+
+def dead_letter_name(queue: str) -> str:
+    """The dead-letter queue's name for `queue` (`orders` → `orders-dlq`, FIFO keeps `.fifo`)."""
+    if queue.endswith(".fifo"):
+        return f"{queue.removesuffix('.fifo')}-dlq.fifo"
+    return f"{queue}-dlq"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        return probe.connect_ex((LOOPBACK, port)) != 0
+
+
+@final
+class EmbeddedSqs:
+    """moto's server, in a thread of this process, on 127.0.0.1."""
+
+    def __init__(self, port: int = 0, state_file: Path | None = STATE_FILE) -> None:
+        """Prepare the server; `start()` it.
+
+        Args:
+            port: The port (0, or a busy one: any free port).
+            state_file: Where to write the endpoint for `qworker send` (None: nowhere).
+        """
+        self._port = port if port and _port_free(port) else 0
+        self._state_file = state_file
+        self._server: Any = None
+        self.endpoint_url = ""
+
+    def start(self) -> str:
+        """Start the server and return its endpoint URL.
+
+        Raises:
+            ConfigError: moto is not installed.
+        """
+        try:
+            from moto.server import ThreadedMotoServer  # noqa: PLC0415 (an optional extra)
+        except ImportError:
+            raise ConfigError(
+                "the embedded SQS server needs moto: pip install 'qworker[local]', or set "
+                "QWORKER_QUEUE_URL / QWORKER_ENDPOINT_URL to use a real server"
+            ) from None
+        self._server = ThreadedMotoServer(ip_address=LOOPBACK, port=self._port, verbose=False)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+        if self._state_file is not None:
+            self._state_file.parent.mkdir(parents=True, exist_ok=True)
+            self._state_file.write_text(json.dumps({"endpoint_url": self.endpoint_url}))
+        log.info(
+            "embedded SQS server started (moto, for trying things out; use LocalStack for volume)",
+            extra={"action": "embedded_started", "endpoint_url": self.endpoint_url},
+        )
+        return self.endpoint_url
+
+    def stop(self) -> None:
+        """Stop the server and remove the state file."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        if self._state_file is not None:
+            self._state_file.unlink(missing_ok=True)
+
+
+def read_state(state_file: Path = STATE_FILE) -> str | None:
+    """The endpoint of a running embedded server started from this directory, if any."""
+    try:
+        return str(json.loads(state_file.read_text())["endpoint_url"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+async def create_queue_with_dlq(
+    client: Any,  # noqa: ANN401 (aiobotocore is untyped)
+    name: str,
+    *,
+    max_receive_count: int = 3,
+    visibility_timeout_s: int = 30,
+) -> str:
+    """Create `name` and its dead-letter queue with a redrive policy; return the queue URL."""
+    fifo = {"FifoQueue": "true"} if name.endswith(".fifo") else {}
+    with map_errors("CreateQueue"):
+        dlq = await client.create_queue(
+            QueueName=dead_letter_name(name),
+            Attributes={"MessageRetentionPeriod": str(DLQ_RETENTION_S), **fifo},
+        )
+        dlq_attrs = await client.get_queue_attributes(
+            QueueUrl=dlq["QueueUrl"], AttributeNames=["QueueArn"]
+        )
+        redrive = {
+            "deadLetterTargetArn": dlq_attrs["Attributes"]["QueueArn"],
+            "maxReceiveCount": str(max_receive_count),
+        }
+        queue = await client.create_queue(
+            QueueName=name,
+            Attributes={
+                "VisibilityTimeout": str(visibility_timeout_s),
+                "RedrivePolicy": json.dumps(redrive),
+                **fifo,
+            },
+        )
+    return str(queue["QueueUrl"])

@@ -1,0 +1,181 @@
+"""Settings: the one place that reads the environment.
+
+`QWorkerSettings` reads `QWORKER_*` variables (and the region from `AWS_REGION` /
+`AWS_DEFAULT_REGION`); the CLI turns every field into a flag of the same name, and explicit values
+win over the environment, which wins over the defaults. Core classes never read the environment:
+they take typed arguments.
+
+A bad or missing setting raises `ConfigError` with a one-line message that names the variable, the
+flag and the fix; the CLI prints it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Final, Literal, Self, final
+
+from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from qworker.exceptions import ConfigError
+
+__all__ = ["ENV_PREFIX", "DeploymentRole", "QWorkerSettings", "load_settings"]
+
+ENV_PREFIX: Final = "QWORKER_"
+
+
+class DeploymentRole(enum.StrEnum):
+    """Which of the two services reading the queue this worker belongs to."""
+
+    PRIMARY = "primary"
+    CANARY = "canary"
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+@final
+class QWorkerSettings(BaseSettings):
+    """Every setting of a worker. Each is `QWORKER_<NAME>` in the environment and `--<name>` on the
+    CLI."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    queue_url: str | None = Field(
+        default=None, description="URL of the queue to consume (wins over queue_name)."
+    )
+    queue_name: str | None = Field(
+        default=None, description="Name of the queue to consume; its URL is looked up."
+    )
+    endpoint_url: str | None = Field(
+        default=None, description="SQS (and CloudWatch) endpoint, e.g. LocalStack's."
+    )
+    region: str = Field(
+        default="us-east-1",
+        validation_alias=AliasChoices("QWORKER_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="AWS region (also read from AWS_REGION / AWS_DEFAULT_REGION).",
+    )
+    service: str = Field(
+        default="qworker", min_length=1, description="Service name: the Service metric dimension."
+    )
+    deployment_role: DeploymentRole = Field(
+        default=DeploymentRole.PRIMARY, description="primary or canary."
+    )
+    version: str = Field(default="dev", min_length=1, description="Version (the image tag).")
+    concurrency: int = Field(default=16, ge=1, le=10_000, description="Handlers running at once.")
+    pollers: int = Field(default=2, ge=1, le=64, description="Concurrent receive loops per queue.")
+    wait_time_s: int = Field(default=20, ge=0, le=20, description="Long-poll wait (0-20 s).")
+    visibility_timeout_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=43_200,
+        description="Visibility timeout asked at receive (default: the queue's own).",
+    )
+    max_hold_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=43_200,
+        description="Longest the heartbeat keeps a message invisible.",
+    )
+    handler_timeout_s: float | None = Field(
+        default=None, gt=0, description="Fail a handler that runs longer than this."
+    )
+    shutdown_grace_s: float = Field(
+        default=25.0,
+        ge=0,
+        le=115,
+        description="Time running handlers get after SIGTERM (keep below ECS stopTimeout).",
+    )
+    retry_base_s: float = Field(default=2.0, ge=0, description="Backoff after a first failure.")
+    retry_max_s: float = Field(default=300.0, ge=0, le=43_200, description="Backoff ceiling.")
+    release_failed: bool | None = Field(
+        default=None,
+        description="Make failed messages visible at once (default: on for a canary).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
+    log_format: Literal["json", "text"] = Field(default="json", description="json or text logs.")
+    embedded: bool | None = Field(
+        default=None,
+        description="Run an embedded local SQS server (default: when no queue or endpoint is set).",
+    )
+    local_port: int = Field(
+        default=9324,
+        ge=0,
+        le=65_535,
+        description="Port of the embedded SQS server on 127.0.0.1 (0: any free port).",
+    )
+    max_receive_count: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="maxReceiveCount of the queues the embedded server creates.",
+    )
+    ecs_container_metadata_uri_v4: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ECS_CONTAINER_METADATA_URI_V4"),
+        description="Set by ECS: the task metadata endpoint, for the task id.",
+    )
+    # -- observability (issue 3) below this line --
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.retry_max_s < self.retry_base_s:
+            raise ValueError("retry_max_s must be at least retry_base_s")
+        return self
+
+    @property
+    def use_embedded(self) -> bool:
+        """Whether to start the embedded SQS server."""
+        if self.embedded is not None:
+            return self.embedded
+        return self.queue_url is None and self.endpoint_url is None
+
+    @property
+    def release_failed_effective(self) -> bool:
+        """Whether failures are released at once (a canary's default: the primary will retry)."""
+        if self.release_failed is not None:
+            return self.release_failed
+        return self.deployment_role is DeploymentRole.CANARY
+
+
+def _env_name(field: str) -> str:
+    info = QWorkerSettings.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return " / ".join(str(choice) for choice in alias.choices)
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = first.get("loc") or ("?",)
+    field = str(loc[0])
+    if field in QWorkerSettings.model_fields:
+        description = QWorkerSettings.model_fields[field].description or ""
+        where = f"{_env_name(field)} (--{field.replace('_', '-')})"
+        return f"invalid setting {where}: {first['msg']}; expected: {description}"
+    return f"invalid settings: {first['msg']}"
+
+
+def load_settings(**overrides: Any) -> QWorkerSettings:  # noqa: ANN401 (values are validated here)
+    """Read the settings: explicit overrides, then the environment, then defaults.
+
+    Args:
+        **overrides: Values given explicitly (e.g. CLI flags); `None` means "not given".
+
+    Raises:
+        ConfigError: A setting is invalid; the message names it and says what is expected.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return QWorkerSettings(**given)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

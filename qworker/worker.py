@@ -1,0 +1,294 @@
+"""The worker: an app's handlers wired to their queues, one consumer each, sharing one SQS client.
+
+`Worker.run()` opens the aiobotocore client, resolves each handler's queue (URL, attributes, redrive
+policy and dead-letter queue), reports what it found, and runs every consumer in one task group.
+Start-up survives a server that is not up yet: transient errors are retried with backoff until the
+server answers or `stop()` is called. Lasting errors (no such queue, access denied) stop the worker
+with a message that names the setting to fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar, final
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+from qworker.app import QWorker
+from qworker.consumer import Consumer, ConsumerStatistics, OutcomeSink
+from qworker.dispatch import Dispatcher, Middleware
+from qworker.exceptions import (
+    AccessDenied,
+    ConfigError,
+    QueueDoesNotExist,
+    TransientTransportError,
+    TransportError,
+)
+from qworker.handler import HandlerSpec
+from qworker.outcome import RetryPolicy
+from qworker.role import Identity
+from qworker.settings import QWorkerSettings
+from qworker.settle import Settler
+from qworker.transport import QueueAttributes, SqsTransport
+
+__all__ = ["Worker", "open_sqs_client"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+STARTUP_BACKOFF_MAX_S: Final = 10.0
+"""Longest pause between start-up attempts while the queue server is unreachable."""
+
+
+@contextlib.asynccontextmanager
+async def open_sqs_client(
+    settings: QWorkerSettings, *, endpoint_url: str | None = None, local: bool = False
+) -> AsyncIterator[Any]:
+    """Open the one long-lived aiobotocore SQS client a worker uses.
+
+    Args:
+        settings: Region, endpoint, concurrency (for the connection pool).
+        endpoint_url: Overrides the settings' endpoint (the embedded server's).
+        local: Use dummy credentials (a local server does not check them).
+    """
+    config = AioConfig(
+        # Every poller and every batch call in flight needs a connection.
+        max_pool_connections=max(10, settings.pollers * 2 + 16),
+        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=5,
+        # A long poll holds the connection for wait_time_s: the read timeout must outlast it.
+        read_timeout=settings.wait_time_s + 15,
+    )
+    credentials: dict[str, str] = (
+        {"aws_access_key_id": "test", "aws_secret_access_key": "test"} if local else {}
+    )
+    session = get_session()
+    async with session.create_client(
+        "sqs",
+        region_name=settings.region,
+        endpoint_url=endpoint_url or settings.endpoint_url,
+        config=config,
+        **credentials,
+    ) as client:
+        yield client
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    spec: HandlerSpec
+    transport: SqsTransport
+    attributes: QueueAttributes
+    dead_letter: SqsTransport | None
+
+
+@final
+class Worker:
+    """Runs an app: one consumer per handler."""
+
+    def __init__(
+        self,
+        app: QWorker,
+        settings: QWorkerSettings,
+        *,
+        identity: Identity,
+        endpoint_url: str | None = None,
+        local: bool = False,
+        middleware: Sequence[Middleware] = (),
+        sinks: Sequence[OutcomeSink] = (),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """Create a worker; `run()` it.
+
+        Args:
+            app: The handlers.
+            settings: The settings.
+            identity: Role, version, service.
+            endpoint_url: Overrides the settings' endpoint (the embedded server's).
+            local: A local server: dummy credentials.
+            middleware: Wraps every handler call (tracing).
+            sinks: Receive every outcome (metrics, health).
+            sleep: Injectable sleep.
+        """
+        if not app.handlers:
+            raise ConfigError(f"app {app.name!r} has no handlers")
+        self.app = app
+        self.settings = settings
+        self.identity = identity
+        self._endpoint_url = endpoint_url
+        self._local = local
+        self._middleware = list(middleware)
+        self._sinks = list(sinks)
+        self._sleep = sleep
+        self._stopping = asyncio.Event()
+        self.consumers: list[Consumer] = []
+        self.ready = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop every consumer; synchronous and idempotent."""
+        self._stopping.set()
+        for consumer in self.consumers:
+            consumer.stop()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether `stop()` was called."""
+        return self._stopping.is_set()
+
+    def statistics(self) -> dict[str, ConsumerStatistics]:
+        """Each consumer's counters, by queue."""
+        return {c.transport.queue_name: c.statistics() for c in self.consumers}
+
+    async def run(self) -> None:
+        """Open the client, resolve the queues, consume until `stop()`."""
+        async with open_sqs_client(
+            self.settings, endpoint_url=self._endpoint_url, local=self._local
+        ) as client:
+            resolved = []
+            for spec in self.app.handlers.values():
+                found = await self._until_up(lambda s=spec: self._resolve(client, s))
+                if found is None:
+                    return
+                resolved.append(found)
+            self.consumers = [self._consumer(r) for r in resolved]
+            self.ready.set()
+            if self.stopping:
+                return
+            async with asyncio.TaskGroup() as group:
+                for consumer in self.consumers:
+                    group.create_task(consumer.run(), name=f"consume {consumer.transport.queue_name}")
+
+    async def _until_up(self, attempt: Callable[[], Awaitable[T]]) -> T | None:
+        """Run a start-up step, retrying transient errors until it works or `stop()`."""
+        failures = 0
+        while not self.stopping:
+            try:
+                return await attempt()
+            except TransientTransportError as exc:
+                failures += 1
+                delay = random.uniform(0.5, min(STARTUP_BACKOFF_MAX_S, 0.5 * 2**failures))  # noqa: S311 (jitter)
+                log.warning(
+                    "queue server not reachable at start-up; retrying",
+                    extra={"action": "startup_retry", "error": str(exc), "attempt": failures},
+                )
+                stop = asyncio.ensure_future(self._stopping.wait())
+                pause = asyncio.ensure_future(self._sleep(delay))
+                try:
+                    await asyncio.wait([stop, pause], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stop.cancel()
+                    pause.cancel()
+        return None
+
+    async def _resolve(self, client: Any, spec: HandlerSpec) -> _Resolved:  # noqa: ANN401 (aiobotocore)
+        name, url = self._queue_of(spec)
+        try:
+            transport = await SqsTransport.open(client, name=name, url=url)
+            attributes = await transport.get_attributes()
+        except QueueDoesNotExist as exc:
+            raise ConfigError(
+                f"queue {name or url!r} does not exist ({exc}); create it, or fix "
+                "QWORKER_QUEUE_NAME / QWORKER_QUEUE_URL (--queue-name / --queue-url)"
+            ) from None
+        except AccessDenied as exc:
+            raise ConfigError(
+                f"access denied to queue {name or url!r} ({exc}); check the task role's SQS permissions"
+            ) from None
+        dead_letter = await self._dead_letter(client, attributes)
+        self._report(transport, attributes, dead_letter)
+        return _Resolved(spec, transport, attributes, dead_letter)
+
+    def _queue_of(self, spec: HandlerSpec) -> tuple[str | None, str | None]:
+        if spec.queue is not None:
+            return spec.queue, None
+        if self.settings.queue_url:
+            return None, self.settings.queue_url
+        if self.settings.queue_name:
+            return self.settings.queue_name, None
+        raise ConfigError(
+            f"handler {spec.name} has no queue: set QWORKER_QUEUE_URL or QWORKER_QUEUE_NAME "
+            "(--queue-url / --queue-name)"
+        )
+
+    async def _dead_letter(
+        self,
+        client: Any,  # noqa: ANN401 (aiobotocore is untyped)
+        attributes: QueueAttributes,
+    ) -> SqsTransport | None:
+        policy = attributes.redrive_policy
+        if policy is None:
+            return None
+        try:
+            return await SqsTransport.open(client, name=policy.dead_letter_name)
+        except TransientTransportError:
+            raise
+        except TransportError as exc:
+            log.warning(
+                "dead-letter queue not usable; rejected messages are left for the redrive policy",
+                extra={"action": "dead_letter_unusable", "error": str(exc)},
+            )
+            return None
+
+    def _report(
+        self, transport: SqsTransport, attributes: QueueAttributes, dead_letter: SqsTransport | None
+    ) -> None:
+        policy = attributes.redrive_policy
+        log.info(
+            "queue resolved",
+            extra={
+                "action": "queue_resolved",
+                "queue": transport.queue_name,
+                "queue_url": transport.queue_url,
+                "fifo": attributes.fifo,
+                "visibility_timeout_s": attributes.visibility_timeout_s,
+                "dead_letter_queue": policy.dead_letter_name if policy else None,
+                "max_receive_count": policy.max_receive_count if policy else None,
+                "dead_letter_writable": dead_letter is not None,
+            },
+        )
+        if policy is None:
+            log.warning(
+                "queue has no redrive policy: a message that always fails is retried until it "
+                "expires; give the queue a dead-letter queue",
+                extra={"action": "no_redrive_policy", "queue": transport.queue_name},
+            )
+
+    def _consumer(self, resolved: _Resolved) -> Consumer:
+        settings = self.settings
+        spec = resolved.spec
+        visibility = settings.visibility_timeout_s or resolved.attributes.visibility_timeout_s
+        dispatcher = Dispatcher(
+            spec,
+            queue=resolved.transport.queue_name,
+            identity=self.identity,
+            timeout_s=settings.handler_timeout_s,
+            middleware=self._middleware,
+        )
+        settler = Settler(
+            resolved.transport,
+            dead_letter=resolved.dead_letter,
+            retry_policy=RetryPolicy(base_s=settings.retry_base_s, max_s=settings.retry_max_s),
+            release_failed=settings.release_failed_effective,
+        )
+        return Consumer(
+            resolved.transport,
+            dispatcher,
+            visibility_timeout_s=visibility,
+            request_visibility=settings.visibility_timeout_s is not None,
+            concurrency=spec.max_in_flight or settings.concurrency,
+            pollers=settings.pollers,
+            wait_time_s=settings.wait_time_s,
+            fifo=resolved.attributes.fifo,
+            shutdown_grace_s=settings.shutdown_grace_s,
+            max_hold_s=settings.max_hold_s,
+            settler=settler,
+            sinks=self._sinks,
+            sleep=self._sleep,
+        )
