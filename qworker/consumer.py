@@ -169,6 +169,7 @@ class Consumer:
         self._received = 0
         self._unsettled = 0
         self._receive_errors = 0
+        self._receiving = 0
         self._receives = 0
         self._last_receive_s: float | None = None
 
@@ -289,10 +290,11 @@ class Consumer:
             failures = 0
             self._capacity.give(slots - len(messages))
             if not messages and self._drain:
-                if len(self.heartbeat) == 0:
+                if len(self.heartbeat) == 0 and self._receiving == 0:
                     self.stop()
                     return
-                # Others hold messages that may come back: wait for one to settle, then look again.
+                # Other pollers hold or are receiving messages that may come back: wait for a
+                # change, then look again.
                 self._changed.clear()
                 await _first(self._changed.wait(), self._stopping.wait())
             self._start(messages, work)
@@ -303,6 +305,14 @@ class Consumer:
         A drain (`run_until_empty`) uses short polls and lets them finish: they are quick, and a
         receive cancelled in flight would strand its messages until their visibility lapses.
         """
+        self._receiving += 1
+        try:
+            return await self._receive_once(slots)
+        finally:
+            self._receiving -= 1
+            self._changed.set()
+
+    async def _receive_once(self, slots: int) -> list[Message]:
         receive = asyncio.ensure_future(
             self.transport.receive(
                 slots,

@@ -25,20 +25,27 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, final
+from typing import Any, Final, final
 
+from qworker.consumer import Consumer, OutcomeSink
+from qworker.dispatch import Dispatcher, Middleware
 from qworker.exceptions import QueueDoesNotExist, TransportError
+from qworker.handler import HandlerFunc, HandlerSpec
+from qworker.outcome import RetryPolicy
+from qworker.role import Identity
+from qworker.settle import Settler
 from qworker.transport import (
     MAX_BATCH,
     BatchFailure,
     Message,
     MessageAttribute,
     QueueAttributes,
+    QueueTransport,
     RedrivePolicy,
     SendEntry,
 )
 
-__all__ = ["FakeQueueTransport", "FakeSqs", "ManualClock", "StoredMessage"]
+__all__ = ["FakeQueueTransport", "FakeSqs", "ManualClock", "StoredMessage", "consumer_for"]
 
 FAKE_ACCOUNT: Final = "000000000000"
 FAKE_REGION: Final = "us-east-1"
@@ -385,3 +392,69 @@ class FakeQueueTransport:
             approximate_visible=len(self.visible),
             approximate_in_flight=len(self.in_flight),
         )
+
+
+def consumer_for(  # noqa: PLR0913 (test wiring: every knob has a default)
+    transport: QueueTransport,
+    handler: HandlerFunc,
+    *,
+    dead_letter: QueueTransport | None = None,
+    identity: Identity | None = None,
+    visibility_timeout_s: int = 30,
+    retry_policy: RetryPolicy | None = None,
+    release_failed: bool = False,
+    handler_timeout_s: float | None = None,
+    middleware: Sequence[Middleware] = (),
+    sinks: Sequence[OutcomeSink] = (),
+    clock: Callable[[], float] = time.monotonic,
+    **options: Any,  # noqa: ANN401 (passed on to Consumer, which types them)
+) -> Consumer:
+    """Build a consumer of `transport` running `handler`, for tests.
+
+    ```python
+    sqs = FakeSqs()
+    orders = sqs.create_queue("orders")
+    await orders.send('{"order_id": "o-1"}')
+    consumer = consumer_for(orders, handle)
+    await consumer.run_until_empty()
+    assert consumer.statistics().acked == 1
+    ```
+
+    Args:
+        transport: The queue (a `FakeQueueTransport` or a real one).
+        handler: The handler function.
+        dead_letter: Where rejected messages go.
+        identity: The worker's identity (default: a primary, version `test`).
+        visibility_timeout_s: The queue's visibility timeout.
+        retry_policy: Backoff of failed messages (default: none, so retries come back at once).
+        release_failed: Release failed messages at once.
+        handler_timeout_s: Fail handlers that run longer.
+        middleware: Wraps the handler call.
+        sinks: Receive outcomes.
+        clock: Monotonic seconds (a `ManualClock` with a `FakeSqs` on the same clock).
+        **options: Further `Consumer` keywords (concurrency, pollers, fifo, shutdown_grace_s, ...).
+    """
+    spec = HandlerSpec.from_function(handler, queue=transport.queue_name)
+    dispatcher = Dispatcher(
+        spec,
+        queue=transport.queue_name,
+        identity=identity or Identity(service="test", version="test"),
+        timeout_s=handler_timeout_s,
+        middleware=middleware,
+    )
+    settler = Settler(
+        transport,
+        dead_letter=dead_letter,
+        retry_policy=retry_policy or RetryPolicy(base_s=0, max_s=0),
+        release_failed=release_failed,
+    )
+    options.setdefault("fifo", transport.queue_name.endswith(".fifo"))
+    return Consumer(
+        transport,
+        dispatcher,
+        visibility_timeout_s=visibility_timeout_s,
+        settler=settler,
+        sinks=sinks,
+        clock=clock,
+        **options,
+    )

@@ -1,0 +1,123 @@
+"""Shared fixtures: the real servers (tests/servers.py) and a `backend` that runs one behaviour test
+on the in-memory fake, on moto's server and on LocalStack, over HTTP with the real aiobotocore client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from servers import aws_env, localstack_server, moto_server  # noqa: F401
+
+from qworker.local import create_queue_with_dlq, dead_letter_name
+from qworker.settings import QWorkerSettings
+from qworker.testing import FakeSqs, ManualClock
+from qworker.transport import QueueTransport, SqsTransport
+from qworker.worker import open_sqs_client
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+_names = itertools.count(1)
+
+
+@dataclass
+class Backend:
+    """A place to make queues: the fake, or a real server reached over HTTP."""
+
+    name: str
+    client: Any = None
+    fake: FakeSqs | None = None
+    clock: ManualClock | None = None
+    endpoint_url: str | None = None
+    created: list[str] = field(default_factory=list)
+
+    @property
+    def real(self) -> bool:
+        """Whether this is a real server (its clock runs by itself)."""
+        return self.fake is None
+
+    async def queue(
+        self,
+        prefix: str = "q",
+        *,
+        fifo: bool = False,
+        visibility_timeout_s: int = 30,
+        max_receive_count: int = 3,
+    ) -> tuple[QueueTransport, QueueTransport]:
+        """Create a fresh queue and its dead-letter queue; return both transports."""
+        name = f"{prefix}-{next(_names)}-{uuid.uuid4().hex[:6]}" + (".fifo" if fifo else "")
+        if self.fake is not None:
+            queue = self.fake.create_queue(
+                name,
+                visibility_timeout_s=visibility_timeout_s,
+                dead_letter=dead_letter_name(name),
+                max_receive_count=max_receive_count,
+            )
+            return queue, self.fake.queue(dead_letter_name(name))
+        url = await create_queue_with_dlq(
+            self.client,
+            name,
+            max_receive_count=max_receive_count,
+            visibility_timeout_s=visibility_timeout_s,
+        )
+        self.created.append(name)
+        dlq = await SqsTransport.open(self.client, name=dead_letter_name(name))
+        return SqsTransport(self.client, url), dlq
+
+    async def elapse(self, seconds: float) -> None:
+        """Let `seconds` pass for visibility timeouts: move the fake clock, or wait for real."""
+        if self.clock is not None:
+            self.clock.advance(seconds)
+            return
+        # A real server's visibility timeouts run on its own clock: there is no way but waiting.
+        await asyncio.sleep(seconds)
+
+    @property
+    def clock_fn(self) -> Callable[[], float] | None:
+        """The clock consumers must use with this backend (None: the default)."""
+        return self.clock
+
+
+def _settings(endpoint_url: str) -> QWorkerSettings:
+    return QWorkerSettings(endpoint_url=endpoint_url, region="us-east-1")
+
+
+@pytest.fixture(
+    params=[
+        "fake",
+        pytest.param("moto", marks=[pytest.mark.integration, pytest.mark.moto]),
+        pytest.param("localstack", marks=[pytest.mark.integration, pytest.mark.localstack]),
+    ]
+)
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """Each behaviour test runs on the fake, on moto's server and on LocalStack."""
+    if request.param == "fake":
+        clock = ManualClock()
+        yield Backend("fake", fake=FakeSqs(clock=clock), clock=clock)
+        return
+    server = request.getfixturevalue(f"{request.param}_server")
+    async with open_sqs_client(_settings(server.endpoint_url), local=True) as client:
+        backend = Backend(request.param, client=client, endpoint_url=server.endpoint_url)
+        yield backend
+        for name in backend.created:
+            for queue in (name, dead_letter_name(name)):
+                try:
+                    url = (await client.get_queue_url(QueueName=queue))["QueueUrl"]
+                    await client.delete_queue(QueueUrl=url)
+                except Exception:  # noqa: BLE001, S110 (clean-up is best effort)
+                    pass
+
+
+@pytest.fixture
+async def sqs_client(localstack_server: Any) -> AsyncIterator[Any]:  # noqa: F811 (a fixture)
+    """An aiobotocore client on LocalStack."""
+    async with open_sqs_client(_settings(localstack_server.endpoint_url), local=True) as client:
+        yield client
