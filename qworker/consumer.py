@@ -197,6 +197,12 @@ class Consumer:
             self.stop()
             await inner
             raise
+        except BaseExceptionGroup as group:
+            # Task groups wrap a failure in (nested) groups; one failure is raised as itself.
+            leaves = _leaves(group)
+            if len(leaves) == 1:
+                raise leaves[0] from None
+            raise
 
     async def run_until_empty(self) -> None:
         """Consume until a receive finds nothing and nothing is held (for tests and batch jobs)."""
@@ -445,6 +451,13 @@ class Consumer:
                 "settled": record.settled,
             },
         )
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 async def _first(*awaitables: Awaitable[object], cancel: bool = True) -> None:

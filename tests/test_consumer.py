@@ -1,0 +1,278 @@
+"""Consumer mechanics on the in-memory transport: capacity, shutdown order, outages, accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+
+from qworker.exceptions import AccessDenied, BadRequest, QueueUnavailable, ServerError, Throttled
+from qworker.outcome import Outcome, OutcomeRecord
+from qworker.testing import FakeQueueTransport, FakeSqs, consumer_for
+from qworker.transport import SendEntry
+
+
+async def no_sleep(_: float) -> None:
+    await asyncio.sleep(0)
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.records: list[OutcomeRecord] = []
+
+    def record(self, record: OutcomeRecord) -> None:
+        self.records.append(record)
+
+
+async def fill(queue: FakeQueueTransport, count: int) -> None:
+    for i in range(count):
+        await queue.send(json.dumps({"n": i}))
+
+
+async def test_concurrency_is_independent_of_the_receive_batch_and_bounded() -> None:
+    queue = FakeSqs().create_queue("wide")
+    await fill(queue, 100)
+    gate = asyncio.Event()
+    active = 0
+    peak = 0
+
+    async def handle(body: dict[str, int]) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await gate.wait()
+        active -= 1
+
+    consumer = consumer_for(queue, handle, concurrency=25, pollers=3, wait_time_s=0)
+    run = asyncio.create_task(consumer.run_until_empty())
+    async with asyncio.timeout(5):
+        await consumer.wait_in_flight(25)
+    for _ in range(5):
+        await asyncio.sleep(0)  # let any extra poller try its luck: it must find no capacity
+    assert active == 25
+    assert len(queue.in_flight) == 25  # held messages never exceed the free slots
+    gate.set()
+    async with asyncio.timeout(5):
+        await run
+    assert peak == 25
+    assert consumer.statistics().acked == 100
+
+
+async def test_receive_asks_only_for_free_slots() -> None:
+    queue = FakeSqs().create_queue("narrow")
+    await fill(queue, 10)
+    gate = asyncio.Event()
+
+    async def handle(body: dict[str, int]) -> None:
+        await gate.wait()
+
+    consumer = consumer_for(queue, handle, concurrency=3, pollers=2)
+    run = asyncio.create_task(consumer.run_until_empty())
+    async with asyncio.timeout(5):
+        await consumer.wait_in_flight(3)
+    assert len(queue.in_flight) == 3
+    assert len(queue.visible) == 7
+    gate.set()
+    async with asyncio.timeout(5):
+        await run
+    assert consumer.statistics().acked == 10
+
+
+async def test_stop_cancels_a_pending_long_poll_at_once() -> None:
+    queue = FakeSqs().create_queue("idle")
+
+    async def handle(body: str) -> None:
+        raise AssertionError("no message expected")
+
+    consumer = consumer_for(queue, handle, wait_time_s=20)
+    run = asyncio.create_task(consumer.run())
+    await asyncio.sleep(0)
+    consumer.stop()
+    consumer.stop()  # idempotent
+    async with asyncio.timeout(2):
+        await run
+    assert consumer.statistics().stopping
+
+
+async def test_shutdown_lets_running_handler_finish_and_releases_unstarted() -> None:
+    queue = FakeSqs().create_queue("orders.fifo")
+    await queue.send_batch(
+        [SendEntry(json.dumps({"n": i}), group_id="g", deduplication_id=str(i)) for i in range(3)]
+    )
+    started = asyncio.Event()
+    gate = asyncio.Event()
+    sink = Collect()
+
+    async def handle(body: dict[str, int]) -> None:
+        started.set()
+        await gate.wait()
+
+    consumer = consumer_for(queue, handle, fifo=True, shutdown_grace_s=30, sinks=[sink])
+    run = asyncio.create_task(consumer.run())
+    async with asyncio.timeout(5):
+        await started.wait()
+    consumer.stop()
+    gate.set()
+    async with asyncio.timeout(5):
+        await run
+
+    stats = consumer.statistics()
+    assert (stats.acked, stats.released, stats.in_flight) == (1, 2, 0)
+    assert [json.loads(m.body)["n"] for m in queue.visible] == [1, 2]
+    assert [r.outcome for r in sink.records] == [
+        Outcome.SUCCEEDED,
+        Outcome.RELEASED,
+        Outcome.RELEASED,
+    ]
+
+
+async def test_grace_expiry_cancels_handler_and_never_deletes_its_message() -> None:
+    queue = FakeSqs().create_queue("stuck")
+    await fill(queue, 1)
+    started = asyncio.Event()
+    cancelled = threading.Event()
+
+    async def handle(body: dict[str, int]) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    consumer = consumer_for(queue, handle, shutdown_grace_s=0.01)
+    run = asyncio.create_task(consumer.run())
+    async with asyncio.timeout(5):
+        await started.wait()
+    consumer.stop()
+    async with asyncio.timeout(5):
+        await run
+
+    assert cancelled.is_set()
+    assert queue.deleted == []
+    assert len(queue.visible) == 1  # released: visible again at once
+    assert consumer.statistics().released == 1
+
+
+async def test_cancelling_run_drains_then_reraises() -> None:
+    queue = FakeSqs().create_queue("cancel")
+    await fill(queue, 1)
+    started = asyncio.Event()
+    gate = asyncio.Event()
+
+    async def handle(body: dict[str, int]) -> None:
+        started.set()
+        await gate.wait()
+
+    consumer = consumer_for(queue, handle, shutdown_grace_s=30)
+    run = asyncio.create_task(consumer.run())
+    async with asyncio.timeout(5):
+        await started.wait()
+    run.cancel()
+    await asyncio.sleep(0)
+    assert consumer.stopping
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert consumer.statistics().acked == 1
+    assert len(queue.deleted) == 1
+
+
+@pytest.mark.parametrize("error", [QueueUnavailable(), Throttled(), ServerError()])
+async def test_transient_receive_errors_back_off_and_recover(error: Exception) -> None:
+    queue = FakeSqs().create_queue("flaky")
+    await fill(queue, 3)
+    queue.fail_next("receive", error, times=4)  # type: ignore[arg-type]
+
+    async def handle(body: dict[str, int]) -> None:
+        pass
+
+    consumer = consumer_for(queue, handle, sleep=no_sleep, pollers=1)
+    await consumer.run_until_empty()
+    stats = consumer.statistics()
+    assert stats.receive_errors == 4
+    assert stats.acked == 3
+
+
+async def test_lasting_receive_error_stops_run_loudly() -> None:
+    queue = FakeSqs().create_queue("denied")
+    queue.fail_next("receive", AccessDenied("no sqs:ReceiveMessage"))
+
+    async def handle(body: str) -> None:
+        pass
+
+    consumer = consumer_for(queue, handle, pollers=1)
+    with pytest.raises(AccessDenied, match="ReceiveMessage"):
+        await consumer.run_until_empty()
+
+
+async def test_a_failed_delete_is_counted_and_the_message_comes_back() -> None:
+    queue = FakeSqs().create_queue("nodelete")
+    await fill(queue, 1)
+    queue.fail_next("delete_batch", BadRequest("refused"))
+    sink = Collect()
+
+    async def handle(body: dict[str, int]) -> None:
+        pass
+
+    consumer = consumer_for(queue, handle, sinks=[sink], visibility_timeout_s=30)
+    await consumer.run_until_empty()
+    assert consumer.statistics().unsettled == 1
+    assert [r.settled for r in sink.records] == [False]
+    assert queue.deleted == []
+    assert len(queue.in_flight) == 1  # invisible until its visibility lapses, then redelivered
+
+
+async def test_handler_timeout_fails_the_message() -> None:
+    queue = FakeSqs().create_queue("timeout")
+    await fill(queue, 1)
+    sink = Collect()
+
+    async def handle(body: dict[str, int]) -> None:
+        await asyncio.Event().wait()
+
+    consumer = consumer_for(queue, handle, handler_timeout_s=0.01, sinks=[sink])
+    consumer.settler.release_failed = False
+    run = asyncio.create_task(consumer.run())
+    while not sink.records:  # noqa: ASYNC110 (the timeout is real time: there is nothing else to wait on)
+        await asyncio.sleep(0.005)
+    consumer.stop()
+    await run
+    assert sink.records[0].outcome is Outcome.FAILED
+    assert sink.records[0].error == "handler timed out after 0.01 s"
+
+
+async def test_sync_handler_runs_in_a_thread() -> None:
+    queue = FakeSqs().create_queue("sync")
+    await fill(queue, 2)
+    threads: set[str] = set()
+
+    def handle(body: dict[str, int]) -> None:
+        threads.add(threading.current_thread().name)
+
+    consumer = consumer_for(queue, handle)
+    await consumer.run_until_empty()
+    assert consumer.statistics().acked == 2
+    assert threading.current_thread().name not in threads
+
+
+async def test_records_carry_role_version_and_first_attempt() -> None:
+    from qworker.role import Identity
+
+    queue = FakeSqs().create_queue("records")
+    await fill(queue, 1)
+    sink = Collect()
+
+    async def handle(body: dict[str, int]) -> None:
+        pass
+
+    identity = Identity(service="svc", role="canary", version="v42")
+    consumer = consumer_for(queue, handle, identity=identity, sinks=[sink])
+    await consumer.run_until_empty()
+    record = sink.records[0]
+    assert (record.role, record.version, record.queue) == ("canary", "v42", "records")
+    assert record.first_attempt
+    assert record.message_age_s >= 0
+    assert "acked=1" in repr(consumer)
