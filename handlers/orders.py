@@ -2,7 +2,8 @@
 
 Run it on the embedded local server with `qworker run handlers.orders`, then in another terminal:
 
-    qworker send '{"order_id": "o-1", "customer_id": "c-1", "amount_cents": 1250, "currency": "EUR"}'
+    qworker send '{"order_id": "o-1", "customer_id": "c-1", "amount_cents": 1250,
+                   "currency": "EUR"}'
 
 A body that does not validate is rejected (to the dead-letter queue, with the validation error);
 an order the payment step cannot take yet is retried later; a currency we will never take is
@@ -46,5 +47,9 @@ async def handle(order: Order) -> None:
         raise Retry(delay_s=60, reason="amount needs manual review")
     log.info(
         "order booked",
-        extra={"action": "order_booked", "order_id": order.order_id, "amount_cents": order.amount_cents},
+        extra={
+            "action": "order_booked",
+            "order_id": order.order_id,
+            "amount_cents": order.amount_cents,
+        },
     )

@@ -1,4 +1,4 @@
-"""qworker: asyncio SQS workers for ECS Fargate, shipped through a canary judged on the queue itself.
+"""qworker: asyncio SQS workers for ECS Fargate, shipped through a canary judged on the queue.
 
 ```python
 from pydantic import BaseModel

@@ -11,14 +11,13 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from qworker.app import QWorker
-
+from qworker.canary import cli as canary_cli
 from qworker.exceptions import ConfigError, TransportError
 from qworker.local import EmbeddedSqs, create_queue_with_dlq, read_state
 from qworker.logs import configure_logging
@@ -35,14 +34,18 @@ EXIT_CONFIG: Final = 2
 _CONNECTION_FIELDS: Final = ("queue_url", "queue_name", "endpoint_url", "region")
 
 
-def _add_setting_flags(parser: argparse.ArgumentParser, fields: Sequence[str] | None = None) -> None:
+def _add_setting_flags(
+    parser: argparse.ArgumentParser, fields: Sequence[str] | None = None
+) -> None:
     for name, info in QWorkerSettings.model_fields.items():
         if fields is not None and name not in fields:
             continue
         flag = f"--{name.replace('_', '-')}"
         help_text = info.description or ""
         if info.annotation in (bool, bool | None):
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text)
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text
+            )
         else:
             parser.add_argument(flag, dest=name, metavar=name.upper(), help=help_text)
 
@@ -67,9 +70,10 @@ def _identity(settings: QWorkerSettings, app_name: str) -> Identity:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if os.getcwd() not in sys.path:
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
         # Console scripts do not put the working directory on sys.path; handler modules live there.
-        sys.path.insert(0, os.getcwd())
+        sys.path.insert(0, cwd)
     app = QWorker.from_module(args.module)
     identity = _identity(settings, app.name)
     configure_logging(identity, level=settings.log_level, fmt=settings.log_format)
@@ -156,11 +160,15 @@ def _cmd_send(args: argparse.Namespace) -> int:
         if queue_name is None and len(state.get("queues", [])) == 1:
             queue_name = state["queues"][0]
     if settings.queue_url is None and queue_name is None:
-        raise ConfigError("which queue? set QWORKER_QUEUE_NAME or QWORKER_QUEUE_URL (--queue-name / --queue-url)")
+        raise ConfigError(
+            "which queue? set QWORKER_QUEUE_NAME or QWORKER_QUEUE_URL (--queue-name / --queue-url)"
+        )
     attributes = dict(a.split("=", 1) for a in args.attribute)
     bodies = list(_bodies(args))
     if not bodies:
-        raise ConfigError("nothing to send: give bodies as arguments, --file FILE, or lines on stdin")
+        raise ConfigError(
+            "nothing to send: give bodies as arguments, --file FILE, or lines on stdin"
+        )
     sent = asyncio.run(
         _send(settings, endpoint, queue_name, bodies, attributes, args.group_id, args.delay_s)
     )
@@ -190,7 +198,9 @@ async def _send(  # noqa: PLR0917 (a private call with positional plumbing)
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `qworker` command."""
-    parser = argparse.ArgumentParser(prog="qworker", description="asyncio SQS workers with a judged canary")
+    parser = argparse.ArgumentParser(
+        prog="qworker", description="asyncio SQS workers with a judged canary"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a handler module's worker")
@@ -207,12 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(send, _CONNECTION_FIELDS)
     send.set_defaults(func=_cmd_send)
 
-    try:
-        from qworker.canary import cli as canary_cli  # noqa: PLC0415 (TEMP until canary cli lands)
-
-        canary_cli.register(sub)
-    except ImportError:
-        pass
+    canary_cli.register(sub)
     return parser
 
 
@@ -229,5 +234,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-
-

@@ -105,7 +105,7 @@ class _Capacity:
 class Consumer:
     """Consumes one queue with one dispatcher."""
 
-    def __init__(  # noqa: PLR0913 (every knob is a keyword with a default)
+    def __init__(
         self,
         transport: QueueTransport,
         dispatcher: Dispatcher,
@@ -339,9 +339,9 @@ class Consumer:
         return []
 
     async def _backoff(self, failures: int, exc: TransientTransportError) -> None:
-        delay = random.uniform(
+        delay = random.uniform(  # noqa: S311 (jitter, not cryptography)
             0, min(RECEIVE_BACKOFF_MAX_S, RECEIVE_BACKOFF_BASE_S * 2 ** min(failures - 1, 16))
-        )  # noqa: S311 (jitter)
+        )
         log.warning(
             "receive failed; backing off",
             extra={
@@ -484,4 +484,4 @@ async def _run_tracked(coro: Awaitable[None], running: set[asyncio.Task[None]]) 
     finally:
         task = asyncio.current_task()
         if task is not None:
-            running.discard(task)  # type: ignore[arg-type]
+            running.discard(task)

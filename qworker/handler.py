@@ -118,7 +118,7 @@ class HandlerSpec:
         """Call the handler (a sync one in a worker thread)."""
         kwargs = {self.message_param: message} if self.message_param else {}
         if self.is_async:
-            await self.func(argument, **kwargs)  # type: ignore[misc] (checked by is_async)
+            await self.func(argument, **kwargs)  # type: ignore[misc]  # checked by is_async
         else:
             await asyncio.to_thread(self.func, argument, **kwargs)
 

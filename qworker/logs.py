@@ -49,9 +49,11 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             **self._identity,
         }
-        for key, value in vars(record).items():
-            if key not in _RESERVED and not key.startswith("_") and value is not None:
-                entry[key] = value
+        entry.update(
+            (key, value)
+            for key, value in vars(record).items()
+            if key not in _RESERVED and not key.startswith("_") and value is not None
+        )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, separators=(",", ":"))
@@ -73,9 +75,7 @@ def configure_logging(
         handler.setFormatter(JsonFormatter(identity))
     else:
         handler.setFormatter(
-            logging.Formatter(
-                f"%(asctime)s %(levelname)s [{identity.role}] %(name)s: %(message)s"
-            )
+            logging.Formatter(f"%(asctime)s %(levelname)s [{identity.role}] %(name)s: %(message)s")
         )
     root = logging.getLogger()
     for old in list(root.handlers):

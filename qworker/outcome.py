@@ -7,7 +7,7 @@ and turns it into one action on the queue (DESIGN.md, "Outcomes"):
 | ----------- | ---------------------------------------------------- | --------------------------- |
 | `succeeded` | the handler returned                                 | deleted                     |
 | `failed`    | the handler raised, or timed out                     | visible again after backoff |
-| `retried`   | the handler raised `Retry`                           | visible after the asked delay |
+| `retried`   | the handler raised `Retry`                           | hidden for the asked delay  |
 | `rejected`  | the body was invalid, or the handler raised `Reject` | sent to the DLQ now         |
 | `released`  | never started (shutdown, canary release, FIFO stop)  | visible again at once       |
 """

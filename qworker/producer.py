@@ -45,7 +45,9 @@ async def send_bodies(
     batch: list[SendEntry] = []
     for index, body in enumerate(bodies):
         dedup = f"{index}-{hash(body) & 0xFFFFFFFF:x}" if fifo else None
-        batch.append(SendEntry(body, dict(attrs), delay_s, group_id if fifo or group_id else None, dedup))
+        batch.append(
+            SendEntry(body, dict(attrs), delay_s, group_id if fifo or group_id else None, dedup)
+        )
         if len(batch) == MAX_BATCH:
             sent += await _flush(transport, batch)
             batch = []

@@ -44,7 +44,9 @@ def handle_signals(stop: Callable[[], None]) -> Iterator[None]:
     def on_signal(sig: signal.Signals) -> None:
         received.append(sig)
         log.info(
-            "signal received; stopping" if len(received) == 1 else "signal received; already stopping",
+            "signal received; stopping"
+            if len(received) == 1
+            else "signal received; already stopping",
             extra={"action": "signal", "signal": sig.name},
         )
         stop()

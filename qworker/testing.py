@@ -124,8 +124,7 @@ class FakeSqs:
         dead_letter: str | None = None,
         max_receive_count: int = 3,
     ) -> FakeQueueTransport:
-        """Create a queue (a `.fifo` name makes a FIFO queue), and its dead-letter queue if
-        named."""
+        """Create a queue (a `.fifo` name makes a FIFO one) and its dead-letter queue if named."""
         redrive: RedrivePolicy | None = None
         if dead_letter is not None:
             dlq = self._queues.get(dead_letter) or self.create_queue(dead_letter)
@@ -344,8 +343,7 @@ class FakeQueueTransport:
             raise TransportError(f"batch of {len(entries)} entries: SQS takes 1 to {MAX_BATCH}")
 
     async def delete_batch(self, receipt_handles: Sequence[str]) -> list[BatchFailure]:
-        """Delete by receipt handle; a stale handle deletes nothing and does not fail (as on
-        SQS)."""
+        """Delete by receipt handle; a stale handle deletes nothing and does not fail, as on SQS."""
         self._check_batch(receipt_handles)
         self._call("delete_batch")
         for handle in receipt_handles:
@@ -375,7 +373,9 @@ class FakeQueueTransport:
         stored = self._find(receipt_handle)
         now = self._sqs.clock()
         if stored is None or stored.visible_at <= now:
-            return BatchFailure(index, "MessageNotInflight", "message not in flight", True)
+            return BatchFailure(
+                index, "MessageNotInflight", "message not in flight", sender_fault=True
+            )
         stored.visible_at = now + timeout_s
         if timeout_s == 0:
             self._arrived.set()
@@ -394,7 +394,7 @@ class FakeQueueTransport:
         )
 
 
-def consumer_for(  # noqa: PLR0913 (test wiring: every knob has a default)
+def consumer_for(
     transport: QueueTransport,
     handler: HandlerFunc,
     *,

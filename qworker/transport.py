@@ -63,8 +63,7 @@ MESSAGE_ATTRIBUTES: Final = ("All",)
 @final
 @dataclass(frozen=True, slots=True)
 class MessageAttribute:
-    """A message attribute: a data type (`String`, `Number`, `Binary`, or one with a suffix) and
-    value."""
+    """A message attribute: its data type (`String`, `Number`, `Binary`, ...) and value."""
 
     data_type: str
     value: str | bytes

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -153,7 +154,7 @@ class Worker:
         ) as client:
             resolved = []
             for spec in self.app.handlers.values():
-                found = await self._until_up(lambda s=spec: self._resolve(client, s))
+                found = await self._until_up(functools.partial(self._resolve, client, spec))
                 if found is None:
                     return
                 resolved.append(found)
@@ -163,7 +164,9 @@ class Worker:
                 return
             async with asyncio.TaskGroup() as group:
                 for consumer in self.consumers:
-                    group.create_task(consumer.run(), name=f"consume {consumer.transport.queue_name}")
+                    group.create_task(
+                        consumer.run(), name=f"consume {consumer.transport.queue_name}"
+                    )
 
     async def _until_up(self, attempt: Callable[[], Awaitable[T]]) -> T | None:
         """Run a start-up step, retrying transient errors until it works or `stop()`."""
@@ -199,7 +202,8 @@ class Worker:
             ) from None
         except AccessDenied as exc:
             raise ConfigError(
-                f"access denied to queue {name or url!r} ({exc}); check the task role's SQS permissions"
+                f"access denied to queue {name or url!r} ({exc}); "
+                "check the task role's SQS permissions"
             ) from None
         dead_letter = await self._dead_letter(client, attributes)
         self._report(transport, attributes, dead_letter)

@@ -1,5 +1,5 @@
-"""Shared fixtures: the real servers (tests/servers.py) and a `backend` that runs one behaviour test
-on the in-memory fake, on moto's server and on LocalStack, over HTTP with the real aiobotocore client.
+"""Shared fixtures: the real servers (tests/servers.py), and a `backend` that runs each behaviour
+test on the in-memory fake, on moto's server and on LocalStack, over HTTP with aiobotocore.
 """
 
 from __future__ import annotations

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
+from collections.abc import Callable
 
 from conftest import Backend
 from pydantic import BaseModel
 
 from qworker import Message, Reject, Retry
+from qworker.producer import send_bodies
 from qworker.testing import consumer_for
-from qworker.transport import QueueTransport
+from qworker.transport import QueueTransport, SendEntry
 
 
 class Order(BaseModel):
@@ -198,9 +201,7 @@ async def test_fifo_groups_run_in_order_and_a_failure_holds_its_group(backend: B
     assert consumer.statistics().acked == 15
 
 
-def fifo_entry(group: str, seq: int) -> object:
-    from qworker.transport import SendEntry
-
+def fifo_entry(group: str, seq: int) -> SendEntry:
     return SendEntry(
         json.dumps({"group": group, "seq": seq}),
         group_id=group,
@@ -209,12 +210,8 @@ def fifo_entry(group: str, seq: int) -> object:
 
 
 async def send(queue: QueueTransport, bodies: list[str]) -> None:
-    from qworker.producer import send_bodies
-
     await send_bodies(queue, bodies)
 
 
-def _monotonic() -> object:
-    import time
-
+def _monotonic() -> Callable[[], float]:
     return time.monotonic

@@ -10,6 +10,7 @@ import pytest
 
 from qworker.exceptions import AccessDenied, BadRequest, QueueUnavailable, ServerError, Throttled
 from qworker.outcome import Outcome, OutcomeRecord
+from qworker.role import Identity
 from qworker.testing import FakeQueueTransport, FakeSqs, consumer_for
 from qworker.transport import SendEntry
 
@@ -259,8 +260,6 @@ async def test_sync_handler_runs_in_a_thread() -> None:
 
 
 async def test_records_carry_role_version_and_first_attempt() -> None:
-    from qworker.role import Identity
-
     queue = FakeSqs().create_queue("records")
     await fill(queue, 1)
     sink = Collect()

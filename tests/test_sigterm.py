@@ -54,10 +54,10 @@ def start_worker(endpoint: str, queue: str, journal: Path, *extra: str) -> subpr
     )  # fmt: skip
 
 
-def wait_for_done(journal: Path, count: int, proc: subprocess.Popen[str]) -> None:
+def wait_for_journal(journal: Path, kind: str, count: int, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if journal.exists() and journal.read_text().count("done ") >= count:
+        if journal.exists() and journal.read_text().count(kind) >= count:
             return
         assert proc.poll() is None, "the worker died early"
         time.sleep(0.05)  # another process writes the journal: polling the file is the only way
@@ -95,13 +95,15 @@ async def test_sigterm_mid_work_loses_nothing(
     localstack_server: Any, sqs_client: Any, tmp_path: Path
 ) -> None:
     name = f"sigterm-{uuid.uuid4().hex[:8]}"
-    queue = SqsTransport(sqs_client, await create_queue_with_dlq(sqs_client, name, visibility_timeout_s=VISIBILITY_S))
+    queue = SqsTransport(
+        sqs_client, await create_queue_with_dlq(sqs_client, name, visibility_timeout_s=VISIBILITY_S)
+    )
     await send_bodies(queue, [json.dumps({"n": i, "work_s": 0.3}) for i in range(200)])
     journal = tmp_path / "journal.txt"
 
     proc = start_worker(localstack_server.endpoint_url, name, journal, "--concurrency", "40")
     try:
-        wait_for_done(journal, 40, proc)
+        wait_for_journal(journal, "done ", 40, proc)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -123,18 +125,15 @@ async def test_sigterm_past_the_grace_period_releases_running_messages(
     localstack_server: Any, sqs_client: Any, tmp_path: Path
 ) -> None:
     name = f"grace-{uuid.uuid4().hex[:8]}"
-    queue = SqsTransport(sqs_client, await create_queue_with_dlq(sqs_client, name, visibility_timeout_s=VISIBILITY_S))
+    queue = SqsTransport(
+        sqs_client, await create_queue_with_dlq(sqs_client, name, visibility_timeout_s=VISIBILITY_S)
+    )
     await send_bodies(queue, [json.dumps({"n": i, "work_s": 30}) for i in range(5)])
     journal = tmp_path / "journal.txt"
 
-    proc = start_worker(
-        localstack_server.endpoint_url, name, journal, "--shutdown-grace-s", "0.5"
-    )
+    proc = start_worker(localstack_server.endpoint_url, name, journal, "--shutdown-grace-s", "0.5")
     try:
-        deadline = time.monotonic() + 60
-        while not (journal.exists() and journal.read_text().count("start ") == 5):
-            assert time.monotonic() < deadline, "the worker did not start all messages"
-            time.sleep(0.05)  # the journal is written by another process
+        wait_for_journal(journal, "start ", 5, proc)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:
