@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 from pathlib import Path
 from typing import Any, Final, final
 
@@ -55,6 +56,7 @@ class EmbeddedSqs:
         self._port = port if port and _port_free(port) else 0
         self._state_file = state_file
         self._server: Any = None
+        self._thread: threading.Thread | None = None
         self.endpoint_url = ""
 
     def start(self) -> str:
@@ -63,16 +65,12 @@ class EmbeddedSqs:
         Raises:
             ConfigError: moto is not installed.
         """
-        try:
-            from moto.server import ThreadedMotoServer  # noqa: PLC0415 (an optional extra)
-        except ImportError:
-            raise ConfigError(
-                "the embedded SQS server needs moto: pip install 'qworker[local]', or set "
-                "QWORKER_QUEUE_URL / QWORKER_ENDPOINT_URL to use a real server"
-            ) from None
-        self._server = ThreadedMotoServer(ip_address=LOOPBACK, port=self._port, verbose=False)
-        self._server.start()
-        host, port = self._server.get_host_and_port()
+        self._server = _make_moto_server(self._port)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="embedded-sqs", daemon=True
+        )
+        self._thread.start()
+        host, port = self._server.server_address[:2]
         self.endpoint_url = f"http://{host}:{port}"
         if self._state_file is not None:
             self._state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -86,10 +84,42 @@ class EmbeddedSqs:
     def stop(self) -> None:
         """Stop the server and remove the state file."""
         if self._server is not None:
-            self._server.stop()
+            self._server.shutdown()
+            self._server.server_close()
             self._server = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         if self._state_file is not None:
             self._state_file.unlink(missing_ok=True)
+
+
+def _make_moto_server(port: int) -> Any:  # noqa: ANN401 (werkzeug's server, untyped here)
+    """Serve moto's WSGI app from a threaded werkzeug server on 127.0.0.1.
+
+    moto's own request handler sends a second `Server` header (getmoto/moto#9930), which some
+    aiohttp versions reject; this handler drops moto's copy.
+    """
+    try:
+        from moto.moto_server.werkzeug_app import (  # noqa: PLC0415 (an optional extra)
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server  # noqa: PLC0415 (comes with moto[server])
+    except ImportError:
+        raise ConfigError(
+            "the embedded SQS server needs moto: pip install 'qworker[local]', or set "
+            "QWORKER_QUEUE_URL / QWORKER_ENDPOINT_URL to use a real server"
+        ) from None
+
+    class OneServerHeader(MotoRequestHandler):
+        def send_header(self, keyword: str, value: str) -> None:
+            if keyword.lower() != "server" or keyword == "Server":
+                super().send_header(keyword, value)
+
+    app = DomainDispatcherApplication(create_backend_app)
+    return make_server(LOOPBACK, port, app, threaded=True, request_handler=OneServerHeader)
 
 
 def read_state(state_file: Path = STATE_FILE) -> str | None:
