@@ -1,0 +1,838 @@
+"""The CloudFormation templates in deploy/: lint-clean, and the invariants the design relies on.
+
+The templates are loaded with cfn-lint's YAML decoder (it understands the short tags such as !Sub
+and !If) and rendered for given parameters by a small resolver below (Ref, Fn::Sub, Fn::Join,
+Fn::If, Fn::GetAtt, conditions), so the checks read concrete values: the alarm names the pipeline
+watches, the parameters each deploy action passes, every IAM statement. test_deploy_alarms.py
+imports the same helpers.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+from cfnlint.decode import cfn_yaml  # type: ignore[import-untyped]
+
+from qworker.metrics import DEFAULT_NAMESPACE, DIMENSION_SETS, MetricName
+
+DEPLOY: Final = Path(__file__).resolve().parent.parent / "deploy"
+TEMPLATES: Final = sorted(DEPLOY.glob("*.yaml"))
+
+ACCOUNT: Final = "123456789012"
+REGION: Final = "eu-central-1"
+PSEUDO: Final = {
+    "AWS::AccountId": ACCOUNT,
+    "AWS::Region": REGION,
+    "AWS::Partition": "aws",
+    "AWS::URLSuffix": "amazonaws.com",
+    "AWS::StackName": "stack",
+}
+
+# The parameters of a realistic deployment, for the templates that have no default for them.
+SERVICE_PARAMS: Final[dict[str, Any]] = {
+    "ServiceName": "orders",
+    "HandlerModule": "handlers.orders",
+    "ImageRepositoryName": "qworker/orders",
+    "ImageTag": "0123456789abcdef0123456789abcdef01234567",
+    "ClusterName": "qworker",
+    "Subnets": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"],
+    "SecurityGroups": ["sg-0123456789abcdef0"],
+    "QueueName": "orders",
+    "DeadLetterQueueName": "orders-dlq",
+}
+PIPELINE_PARAMS: Final[dict[str, Any]] = {
+    "ConnectionArn": (
+        f"arn:aws:codeconnections:{REGION}:{ACCOUNT}:connection/0123abcd-0123-4567-89ab-0123456789ab"
+    ),
+    "FullRepositoryId": "example/orders",
+    "ServiceName": "orders",
+    "HandlerModule": "handlers.orders",
+    "ClusterName": "qworker",
+    "Subnets": ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"],
+    "SecurityGroups": ["sg-0123456789abcdef0"],
+    "QueueName": "orders",
+    "DeadLetterQueueName": "orders-dlq",
+}
+ALARM_PARAMS: Final[dict[str, Any]] = {"ServiceName": "orders", "QueueName": "orders"}
+
+# AWS metrics the templates may use besides the framework's own: the backlog and the task count.
+AWS_METRICS: Final[dict[tuple[str, str], frozenset[str]]] = {
+    ("AWS/SQS", "ApproximateNumberOfMessagesVisible"): frozenset({"QueueName"}),
+    ("ECS/ContainerInsights", "RunningTaskCount"): frozenset({"ClusterName", "ServiceName"}),
+}
+
+# Actions without resource-level permissions: Resource "*" is the only way to grant them.
+RESOURCE_STAR_ONLY: Final = frozenset(
+    {
+        "ecr:GetAuthorizationToken",
+        "cloudwatch:PutMetricData",  # scoped by a cloudwatch:namespace condition instead
+        "cloudwatch:GetMetricData",
+        "cloudwatch:DescribeAlarms",  # composite alarms are only returned for "*"
+        "ecs:RegisterTaskDefinition",
+        "ecs:DeregisterTaskDefinition",
+        "ecs:DescribeTaskDefinition",
+        "logs:DescribeLogGroups",
+        "application-autoscaling:DescribeScalableTargets",
+        "application-autoscaling:DescribeScalingPolicies",
+        "application-autoscaling:DescribeScheduledActions",
+    }
+)
+
+NO_VALUE: Final = object()
+
+
+# -- loading and rendering ---------------------------------------------------------------------
+
+
+def load(name: str) -> dict[str, Any]:
+    """Load a file from deploy/ as plain JSON-like data (short tags become Fn:: keys)."""
+    decoded = cfn_yaml.load(str(DEPLOY / name))
+    data: dict[str, Any] = json.loads(json.dumps(decoded))
+    return data
+
+
+def _parameter_values(template: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, spec in template.get("Parameters", {}).items():
+        if name in given:
+            value = given[name]
+        elif "Default" in spec:
+            value = spec["Default"]
+        else:
+            raise KeyError(f"parameter {name} has no default and was not given")
+        is_list = spec["Type"].startswith("List<") or spec["Type"] == "CommaDelimitedList"
+        if is_list and isinstance(value, str):
+            value = value.split(",")
+        values[name] = [str(v) for v in value] if is_list else _text(value)
+    unknown = set(given) - set(values)
+    if unknown:
+        raise KeyError(f"not parameters of the template: {sorted(unknown)}")
+    return values
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class Renderer:
+    """Resolves a template's intrinsic functions for one set of parameter values."""
+
+    NAME_PROPERTIES: Final = {
+        "AWS::CloudWatch::Alarm": "AlarmName",
+        "AWS::CloudWatch::CompositeAlarm": "AlarmName",
+        "AWS::Logs::LogGroup": "LogGroupName",
+        "AWS::ECR::Repository": "RepositoryName",
+        "AWS::CodePipeline::Pipeline": "Name",
+    }
+
+    def __init__(self, template: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+        self.template = template
+        self.params = _parameter_values(template, params)
+        self.conditions: dict[str, bool] = {}
+        for name in template.get("Conditions", {}):
+            self.condition(name)
+
+    def condition(self, name: str) -> bool:
+        """The value of a named condition."""
+        if name not in self.conditions:
+            self.conditions[name] = self._truth(self.template["Conditions"][name])
+        return self.conditions[name]
+
+    def _truth(self, node: Any) -> bool:
+        (function, argument), *_ = node.items()
+        if function == "Condition":
+            return self.condition(argument)
+        if function == "Fn::Equals":
+            left, right = (self.resolve(a) for a in argument)
+            return _text(left) == _text(right)
+        if function == "Fn::Not":
+            return not self._truth(argument[0])
+        if function == "Fn::And":
+            return all(self._truth(a) for a in argument)
+        if function == "Fn::Or":
+            return any(self._truth(a) for a in argument)
+        if function == "Fn::Contains":
+            haystack, needle = (self.resolve(a) for a in argument)
+            return _text(needle) in [_text(v) for v in haystack]
+        raise NotImplementedError(function)
+
+    def ref(self, name: str) -> Any:
+        """What `Ref: name` resolves to (a parameter, pseudo parameter or resource)."""
+        if name in self.params:
+            return self.params[name]
+        if name in PSEUDO:
+            return PSEUDO[name]
+        if name == "AWS::NoValue":
+            return NO_VALUE
+        resource = self.template["Resources"][name]
+        name_property = self.NAME_PROPERTIES.get(resource["Type"])
+        if name_property and name_property in resource.get("Properties", {}):
+            return self.resolve(resource["Properties"][name_property])
+        return f"<{name}>"
+
+    def _sub(self, text: str, variables: Mapping[str, Any]) -> str:
+        def replace(match: re.Match[str]) -> str:
+            key = match.group(1)
+            if key.startswith("!"):
+                return "${" + key[1:] + "}"
+            if key in variables:
+                return _text(self.resolve(variables[key]))
+            if "." in key and key.split(".")[0] in self.template.get("Resources", {}):
+                return f"<{key}>"
+            return _text(self.ref(key))
+
+        return re.sub(r"\$\{([^}]+)\}", replace, text)
+
+    def resolve(self, node: Any) -> Any:  # noqa: PLR0911 - one branch per intrinsic function
+        """Resolve every intrinsic function in `node`; AWS::NoValue removes the item."""
+        if isinstance(node, list):
+            items = [self.resolve(item) for item in node]
+            return [item for item in items if item is not NO_VALUE]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            (key, argument), *_ = node.items()
+            if key == "Ref":
+                return self.ref(argument)
+            if key == "Fn::Sub":
+                text, variables = (argument, {}) if isinstance(argument, str) else argument
+                return self._sub(text, variables)
+            if key == "Fn::Join":
+                delimiter, items = argument
+                return delimiter.join(_text(item) for item in self.resolve(items))
+            if key == "Fn::If":
+                name, when_true, when_false = argument
+                return self.resolve(when_true if self.condition(name) else when_false)
+            if key == "Fn::GetAtt":
+                resource, attribute = argument.split(".") if isinstance(argument, str) else argument
+                return f"<{resource}.{attribute}>"
+        resolved = {key: self.resolve(value) for key, value in node.items()}
+        return {key: value for key, value in resolved.items() if value is not NO_VALUE}
+
+    def resources(self, type_: str | None = None) -> dict[str, dict[str, Any]]:
+        """The resources that exist for these parameters, with resolved properties."""
+        rendered = {}
+        for name, resource in self.template["Resources"].items():
+            if "Condition" in resource and not self.condition(resource["Condition"]):
+                continue
+            if type_ is None or resource["Type"] == type_:
+                rendered[name] = {**resource, "Properties": self.resolve(resource["Properties"])}
+        return rendered
+
+
+def render(name: str, params: Mapping[str, Any]) -> Renderer:
+    """Load `deploy/<name>` and prepare it for the given parameters."""
+    return Renderer(load(name), params)
+
+
+def pipeline_stage(renderer: Renderer, stage: str) -> dict[str, Any]:
+    """One stage of the rendered pipeline."""
+    (pipeline,) = renderer.resources("AWS::CodePipeline::Pipeline").values()
+    (found,) = (s for s in pipeline["Properties"]["Stages"] if s["Name"] == stage)
+    return dict(found)
+
+
+def deploy_actions(renderer: Renderer) -> list[dict[str, Any]]:
+    """Every CloudFormation deploy action of the rendered pipeline."""
+    (pipeline,) = renderer.resources("AWS::CodePipeline::Pipeline").values()
+    return [
+        action
+        for stage in pipeline["Properties"]["Stages"]
+        for action in stage["Actions"]
+        if action["ActionTypeId"]["Provider"] == "CloudFormation"
+    ]
+
+
+# -- lint and general hygiene ------------------------------------------------------------------
+
+
+def test_every_template_is_cfn_lint_clean() -> None:
+    cfn_lint = Path(sys.executable).with_name("cfn-lint")
+    result = subprocess.run(
+        [str(cfn_lint), *(str(t) for t in TEMPLATES)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_templates_are_the_expected_set() -> None:
+    assert {t.name for t in TEMPLATES} >= {
+        "queue.yaml",
+        "service.yaml",
+        "alarms.yaml",
+        "pipeline.yaml",
+    }
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
+def test_every_parameter_is_described_and_constrained(path: Path) -> None:
+    for name, spec in load(path.name).get("Parameters", {}).items():
+        assert spec.get("Description"), f"{path.name}: {name} has no Description"
+        constrained = {"AllowedValues", "AllowedPattern", "MinValue", "MaxValue"} & set(spec)
+        # AWS-specific types are validated by CloudFormation itself; a list of alarm names is
+        # checked by ECS when it looks the alarms up.
+        typed = spec["Type"].startswith(("AWS::", "List<AWS::")) or spec["Type"] == (
+            "CommaDelimitedList"
+        )
+        assert constrained or typed, f"{path.name}: {name} accepts anything"
+
+
+@pytest.mark.parametrize("path", [*TEMPLATES, *DEPLOY.glob("*.yml")], ids=lambda p: p.name)
+def test_no_hard_coded_accounts_regions_or_arns(path: Path) -> None:
+    text = path.read_text()
+    assert not re.search(r"(?<![\w{])\d{12}(?![\w}])", text), "an account id"
+    assert not re.search(
+        r"\b(us|eu|ap|sa|ca|me|af|il|mx|cn)-(north|south|east|west|central)"
+        r"(east|west)?-\d\b",
+        text,
+    ), "a region"
+    assert "arn:aws:" not in text, "a literal ARN (use ${AWS::Partition})"
+
+
+# -- metrics: every name an alarm or scaling policy uses is one the framework emits --------------
+
+
+def _metric_stats(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        if "Metric" in node and "Stat" in node:
+            yield node
+        for value in node.values():
+            yield from _metric_stats(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _metric_stats(item)
+
+
+def _all_metric_stats() -> Iterator[tuple[str, dict[str, Any]]]:
+    primary = {**SERVICE_PARAMS, "DeploymentRole": "primary"}  # the one with a scaling policy
+    for name, params in (("alarms.yaml", ALARM_PARAMS), ("service.yaml", primary)):
+        renderer = render(name, params)
+        for resource_name, resource in renderer.resources().items():
+            for stat in _metric_stats(resource["Properties"]):
+                yield f"{name}:{resource_name}", stat
+
+
+def test_metrics_namespace_defaults_to_the_framework_namespace() -> None:
+    for name in ("alarms.yaml", "service.yaml"):
+        assert load(name)["Parameters"]["MetricsNamespace"]["Default"] == DEFAULT_NAMESPACE
+
+
+def test_alarm_and_scaling_metrics_come_from_the_schema() -> None:
+    emitted = {m.value for m in MetricName}
+    dimension_sets = {frozenset(d.value for d in dims) for dims in DIMENSION_SETS}
+    seen = 0
+    for where, stat in _all_metric_stats():
+        seen += 1
+        metric = stat["Metric"]
+        dimensions = {d["Name"]: d["Value"] for d in metric.get("Dimensions", [])}
+        if metric["Namespace"] == DEFAULT_NAMESPACE:
+            assert metric["MetricName"] in emitted, where
+            # CloudWatch matches the exact dimension set: a subset or superset finds nothing.
+            assert frozenset(dimensions) in dimension_sets, where
+            assert dimensions["DeploymentRole"] in {"canary", "primary"}, where
+        else:
+            key = (metric["Namespace"], metric["MetricName"])
+            assert key in AWS_METRICS, (
+                f"{where}: {key} is neither qworker's nor an allowed AWS metric"
+            )
+            assert frozenset(dimensions) == AWS_METRICS[key], where
+    assert seen > 10
+
+
+def test_canary_alarms_watch_the_canary_series() -> None:
+    alarms = render("alarms.yaml", ALARM_PARAMS).resources("AWS::CloudWatch::Alarm")
+    canary = {n: a for n, a in alarms.items() if "-canary-" in a["Properties"]["AlarmName"]}
+    assert len(canary) == 4
+    for name, alarm in canary.items():
+        roles = [
+            {d["Name"]: d["Value"] for d in stat["Metric"]["Dimensions"]}.get("DeploymentRole")
+            for stat in _metric_stats(alarm["Properties"])
+            if stat["Metric"]["Namespace"] == DEFAULT_NAMESPACE
+        ]
+        assert "canary" in roles, name
+        # Never a QWorker series summed over both roles.
+        assert None not in roles, name
+
+
+def test_composite_canary_alarm_is_any_canary_alarm() -> None:
+    renderer = render("alarms.yaml", ALARM_PARAMS)
+    alarms = renderer.resources("AWS::CloudWatch::Alarm")
+    (composite,) = renderer.resources("AWS::CloudWatch::CompositeAlarm").values()
+    rule = " ".join(composite["Properties"]["AlarmRule"].split())
+    members = sorted(
+        a["Properties"]["AlarmName"]
+        for a in alarms.values()
+        if "-canary-" in a["Properties"]["AlarmName"]
+    )
+    assert rule == " OR ".join(f'ALARM("{m}")' for m in sorted(members, key=rule.index))
+
+
+def test_missing_data_policy() -> None:
+    alarms = render("alarms.yaml", ALARM_PARAMS).resources("AWS::CloudWatch::Alarm")
+    policies = {
+        a["Properties"]["AlarmName"]: a["Properties"]["TreatMissingData"] for a in alarms.values()
+    }
+    assert policies.pop("qworker-orders-canary-silent") == "breaching"
+    assert set(policies.values()) == {"notBreaching"}
+
+
+# -- pipeline -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pipeline() -> Renderer:
+    return render("pipeline.yaml", PIPELINE_PARAMS)
+
+
+def test_pipeline_is_v2_queued_without_manual_approval(pipeline: Renderer) -> None:
+    (resource,) = pipeline.resources("AWS::CodePipeline::Pipeline").values()
+    properties = resource["Properties"]
+    assert properties["PipelineType"] == "V2"
+    assert properties["ExecutionMode"] == "QUEUED"
+    assert [s["Name"] for s in properties["Stages"]] == ["Source", "Build", "Canary", "Primary"]
+    categories = {a["ActionTypeId"]["Category"] for s in properties["Stages"] for a in s["Actions"]}
+    assert "Approval" not in categories
+
+
+def test_manual_approval_is_only_an_option() -> None:
+    renderer = render("pipeline.yaml", {**PIPELINE_PARAMS, "RequireManualApproval": "true"})
+    actions = pipeline_stage(renderer, "Primary")["Actions"]
+    assert actions[0]["ActionTypeId"]["Category"] == "Approval"
+
+
+def test_source_is_a_connection_or_codecommit(pipeline: Renderer) -> None:
+    (source,) = pipeline_stage(pipeline, "Source")["Actions"]
+    assert source["ActionTypeId"]["Provider"] == "CodeStarSourceConnection"
+    assert source["Configuration"]["ConnectionArn"] == PIPELINE_PARAMS["ConnectionArn"]
+    codecommit = render(
+        "pipeline.yaml",
+        {
+            **PIPELINE_PARAMS,
+            "SourceProvider": "CodeCommit",
+            "CodeCommitRepositoryName": "orders",
+            "ConnectionArn": "",
+            "FullRepositoryId": "",
+        },
+    )
+    (source,) = pipeline_stage(codecommit, "Source")["Actions"]
+    assert source["ActionTypeId"]["Provider"] == "CodeCommit"
+    assert "SourceEventRule" in codecommit.resources()
+    assert "SourceEventRule" not in pipeline.resources()
+
+
+def _alarm_rule_names(conditions: Mapping[str, Any], result: str) -> list[str]:
+    return [
+        rule["Configuration"]["AlarmName"]
+        for condition in conditions["Conditions"]
+        if condition["Result"] == result
+        for rule in condition["Rules"]
+        if rule["RuleTypeId"]
+        == {
+            "Category": "Rule",
+            "Owner": "AWS",
+            "Provider": "CloudWatchAlarm",
+            "Version": "1",
+        }
+    ]
+
+
+def test_rollback_is_wired_on_canary_and_primary(pipeline: Renderer) -> None:
+    alarms = render("alarms.yaml", ALARM_PARAMS)
+    (composite,) = alarms.resources("AWS::CloudWatch::CompositeAlarm").values()
+    canary_alarm = composite["Properties"]["AlarmName"]
+    fleet_alarm = alarms.ref("FleetFailureRateAlarm")
+
+    canary = pipeline_stage(pipeline, "Canary")
+    assert canary["OnFailure"]["Result"] == "ROLLBACK"
+    assert _alarm_rule_names(canary["BeforeEntry"], "FAIL") == [canary_alarm]
+    assert _alarm_rule_names(canary["OnSuccess"], "ROLLBACK") == [canary_alarm]
+
+    primary = pipeline_stage(pipeline, "Primary")
+    assert primary["OnFailure"]["Result"] == "ROLLBACK"
+    assert _alarm_rule_names(primary["OnSuccess"], "ROLLBACK") == [fleet_alarm]
+
+
+def test_canary_is_judged_after_it_is_deployed(pipeline: Renderer) -> None:
+    actions = sorted(pipeline_stage(pipeline, "Canary")["Actions"], key=lambda a: a["RunOrder"])
+    assert [a["ActionTypeId"]["Provider"] for a in actions] == ["CloudFormation", "CodeBuild"]
+    judge = pipeline.resources("AWS::CodeBuild::Project")["JudgeProject"]["Properties"]
+    assert actions[1]["Configuration"]["ProjectName"] == "<JudgeProject>"
+    assert judge["Source"]["BuildSpec"] == "deploy/judge-buildspec.yml"
+    variables = {v["Name"]: v["Value"] for v in judge["Environment"]["EnvironmentVariables"]}
+    assert variables == {"SERVICE": "orders", "QUEUE": "orders", "MAX_BAKE_S": "1800"}
+    spec = load("judge-buildspec.yml")
+    judge_command = (
+        'qworker canary judge --service "$SERVICE" --queue "$QUEUE" --wait'
+        ' --max-bake-s "$MAX_BAKE_S"'
+    )
+    assert spec["phases"]["build"]["commands"] == [judge_command]
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        (("canary", "judge"), ("--service", "--queue", "--wait", "--max-bake-s")),
+        (("health",), ()),
+    ],
+    ids=["judge", "health"],
+)
+def test_the_commands_the_deployment_runs_exist(
+    command: tuple[str, ...], flags: tuple[str, ...]
+) -> None:
+    # The judge action and the container health check run these; a rename must fail here.
+    result = subprocess.run(
+        [sys.executable, "-m", "qworker", *command, "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if result.returncode != 0 and "invalid choice" in result.stderr:
+        pytest.skip(f"`qworker {' '.join(command)}` is not part of the CLI yet")
+    assert result.returncode == 0, result.stderr
+    for flag in flags:
+        assert flag in result.stdout
+
+
+def test_service_template_is_deployed_for_both_roles(pipeline: Renderer) -> None:
+    service_parameters = set(load("service.yaml")["Parameters"])
+    stacks: dict[str, set[str]] = {}
+    for action in deploy_actions(pipeline):
+        configuration = action["Configuration"]
+        assert configuration["ActionMode"] == "CREATE_UPDATE"
+        assert configuration["TemplatePath"] == "SourceOutput::deploy/service.yaml"
+        overrides = json.loads(configuration["ParameterOverrides"])
+        assert set(overrides) <= service_parameters
+        stacks.setdefault(configuration["StackName"], set()).add(overrides["DeploymentRole"])
+        # One render of the service template per deploy action must succeed with these values.
+        rendered = render("service.yaml", {**overrides, "ImageTag": "abc"})
+        assert rendered.params["ServiceName"] == "orders"
+    assert stacks == {"qworker-orders-canary": {"canary"}, "qworker-orders-primary": {"primary"}}
+
+
+def test_image_tag_is_a_stack_parameter_set_by_the_build(pipeline: Renderer) -> None:
+    image_tag = load("service.yaml")["Parameters"]["ImageTag"]
+    assert "Default" not in image_tag  # every deploy says which version
+    for action in deploy_actions(pipeline):
+        configuration = action["Configuration"]
+        assert "ImageTag" not in json.loads(configuration["ParameterOverrides"])
+        assert configuration["TemplateConfiguration"] == "BuildOutput::image-params.json"
+        assert {"Name": "BuildOutput"} in action["InputArtifacts"]
+    (build,) = pipeline_stage(pipeline, "Build")["Actions"]
+    assert build["OutputArtifacts"] == [{"Name": "BuildOutput"}]
+    assert "#{SourceVariables.CommitId}" in build["Configuration"]["EnvironmentVariables"]
+
+
+def test_buildspec_writes_the_image_tag_as_a_template_configuration(tmp_path: Path) -> None:
+    spec = load("buildspec.yml")
+    assert "image-params.json" in spec["artifacts"]["files"]
+    (writer,) = (c for c in spec["phases"]["build"]["commands"] if "> image-params.json" in c)
+    tag = "0123456789abcdef0123456789abcdef01234567"
+    subprocess.run(
+        ["bash", "-c", writer],
+        cwd=tmp_path,
+        env={"IMAGE_TAG": tag, "PATH": os.environ["PATH"]},
+        check=True,
+        timeout=30,
+    )
+    configuration = json.loads((tmp_path / "image-params.json").read_text())
+    assert configuration == {"Parameters": {"ImageTag": tag}}
+    pattern = load("service.yaml")["Parameters"]["ImageTag"]["AllowedPattern"]
+    assert re.fullmatch(pattern, tag)
+    assert any('IMAGE_TAG="$COMMIT_ID"' in c for c in spec["phases"]["pre_build"]["commands"])
+
+
+def test_parameter_overrides_stay_under_the_1_kb_limit() -> None:
+    long_names = {
+        **PIPELINE_PARAMS,
+        "ServiceName": "a-rather-long-service-name-xyz",
+        "HandlerModule": "company_handlers.orders.fulfilment.v2",
+        "ClusterName": "production-workers-cluster-01",
+        "Subnets": [f"subnet-0123456789abcdef{i}" for i in range(3)],
+        "SecurityGroups": [f"sg-0123456789abcdef{i}" for i in range(2)],
+        "QueueName": "production-orders-fulfilment-v2",
+        "DeadLetterQueueName": "production-orders-fulfilment-v2-dlq",
+        "QueueKmsKeyArn": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0123abcd-0123-4567-89ab-0123456789",
+    }
+    for action in deploy_actions(render("pipeline.yaml", long_names)):
+        # CodePipeline stores at most 1 KB of ParameterOverrides.
+        assert len(action["Configuration"]["ParameterOverrides"].encode()) < 1024
+
+
+def test_pipeline_and_services_name_the_alarms_the_alarms_template_creates(
+    pipeline: Renderer,
+) -> None:
+    alarms = render("alarms.yaml", ALARM_PARAMS)
+    outputs = {name: alarms.resolve(o["Value"]) for name, o in alarms.template["Outputs"].items()}
+    by_role = {}
+    for action in deploy_actions(pipeline):
+        overrides = json.loads(action["Configuration"]["ParameterOverrides"])
+        by_role[overrides["DeploymentRole"]] = overrides["DeploymentAlarmNames"]
+    assert by_role == {
+        "canary": outputs["CanaryDeploymentAlarmNames"],
+        "primary": outputs["FleetAlarmName"],
+    }
+    existing = {a["Properties"]["AlarmName"] for a in alarms.resources().values()}
+    assert set(by_role["canary"].split(",")) <= existing
+
+
+# -- IAM ------------------------------------------------------------------------------------------
+
+
+def _renderings() -> Iterator[Renderer]:
+    """Every template, rendered so that every optional IAM statement exists at least once."""
+    yield render("queue.yaml", {"QueueName": "orders"})
+    yield render("cluster.yaml", {})
+    yield render("alarms.yaml", ALARM_PARAMS)
+    for role in ("canary", "primary"):
+        yield render(
+            "service.yaml",
+            {
+                **SERVICE_PARAMS,
+                "DeploymentRole": role,
+                "QueueKmsKeyArn": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0123abcd",
+                "DeploymentAlarmNames": "a,b",
+            },
+        )
+    yield render("pipeline.yaml", PIPELINE_PARAMS)
+    yield render(
+        "pipeline.yaml",
+        {**PIPELINE_PARAMS, "SourceProvider": "CodeCommit", "CodeCommitRepositoryName": "orders"},
+    )
+
+
+def _allow_statements() -> Iterator[tuple[str, dict[str, Any]]]:
+    for renderer in _renderings():
+        for name, role in renderer.resources("AWS::IAM::Role").items():
+            for policy in role["Properties"].get("Policies", []):
+                for statement in policy["PolicyDocument"]["Statement"]:
+                    if statement["Effect"] == "Allow":
+                        yield f"{name}/{policy['PolicyName']}", statement
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
+
+
+def test_iam_grants_named_actions_on_named_resources() -> None:
+    statements = list(_allow_statements())
+    assert len(statements) > 20
+    for where, statement in statements:
+        actions = _as_list(statement["Action"])
+        assert not any("*" in action for action in actions), f"{where}: wildcard action"
+        if "*" in _as_list(statement["Resource"]):
+            unscoped = set(actions) - RESOURCE_STAR_ONLY
+            assert not unscoped, f"{where}: {sorted(unscoped)} on Resource '*' could be scoped"
+
+
+def test_task_role_is_scoped_to_its_queue_and_namespace() -> None:
+    renderer = render("service.yaml", {**SERVICE_PARAMS, "DeploymentRole": "canary"})
+    role = renderer.resources("AWS::IAM::Role")["TaskRole"]["Properties"]
+    (policy,) = role["Policies"]
+    by_resource = {json.dumps(s["Resource"]): s for s in policy["PolicyDocument"]["Statement"]}
+    queue = f"arn:aws:sqs:{REGION}:{ACCOUNT}:orders"
+    dlq = f"arn:aws:sqs:{REGION}:{ACCOUNT}:orders-dlq"
+    assert set(by_resource) == {json.dumps(queue), json.dumps(dlq), json.dumps("*")}
+    assert sorted(by_resource[json.dumps(queue)]["Action"]) == [
+        "sqs:ChangeMessageVisibility",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:GetQueueUrl",
+        "sqs:ReceiveMessage",
+    ]
+    assert "sqs:SendMessage" in by_resource[json.dumps(dlq)]["Action"]
+    metrics = by_resource[json.dumps("*")]
+    assert metrics["Action"] == "cloudwatch:PutMetricData"
+    assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": DEFAULT_NAMESPACE}}
+
+
+def _granted(statements: list[dict[str, Any]], action: str, arn: str) -> bool:
+    return any(
+        action in _as_list(s["Action"])
+        and any(fnmatch.fnmatchcase(arn, pattern) for pattern in _as_list(s["Resource"]))
+        for s in statements
+    )
+
+
+def test_pipeline_roles_reach_exactly_what_the_service_stacks_create(pipeline: Renderer) -> None:
+    roles = pipeline.resources("AWS::IAM::Role")
+    deploy = roles["DeployRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    run = roles["PipelineRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    for role in ("canary", "primary"):
+        service = _service(role)
+        (ecs_service,) = service.resources("AWS::ECS::Service").values()
+        name = ecs_service["Properties"]["ServiceName"]
+        (log_group,) = service.resources("AWS::Logs::LogGroup").values()
+        (task,) = service.resources("AWS::ECS::TaskDefinition").values()
+        family = task["Properties"]["Family"]
+        for iam_role in service.resources("AWS::IAM::Role").values():
+            arn = f"arn:aws:iam::{ACCOUNT}:role{iam_role['Properties']['Path']}stack-Role-ABC"
+            assert _granted(deploy, "iam:CreateRole", arn)
+            assert _granted(deploy, "iam:PassRole", arn)
+        prefix = f"arn:aws:ecs:{REGION}:{ACCOUNT}"
+        assert _granted(deploy, "ecs:CreateService", f"{prefix}:service/qworker/{name}")
+        assert _granted(deploy, "ecs:TagResource", f"{prefix}:task-definition/{family}:7")
+        group = log_group["Properties"]["LogGroupName"]
+        assert _granted(
+            deploy, "logs:CreateLogGroup", f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{group}"
+        )
+        stack = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/qworker-orders-{role}/0123-abcd"
+        assert _granted(run, "cloudformation:UpdateStack", stack)
+    # ... and nothing of another service.
+    assert not _granted(
+        deploy,
+        "ecs:UpdateService",
+        f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/qworker/payments-canary",
+    )
+    assert not _granted(deploy, "iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/qworker/payments/x")
+
+
+# -- service --------------------------------------------------------------------------------------
+
+
+def _service(role: str, **params: Any) -> Renderer:
+    return render("service.yaml", {**SERVICE_PARAMS, "DeploymentRole": role, **params})
+
+
+def _container(renderer: Renderer) -> dict[str, Any]:
+    (task,) = renderer.resources("AWS::ECS::TaskDefinition").values()
+    (container,) = task["Properties"]["ContainerDefinitions"]
+    return dict(container)
+
+
+def test_container_runs_the_worker_with_its_identity() -> None:
+    container = _container(_service("canary"))
+    assert [*container["EntryPoint"], *container["Command"]] == [
+        "qworker",
+        "run",
+        "handlers.orders",
+    ]
+    assert container["HealthCheck"]["Command"] == ["CMD", "qworker", "health"]
+    environment = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert environment["QWORKER_DEPLOYMENT_ROLE"] == "canary"
+    assert environment["QWORKER_VERSION"] == SERVICE_PARAMS["ImageTag"]
+    assert container["Image"].endswith(f"/qworker/orders:{SERVICE_PARAMS['ImageTag']}")
+    assert (
+        environment["QWORKER_QUEUE_URL"] == f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/orders"
+    )
+    assert environment["QWORKER_SERVICE"] == "orders"
+    assert environment["AWS_REGION"] == REGION
+    assert float(environment["QWORKER_SHUTDOWN_GRACE_S"]) < float(container["StopTimeout"])
+    assert container["LogConfiguration"]["LogDriver"] == "awslogs"
+
+
+def _rules_allow(template: Mapping[str, Any], params: Mapping[str, Any]) -> bool:
+    renderer = Renderer(template, params)
+    for rule in template.get("Rules", {}).values():
+        if "RuleCondition" in rule and not renderer._truth(rule["RuleCondition"]):
+            continue
+        if not all(renderer._truth(a["Assert"]) for a in rule["Assertions"]):
+            return False
+    return True
+
+
+def test_shutdown_grace_always_ends_before_the_stop_timeout() -> None:
+    template = load("service.yaml")
+    stops = template["Parameters"]["StopTimeout"]["AllowedValues"]
+    graces = template["Parameters"]["ShutdownGraceSeconds"]["AllowedValues"]
+    assert max(stops) <= 120  # Fargate's ceiling
+    accepted = {
+        (stop, grace)
+        for stop in stops
+        for grace in graces
+        if _rules_allow(
+            template,
+            {
+                **SERVICE_PARAMS,
+                "DeploymentRole": "primary",
+                "StopTimeout": stop,
+                "ShutdownGraceSeconds": grace,
+            },
+        )
+    }
+    # Every stop timeout has some grace, and every accepted pair leaves 5 s to flush.
+    assert {stop for stop, _ in accepted} == set(stops)
+    assert all(grace + 5 <= stop for stop, grace in accepted)
+    defaults = template["Parameters"]
+    assert (
+        defaults["StopTimeout"]["Default"],
+        defaults["ShutdownGraceSeconds"]["Default"],
+    ) in accepted
+
+
+def test_circuit_breaker_and_deployment_alarms_roll_back() -> None:
+    for role, alarm in (("canary", "qworker-orders-canary"), ("primary", "qworker-orders-fleet")):
+        (service,) = (
+            _service(role, DeploymentAlarmNames=alarm).resources("AWS::ECS::Service").values()
+        )
+        configuration = service["Properties"]["DeploymentConfiguration"]
+        assert configuration["DeploymentCircuitBreaker"] == {"Enable": True, "Rollback": True}
+        assert configuration["Alarms"] == {"AlarmNames": [alarm], "Enable": True, "Rollback": True}
+        assert "LoadBalancers" not in service["Properties"]
+
+
+def test_only_the_primary_scales_on_backlog_per_task() -> None:
+    canary = _service("canary")
+    assert "ScalableTarget" not in canary.resources()
+    (service,) = canary.resources("AWS::ECS::Service").values()
+    assert service["Properties"]["DesiredCount"] == "1"
+
+    primary = _service("primary")
+    (service,) = primary.resources("AWS::ECS::Service").values()
+    assert "DesiredCount" not in service["Properties"]  # auto scaling owns it
+    (policy,) = primary.resources("AWS::ApplicationAutoScaling::ScalingPolicy").values()
+    configuration = policy["Properties"]["TargetTrackingScalingPolicyConfiguration"]
+    queries = configuration["CustomizedMetricSpecification"]["Metrics"]
+    (returned,) = (q for q in queries if q["ReturnData"])
+    assert returned["Expression"] == "backlog / tasks"
+    names = {q["Id"]: q["MetricStat"]["Metric"]["MetricName"] for q in queries if "MetricStat" in q}
+    assert names == {"backlog": "ApproximateNumberOfMessagesVisible", "tasks": "RunningTaskCount"}
+
+
+def test_spot_and_architecture_are_parameters() -> None:
+    spot = _service("primary", UseFargateSpot="true", CpuArchitecture="X86_64")
+    (service,) = spot.resources("AWS::ECS::Service").values()
+    providers = {p["CapacityProvider"] for p in service["Properties"]["CapacityProviderStrategy"]}
+    assert providers == {"FARGATE", "FARGATE_SPOT"}
+    (task,) = spot.resources("AWS::ECS::TaskDefinition").values()
+    assert task["Properties"]["RuntimePlatform"]["CpuArchitecture"] == "X86_64"
+
+
+# -- queue ----------------------------------------------------------------------------------------
+
+
+def test_queue_has_a_redriving_encrypted_dlq() -> None:
+    template = load("queue.yaml")
+    assert template["Parameters"]["MaxReceiveCount"]["MinValue"] == 3
+    assert template["Parameters"]["MaxReceiveCount"]["MaxValue"] == 5
+    resources = render("queue.yaml", {"QueueName": "orders"}).resources("AWS::SQS::Queue")
+    queue, dlq = resources["Queue"]["Properties"], resources["DeadLetterQueue"]["Properties"]
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": "<DeadLetterQueue.Arn>",
+        "maxReceiveCount": "4",
+    }
+    assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
+    assert queue["SqsManagedSseEnabled"] is True
+    assert dlq["SqsManagedSseEnabled"] is True
+    fifo = render("queue.yaml", {"QueueName": "orders", "FifoQueue": "true"})
+    names = {r["Properties"]["QueueName"] for r in fifo.resources("AWS::SQS::Queue").values()}
+    assert names == {"orders.fifo", "orders-dlq.fifo"}
+    kms = render("queue.yaml", {"QueueName": "orders", "KmsMasterKeyId": "alias/orders"})
+    assert kms.resources()["Queue"]["Properties"]["KmsMasterKeyId"] == "alias/orders"
+    assert "SqsManagedSseEnabled" not in kms.resources()["Queue"]["Properties"]
