@@ -143,7 +143,7 @@ class Settler:
             # queue's redrive policy (if any) moves it after maxReceiveCount and it is not retried
             # blindly.
             await self._transport.change_visibility(
-                message.receipt_handle, round(self.retry_policy.max_s)
+                message.receipt_handle, round(min(self.retry_policy.max_s, SQS_MAX_VISIBILITY_S))
             )
             return True
         entry = SendEntry(

@@ -23,6 +23,8 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    HTTPClientError,
+    ProxyConnectionError,
     ReadTimeoutError,
 )
 
@@ -337,6 +339,8 @@ def map_errors(operation: str) -> Iterator[None]:
         ConnectTimeoutError,
         ConnectionClosedError,
         ReadTimeoutError,
+        HTTPClientError,  # aiobotocore's wrapper for any other aiohttp error
+        ProxyConnectionError,
         ConnectionError,
     ) as exc:
         raise QueueUnavailable(f"{operation}: {exc}") from exc

@@ -1,0 +1,226 @@
+"""The heartbeat: held messages stay invisible, claimed ones are left alone, old ones are let go.
+
+The fake queue and the heartbeat share one `ManualClock`; `beat()` is called by hand after moving
+the clock, so no test waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from qworker.exceptions import ServerError
+from qworker.heartbeat import MIN_INTERVAL_S, Heartbeat
+from qworker.testing import FakeQueueTransport, FakeSqs, ManualClock
+from qworker.transport import Message
+
+VISIBILITY_S = 30
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def queue(clock: ManualClock) -> FakeQueueTransport:
+    return FakeSqs(clock=clock).create_queue("hb", visibility_timeout_s=VISIBILITY_S)
+
+
+def heartbeat(queue: FakeQueueTransport, clock: ManualClock, max_hold_s: float = 3600) -> Heartbeat:
+    return Heartbeat(queue, visibility_timeout_s=VISIBILITY_S, max_hold_s=max_hold_s, clock=clock)
+
+
+async def receive(queue: FakeQueueTransport, count: int = 1) -> list[Message]:
+    for i in range(count):
+        await queue.send(f"body-{i}")
+    received: list[Message] = []
+    while len(received) < count:
+        received += await queue.receive(10, wait_time_s=0)
+    return received
+
+
+def test_interval_is_a_third_of_the_visibility_timeout(
+    queue: FakeQueueTransport, clock: ManualClock
+) -> None:
+    assert heartbeat(queue, clock).interval_s == 10
+    tiny = Heartbeat(queue, visibility_timeout_s=0, max_hold_s=1, clock=clock)
+    assert tiny.interval_s == MIN_INTERVAL_S
+
+
+async def test_held_message_is_extended_before_it_lapses(
+    queue: FakeQueueTransport, clock: ManualClock
+) -> None:
+    beat = heartbeat(queue, clock)
+    [message] = await receive(queue)
+    held = beat.hold(message)
+
+    await beat.beat()  # fresh: 30 s left, more than two ticks
+    assert beat.calls == 0
+
+    for _ in range(6):  # 90 s in all, three visibility timeouts
+        clock.advance(15)
+        await beat.beat()
+        assert [m.message_id for m in queue.in_flight] == [message.message_id]
+        assert queue.visible == []
+
+    assert held.extensions == 6
+    assert beat.calls == 6
+    assert held.visible_until == clock() + VISIBILITY_S
+    assert not held.lost
+    assert not held.let_go
+
+
+async def test_many_held_messages_are_extended_in_batches_of_ten(
+    queue: FakeQueueTransport, clock: ManualClock
+) -> None:
+    beat = heartbeat(queue, clock)
+    messages = await receive(queue, 23)
+    held = [beat.hold(m) for m in messages]
+
+    clock.advance(15)
+    await beat.beat()
+
+    assert beat.calls == 3
+    assert queue.calls["change_visibility_batch"] == 3
+    assert {h.extensions for h in held} == {1}
+    assert len(beat) == 23
+    clock.advance(20)  # past the original timeout
+    assert len(queue.in_flight) == 23
+
+
+async def test_claimed_message_is_never_extended(
+    queue: FakeQueueTransport, clock: ManualClock
+) -> None:
+    beat = heartbeat(queue, clock)
+    [message] = await receive(queue)
+    held = beat.hold(message)
+
+    await beat.claim(held)
+    await beat.claim(held)  # claiming twice is harmless
+    clock.advance(15)
+    await beat.beat()
+
+    assert held.claimed
+    assert held.extensions == 0
+    assert beat.calls == 0
+    clock.advance(15)
+    assert [m.message_id for m in queue.visible] == [message.message_id]
+
+
+async def test_message_held_past_max_hold_is_let_go(
+    queue: FakeQueueTransport, clock: ManualClock
+) -> None:
+    beat = heartbeat(queue, clock, max_hold_s=40)
+    [message] = await receive(queue)
+    held = beat.hold(message)
+
+    clock.advance(15)
+    await beat.beat()  # t=15: extended to 45
+    clock.advance(15)
+    await beat.beat()  # t=30: extended to 60
+    assert held.extensions == 2
+
+    clock.advance(15)
+    await beat.beat()  # t=45: held for longer than 40 s, let go
+    assert held.let_go
+    assert held.extensions == 2
+    assert beat.calls == 2
+    assert queue.visible == []
+
+    clock.advance(15)  # t=60: the last extension lapses
+    await beat.beat()
+    assert beat.calls == 2
+    assert [m.message_id for m in queue.visible] == [message.message_id]
+
+
+async def test_refused_extension_marks_the_message_lost(
+    queue: FakeQueueTransport, clock: ManualClock
+) -> None:
+    beat = heartbeat(queue, clock)
+    [message, other] = await receive(queue, 2)
+    lost = beat.hold(message)
+    kept = beat.hold(other)
+    # Another receiver takes the first message again: its receipt handle here is stale.
+    await queue.change_visibility(message.receipt_handle, 0)
+    [again] = await queue.receive(1, wait_time_s=0)
+    assert again.message_id == message.message_id
+
+    clock.advance(15)
+    await beat.beat()
+
+    assert lost.lost
+    assert not kept.lost
+    assert kept.extensions == 1
+
+    clock.advance(15)
+    await beat.beat()  # a lost message is not tried again
+    assert lost.extensions == 0
+    assert kept.extensions == 2
+
+
+async def test_failed_extension_call_is_tried_again_on_the_next_beat(
+    queue: FakeQueueTransport, clock: ManualClock
+) -> None:
+    beat = heartbeat(queue, clock)
+    [message] = await receive(queue)
+    held = beat.hold(message)
+    queue.fail_next("change_visibility_batch", ServerError("outage"))
+
+    clock.advance(15)
+    await beat.beat()
+    assert held.extensions == 0
+    assert not held.lost
+
+    clock.advance(5)
+    await beat.beat()
+    assert held.extensions == 1
+    clock.advance(25)  # 45 s after the receive, 25 after the extension
+    assert queue.visible == []
+
+
+async def test_dropped_message_is_forgotten(queue: FakeQueueTransport, clock: ManualClock) -> None:
+    beat = heartbeat(queue, clock)
+    [message] = await receive(queue)
+    held = beat.hold(message)
+
+    beat.drop(held)
+    beat.drop(held)  # dropping twice is harmless
+    clock.advance(15)
+    await beat.beat()
+
+    assert len(beat) == 0
+    assert list(beat) == []
+    assert beat.calls == 0
+
+
+async def test_run_ticks_on_the_injected_sleep(
+    queue: FakeQueueTransport, clock: ManualClock
+) -> None:
+    ticks: list[float] = []
+    three_ticks = asyncio.Event()
+
+    async def sleep(delay_s: float) -> None:
+        ticks.append(delay_s)
+        if len(ticks) > 3:
+            three_ticks.set()
+            await asyncio.Event().wait()  # park until cancelled
+        clock.advance(delay_s)
+
+    beat = Heartbeat(
+        queue, visibility_timeout_s=VISIBILITY_S, max_hold_s=3600, clock=clock, sleep=sleep
+    )
+    [message] = await receive(queue)
+    held = beat.hold(message)
+
+    async with asyncio.timeout(5), asyncio.TaskGroup() as group:
+        task = group.create_task(beat.run())
+        await three_ticks.wait()
+        task.cancel()
+
+    assert ticks == [10, 10, 10, 10]
+    # Each tick finds the message two ticks (20 s) from lapsing, so each tick extends it.
+    assert held.extensions == 3
+    assert held.visible_until == clock() + VISIBILITY_S
+    assert queue.visible == []
