@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, final, get_type_hints
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import PydanticUserError, TypeAdapter, ValidationError
 
 from qworker.exceptions import HandlerSignatureError, MessageDecodeError
 from qworker.transport import Message
@@ -33,6 +33,9 @@ HandlerFunc = Callable[..., Awaitable[None]] | Callable[..., None]
 """A handler: an async or sync function taking the decoded body (and optionally the message)."""
 
 _RAW_TYPES: tuple[type, ...] = (str, bytes, Message)
+
+_POSITIONAL = "/"
+"""`message_param` value for a `Message` parameter that must be passed by position."""
 
 
 def _qualified_name(func: Callable[..., object]) -> str:
@@ -85,7 +88,12 @@ class HandlerSpec:
             raise HandlerSignatureError(f"handler {name}: max_in_flight must be at least 1")
         body_type, message_param = _bind(func, name)
         if body_type not in _RAW_TYPES:
-            _adapter(body_type)  # fail now if pydantic cannot validate this type
+            try:
+                _adapter(body_type)  # fail now if pydantic cannot validate this type
+            except PydanticUserError as exc:
+                raise HandlerSignatureError(
+                    f"handler {name}: pydantic cannot validate {body_type!r}: {exc}"
+                ) from None
         return cls(func, name, queue, body_type, message_param, max_in_flight, timeout_s)
 
     @property
@@ -116,11 +124,16 @@ class HandlerSpec:
 
     async def call(self, argument: object, message: Message) -> None:
         """Call the handler (a sync one in a worker thread)."""
-        kwargs = {self.message_param: message} if self.message_param else {}
-        if self.is_async:
-            await self.func(argument, **kwargs)  # type: ignore[misc]  # checked by is_async
+        if self.message_param == _POSITIONAL:
+            args: tuple[object, ...] = (argument, message)
+            kwargs: dict[str, object] = {}
         else:
-            await asyncio.to_thread(self.func, argument, **kwargs)
+            args = (argument,)
+            kwargs = {self.message_param: message} if self.message_param else {}
+        if self.is_async:
+            await self.func(*args, **kwargs)  # type: ignore[misc]  # checked by is_async
+        else:
+            await asyncio.to_thread(self.func, *args, **kwargs)
 
 
 @functools.cache
@@ -150,7 +163,9 @@ def _bind(func: HandlerFunc, name: str) -> tuple[Any, str | None]:
     message_param: str | None = None
     for param in rest:
         if hints.get(param.name) is Message and message_param is None:
-            message_param = param.name
+            # A positional-only parameter cannot be passed by name: pass it by position.
+            positional = param.kind is param.POSITIONAL_ONLY and param is params[1]
+            message_param = _POSITIONAL if positional else param.name
         elif param.default is param.empty:
             raise HandlerSignatureError(
                 f"handler {name}: parameter {param.name!r} cannot be filled: only one further "

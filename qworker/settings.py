@@ -12,9 +12,9 @@ flag and the fix; the CLI prints it and exits with code 2.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Final, Literal, Self, final
+from typing import Annotated, Any, Final, Literal, final
 
-from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qworker.exceptions import ConfigError
@@ -36,8 +36,7 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 
 @final
 class QWorkerSettings(BaseSettings):
-    """Every setting of a worker. Each is `QWORKER_<NAME>` in the environment and `--<name>` on the
-    CLI."""
+    """Every setting of a worker: `QWORKER_<NAME>` in the environment, `--<name>` on the CLI."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -58,6 +57,7 @@ class QWorkerSettings(BaseSettings):
     )
     region: str = Field(
         default="us-east-1",
+        min_length=1,
         validation_alias=AliasChoices("QWORKER_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
         description="AWS region (also read from AWS_REGION / AWS_DEFAULT_REGION).",
     )
@@ -124,19 +124,84 @@ class QWorkerSettings(BaseSettings):
         description="Set by ECS: the task metadata endpoint, for the task id.",
     )
     # -- observability (issue 3) below this line --
+    metrics_namespace: str = Field(
+        default="QWorker",
+        min_length=1,
+        max_length=256,
+        pattern=r"^[a-zA-Z0-9._#:/-]+$",
+        description="CloudWatch namespace of the worker's metrics.",
+    )
+    metrics_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=60,
+        description="Seconds between EMF documents (one per queue; zeros while idle).",
+    )
+    metrics_publish_cloudwatch: bool | None = Field(
+        default=None,
+        description="Also send metrics with PutMetricData to the endpoint (default: on when an "
+        "endpoint is set or the embedded server runs; LocalStack does not read EMF).",
+    )
+    otel_exporter: Literal["none", "console", "otlp"] = Field(
+        default="none",
+        description="Trace exporter: none, console (stderr) or otlp "
+        "(needs opentelemetry-exporter-otlp; OTEL_EXPORTER_OTLP_* configure it).",
+    )
+    otel_sample_ratio: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of traces sampled when the producer did not decide (parent-based).",
+    )
+    health_file: str | None = Field(
+        default=None,
+        description="Health file the worker writes and `qworker health` reads "
+        "(default: qworker-health-<role>.json in the temp directory).",
+    )
+    health_interval_s: float = Field(
+        default=5.0, gt=0, le=60, description="Seconds between health file writes."
+    )
+    health_stall_margin_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A poll loop without progress for wait_time_s plus this is reported stalled.",
+    )
+    health_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65_535,
+        description="Serve /health and /ready on 127.0.0.1 at this port (default: off).",
+    )
+    canary_quarantine_failure_rate: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="A canary whose first-attempt failure rate passes this stops polling and "
+        "reports unhealthy (default: off).",
+    )
+    canary_quarantine_min_messages: int = Field(
+        default=20,
+        ge=1,
+        description="First attempts the quarantine rate needs within its window before it acts.",
+    )
+    canary_quarantine_window_s: float = Field(
+        default=300.0, gt=0, description="Rolling window of the quarantine failure rate."
+    )
 
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        if self.retry_max_s < self.retry_base_s:
-            raise ValueError("retry_max_s must be at least retry_base_s")
-        return self
+    @field_validator("retry_max_s")
+    @classmethod
+    def _retry_max_at_least_base(cls, value: float, info: ValidationInfo) -> float:
+        base = info.data.get("retry_base_s")
+        if base is not None and value < base:
+            raise ValueError(f"must be at least retry_base_s ({base:g})")
+        return value
 
     @property
     def use_embedded(self) -> bool:
         """Whether to start the embedded SQS server."""
         if self.embedded is not None:
             return self.embedded
-        return self.queue_url is None and self.endpoint_url is None
+        return self.queue_url is None and self.queue_name is None and self.endpoint_url is None
 
     @property
     def release_failed_effective(self) -> bool:

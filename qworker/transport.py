@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, final
 
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
     HTTPClientError,
+    NoCredentialsError,
     ProxyConnectionError,
     ReadTimeoutError,
 )
@@ -344,6 +346,14 @@ def map_errors(operation: str) -> Iterator[None]:
         ConnectionError,
     ) as exc:
         raise QueueUnavailable(f"{operation}: {exc}") from exc
+    except NoCredentialsError as exc:
+        raise AccessDenied(
+            f"{operation}: no AWS credentials found: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, a profile, or a task role"
+        ) from exc
+    except BotoCoreError as exc:
+        # Anything else botocore raises (SSL, parameter validation, ...) is not worth retrying.
+        raise TransportError(f"{operation}: {exc}") from exc
 
 
 def _failures(response: Mapping[str, Any]) -> list[BatchFailure]:
