@@ -159,6 +159,8 @@ class Heartbeat:
                 held.visible_until = now + self.visibility_timeout_s
                 held.extensions += 1
                 continue
+            if not failure.sender_fault:
+                continue  # the server's fault: the next tick tries again, with margin to spare
             held.lost = True
             log.warning(
                 "visibility extension refused; the message may be delivered again",

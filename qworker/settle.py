@@ -175,7 +175,9 @@ def dead_letter_attributes(
     message: Message, record: OutcomeRecord
 ) -> Mapping[str, MessageAttribute]:
     """The attributes a rejected message carries: its own, then the reason, within SQS's 10."""
-    attributes = dict(message.message_attributes)
+    # A message rejected before (redriven, then rejected again) carries our old attributes: the
+    # new ones replace them.
+    attributes = {k: v for k, v in message.message_attributes.items() if k not in REJECT_ATTRIBUTES}
     ours = {
         "qworker.reject_reason": record.error or "rejected",
         "qworker.source_queue": record.queue,

@@ -31,7 +31,7 @@ from qworker.consumer import Consumer, OutcomeSink
 from qworker.dispatch import Dispatcher, Middleware
 from qworker.exceptions import QueueDoesNotExist, TransportError
 from qworker.handler import HandlerFunc, HandlerSpec
-from qworker.outcome import RetryPolicy
+from qworker.outcome import SQS_MAX_VISIBILITY_S, RetryPolicy
 from qworker.role import Identity
 from qworker.settle import Settler
 from qworker.transport import (
@@ -370,6 +370,10 @@ class FakeQueueTransport:
         return [f for f in failures if f is not None]
 
     def _change(self, index: int, receipt_handle: str, timeout_s: int) -> BatchFailure | None:
+        if not 0 <= timeout_s <= SQS_MAX_VISIBILITY_S:
+            return BatchFailure(
+                index, "InvalidParameterValue", "visibility timeout out of range", sender_fault=True
+            )
         stored = self._find(receipt_handle)
         now = self._sqs.clock()
         if stored is None or stored.visible_at <= now:
