@@ -1,0 +1,169 @@
+"""The queue, IAM and alarm templates deploy on LocalStack's CloudFormation and build what they say.
+
+LocalStack's free edition has no ECS, Application Auto Scaling or CodePipeline, so the service and
+pipeline templates cannot deploy here; the IAM roles of `service.yaml` (and the log group they name)
+are cut out of the template as written and deployed on their own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from cfnlint.decode import decode
+
+from qworker.metrics import DEFAULT_NAMESPACE, Dimension
+
+pytestmark = [pytest.mark.integration, pytest.mark.localstack, pytest.mark.slow]
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+TERMINAL = ("CREATE_COMPLETE", "CREATE_FAILED", "ROLLBACK_COMPLETE", "ROLLBACK_FAILED")
+
+
+@pytest.fixture
+def aws(localstack_server: Any) -> Iterator[dict[str, Any]]:
+    def client(service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=localstack_server.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",  # noqa: S106 (LocalStack takes any key)
+        )
+
+    clients = {name: client(name) for name in ("cloudformation", "sqs", "cloudwatch", "iam")}
+    yield clients
+    for c in clients.values():
+        c.close()
+
+
+def deploy(cfn: Any, body: str, parameters: dict[str, str]) -> dict[str, str]:
+    """Create a stack, wait for it, and return its outputs (fail with the events if it failed)."""
+    name = f"qworker-test-{uuid.uuid4().hex[:8]}"
+    cfn.create_stack(
+        StackName=name,
+        TemplateBody=body,
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+        Capabilities=["CAPABILITY_NAMED_IAM", "CAPABILITY_IAM"],
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
+        if stack["StackStatus"] in TERMINAL:
+            break
+        assert time.monotonic() < deadline, f"stack {name} still {stack['StackStatus']}"
+        time.sleep(0.2)  # CloudFormation works on its own: polling its status is the only way
+    if stack["StackStatus"] != "CREATE_COMPLETE":
+        events = cfn.describe_stack_events(StackName=name)["StackEvents"]
+        reasons = [f"{e['LogicalResourceId']}: {e.get('ResourceStatusReason')}" for e in events]
+        pytest.fail(f"{name} ended {stack['StackStatus']}: {reasons}")
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+def test_queue_template_builds_queue_dlq_redrive_and_encryption(aws: dict[str, Any]) -> None:
+    queue = f"orders-{uuid.uuid4().hex[:6]}"
+    outputs = deploy(
+        aws["cloudformation"],
+        (DEPLOY / "queue.yaml").read_text(),
+        {"QueueName": queue, "MaxReceiveCount": "4"},
+    )
+    sqs = aws["sqs"]
+    url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    redrive = json.loads(attrs["RedrivePolicy"])
+    assert int(redrive["maxReceiveCount"]) == 4
+    assert redrive["deadLetterTargetArn"] == outputs["DeadLetterQueueArn"]
+    assert attrs.get("SqsManagedSseEnabled") == "true"
+    dlq_attrs = sqs.get_queue_attributes(
+        QueueUrl=outputs["DeadLetterQueueUrl"], AttributeNames=["All"]
+    )["Attributes"]
+    assert dlq_attrs["MessageRetentionPeriod"] == str(14 * 24 * 3600)
+    assert outputs["QueueArn"] == attrs["QueueArn"]
+
+
+def test_alarm_template_builds_canary_alarms_on_the_emitted_metrics(aws: dict[str, Any]) -> None:
+    service = f"svc-{uuid.uuid4().hex[:6]}"
+    prefix = f"t{uuid.uuid4().hex[:6]}"
+    outputs = deploy(
+        aws["cloudformation"],
+        (DEPLOY / "alarms.yaml").read_text(),
+        {"ServiceName": service, "QueueName": "orders", "AlarmNamePrefix": prefix},
+    )
+    cloudwatch = aws["cloudwatch"]
+    alarms = cloudwatch.describe_alarms(AlarmNamePrefix=prefix, AlarmTypes=["MetricAlarm"])
+    metric_alarms = alarms["MetricAlarms"]
+    assert len(metric_alarms) >= 5
+    canary_dims = 0
+    for alarm in metric_alarms:
+        for query in alarm.get("Metrics", []):
+            metric = query.get("MetricStat", {}).get("Metric")
+            if metric and metric["Namespace"] == DEFAULT_NAMESPACE:
+                dims = {d["Name"]: d["Value"] for d in metric["Dimensions"]}
+                assert dims[Dimension.SERVICE] == service
+                canary_dims += dims[Dimension.DEPLOYMENT_ROLE] == "canary"
+    assert canary_dims > 0
+    assert outputs["CanaryAlarmName"].startswith(prefix)
+    assert outputs["FleetAlarmName"] in {a["AlarmName"] for a in metric_alarms}
+
+
+def _iam_part_of_service_template() -> str:
+    """The service template's IAM roles and log group, as written, with what they reference."""
+    template, problems = decode(str(DEPLOY / "service.yaml"))
+    assert not problems
+    keep = {"LogGroup", "ExecutionRole", "TaskRole"}
+    text = json.dumps({k: template["Resources"][k] for k in keep})
+    parameters = {k: v for k, v in template["Parameters"].items() if k in text}
+    conditions = {k: v for k, v in template.get("Conditions", {}).items() if k in text}
+    part = {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Parameters": parameters,
+        "Conditions": conditions,
+        "Resources": {k: template["Resources"][k] for k in keep},
+        "Outputs": {
+            "TaskRoleName": {"Value": {"Ref": "TaskRole"}},
+            "ExecutionRoleName": {"Value": {"Ref": "ExecutionRole"}},
+        },
+    }
+    return json.dumps(part)
+
+
+def test_service_iam_roles_deploy_scoped_to_the_queue(aws: dict[str, Any]) -> None:
+    service = f"svc-{uuid.uuid4().hex[:6]}"
+    body = _iam_part_of_service_template()
+    wanted = json.loads(body)["Parameters"]
+    values = {
+        "ServiceName": service,
+        "DeploymentRole": "canary",
+        "ImageRepositoryName": "qworker",
+        "QueueName": "orders",
+        "DeadLetterQueueName": "orders-dlq",
+        "QueueKmsKeyArn": "",
+        "MetricsNamespace": DEFAULT_NAMESPACE,
+        "LogRetentionDays": "30",
+    }
+    outputs = deploy(aws["cloudformation"], body, {k: v for k, v in values.items() if k in wanted})
+    iam = aws["iam"]
+    role = iam.get_role(RoleName=outputs["TaskRoleName"])["Role"]
+    assert role["Path"] == f"/qworker/{service}/"
+    names = iam.list_role_policies(RoleName=outputs["TaskRoleName"])["PolicyNames"]
+    assert names == ["consume-queue"]  # no KMS key given: no KMS policy
+    document = iam.get_role_policy(RoleName=outputs["TaskRoleName"], PolicyName="consume-queue")
+    policy = document["PolicyDocument"]
+    if isinstance(policy, str):
+        policy = json.loads(policy)
+    resources = {json.dumps(s["Resource"]) for s in policy["Statement"]}
+    assert any(r.endswith(':orders"') for r in resources)
+    assert any(r.endswith(':orders-dlq"') for r in resources)
+    assert all("*" not in a for s in policy["Statement"] for a in _actions(s))
+    assert iam.get_role(RoleName=outputs["ExecutionRoleName"])["Role"]["RoleName"]
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else list(action)
