@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from cfnlint.decode import cfn_yaml  # type: ignore[import-untyped]
+from cfnlint.decode import cfn_yaml
 
 from qworker.metrics import DEFAULT_NAMESPACE, DIMENSION_SETS, MetricName
 
