@@ -576,7 +576,7 @@ def test_register_adds_canary_judge_to_another_parser() -> None:
     assert (args.service, args.queue, args.wait, args.max_bake_s) == ("s", "q", True, 900.0)
 
 
-# --- end to end against moto's and LocalStack's CloudWatch over HTTP ---------------------------------------------------
+# --- end to end against moto's and LocalStack's CloudWatch, over HTTP ---------------------
 
 
 # The shared server fixtures (tests/servers.py, through conftest) start each server once per session
