@@ -58,6 +58,7 @@ class MetricName(enum.StrEnum):
     FIRST_ATTEMPT_FAILED = "FirstAttemptFailed"
     PROCESSING_TIME = "ProcessingTime"
     MESSAGE_AGE = "MessageAge"
+    QUARANTINED = "Quarantined"
 
 
 @final
@@ -90,6 +91,11 @@ COUNT_METRICS: Final[tuple[MetricSpec, ...]] = (
     ),
     MetricSpec(
         MetricName.FIRST_ATTEMPT_FAILED, Unit.COUNT, "failed on the message's first delivery"
+    ),
+    MetricSpec(
+        MetricName.QUARANTINED,
+        Unit.COUNT,
+        "1 in every interval while a canary has quarantined itself (stopped polling), else 0",
     ),
 )
 

@@ -1,7 +1,8 @@
 """Producing messages: the Python send helper behind `qworker send`.
 
 `send_bodies()` sends bodies in batches of 10 and returns their count; every failed entry raises,
-so a caller never believes a message was sent when it was not.
+so a caller never believes a message was sent when it was not. When the caller runs inside a span,
+every message carries its `traceparent` (W3C Trace Context), so the consumer's span links to it.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 from qworker.exceptions import TransportError
+from qworker.tracing import TRACEPARENT, inject_trace_context
 from qworker.transport import MAX_BATCH, MessageAttribute, QueueTransport, SendEntry
 
 __all__ = ["send_bodies"]
 
 FIFO_SUFFIX: Final = ".fifo"
+SQS_MAX_MESSAGE_ATTRIBUTES: Final = 10
+TRACE_ATTRIBUTES: Final = 2
+"""`traceparent` and, when the context has one, `tracestate`."""
 
 
 async def send_bodies(
@@ -30,14 +35,18 @@ async def send_bodies(
     Args:
         transport: The queue.
         bodies: Message bodies.
-        attributes: String message attributes added to every message.
+        attributes: String message attributes added to every message (plus `traceparent` when
+            there is a current span, one is not given, and SQS's 10 attributes leave room).
         group_id: The FIFO message group (FIFO queues need one; default `default`).
         delay_s: Delay before the messages become visible.
 
     Raises:
         TransportError: A message was not sent.
     """
-    attrs = {k: MessageAttribute("String", v) for k, v in (attributes or {}).items()}
+    given = dict(attributes or {})
+    if TRACEPARENT not in given and len(given) <= SQS_MAX_MESSAGE_ATTRIBUTES - TRACE_ATTRIBUTES:
+        inject_trace_context(given)
+    attrs = {k: MessageAttribute("String", v) for k, v in given.items()}
     fifo = transport.queue_name.endswith(FIFO_SUFFIX)
     if fifo and group_id is None:
         group_id = "default"

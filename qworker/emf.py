@@ -1,0 +1,426 @@
+"""EMF: aggregate outcomes in-process and write one CloudWatch EMF document per queue per interval.
+
+`MetricsAggregator` is an outcome sink: it counts outcomes and keeps the handler times and message
+ages of the current interval, per dimension key (role and queue). `snapshot()` takes the interval's
+numbers and starts the next one; `build_document()` is the pure function that turns one key's
+numbers into an EMF document; `EmfStdoutSink` writes documents to stdout through the
+aws-embedded-metrics library. Writing one document per key every few seconds, instead of one per
+message, costs a few bytes per message instead of ~570 (DESIGN.md, "Metrics").
+
+One document carries both dimension sets, `[Service, DeploymentRole]` and
+`[Service, DeploymentRole, Queue]`: CloudWatch adds up every document of a period, so the role-level
+series of a worker with several queues (or of many tasks) is the sum of the per-queue documents,
+which is exactly what the role-level numbers are. Known keys get a document every interval, with
+explicit zeros while idle, so "no data" always means "no worker", never "no messages".
+
+EMF limits (https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/
+CloudWatch_Embedded_Metric_Format_Specification.html) are the constants below. A value metric with
+more than 100 samples in an interval is written as a histogram, `{"Values": [...], "Counts": [...]}`
+of at most 100 entries (the form AWS's own `awslabs/metrique` EMF writer uses): the count and the
+sum stay exact, percentiles stay close, and the minimum and maximum are kept as their own entries.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, final
+
+from aws_embedded_metrics.environment import Environment
+from aws_embedded_metrics.environment.local_environment import LocalEnvironment
+from aws_embedded_metrics.logger.metric import Metric
+from aws_embedded_metrics.logger.metrics_context import MetricsContext
+from aws_embedded_metrics.logger.metrics_logger import MetricsLogger
+from aws_embedded_metrics.validator import validate_namespace
+
+from qworker.exceptions import ConfigError
+from qworker.metrics import (
+    COUNT_METRICS,
+    DIMENSION_SETS,
+    METRICS,
+    OUTCOME_METRICS,
+    VALUE_METRICS,
+    Dimension,
+    MetricName,
+)
+from qworker.outcome import Outcome, OutcomeRecord
+
+__all__ = [
+    "MAX_DIMENSIONS_PER_SET",
+    "MAX_METRICS_PER_DOCUMENT",
+    "MAX_VALUES_PER_METRIC",
+    "Aggregate",
+    "Distribution",
+    "EmfStdoutSink",
+    "MetricsAggregator",
+    "Snapshot",
+    "build_document",
+]
+
+MAX_VALUES_PER_METRIC: Final = 100
+"""EMF: at most 100 values in one metric's array (or histogram)."""
+
+MAX_METRICS_PER_DOCUMENT: Final = 100
+"""EMF: at most 100 metrics in one document."""
+
+MAX_DIMENSIONS_PER_SET: Final = 30
+"""EMF: at most 30 dimensions in one dimension set."""
+
+MAX_HELD_SAMPLES: Final = 20_000
+"""Samples a value metric keeps per key and interval; beyond that, a uniform reservoir."""
+
+MAX_SAMPLE_IDS: Final = 5
+"""Message ids a document carries as properties (some of any outcome, some of failures)."""
+
+_HISTOGRAM_GROUPS: Final = MAX_VALUES_PER_METRIC - 2  # the minimum and maximum get their own entry
+_RELEASED: Final = Outcome.RELEASED
+_FAILED: Final = Outcome.FAILED
+_FAILURES: Final = frozenset({Outcome.FAILED, Outcome.REJECTED})
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    """One value metric's samples in one interval, ready for EMF and for PutMetricData.
+
+    Attributes:
+        count: Samples taken (exact).
+        total: Their sum (exact).
+        minimum: The smallest.
+        maximum: The largest.
+        values: At most 100 values: the raw samples, or a histogram's representative values.
+        counts: The histogram's counts (None: `values` are raw samples, each counted once).
+    """
+
+    count: int
+    total: float
+    minimum: float
+    maximum: float
+    values: tuple[float, ...]
+    counts: tuple[float, ...] | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """One dimension key's numbers for one interval."""
+
+    role: str
+    queue: str
+    counts: Mapping[MetricName, int]
+    values: Mapping[MetricName, Distribution]
+    message_ids: tuple[str, ...] = ()
+    failed_message_ids: tuple[str, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one interval produced: one aggregate per known key."""
+
+    timestamp_ms: int
+    interval_s: float
+    aggregates: tuple[Aggregate, ...]
+
+
+@final
+class _Samples:
+    """One value metric's samples of one interval: a list while small, a reservoir when large."""
+
+    __slots__ = ("_count", "_max", "_min", "_sum", "held")
+
+    def __init__(self) -> None:
+        self.held: list[float] = []
+        self._count = 0  # only counted once MAX_HELD_SAMPLES are held (the list knows until then)
+        self._sum = 0.0
+        self._min = math.inf
+        self._max = -math.inf
+
+    def add(self, value: float) -> None:
+        if self._count:  # past MAX_HELD_SAMPLES: exact totals, a reservoir of samples
+            self._count += 1
+            self._sum += value
+            self._min, self._max = min(self._min, value), max(self._max, value)
+            slot = random.randrange(self._count)  # noqa: S311 (sampling, not security)
+            if slot < MAX_HELD_SAMPLES:
+                self.held[slot] = value
+            return
+        held = self.held
+        held.append(value)
+        if len(held) >= MAX_HELD_SAMPLES:  # full: count exactly from here on
+            self._count, self._sum = len(held), math.fsum(held)
+            self._min, self._max = min(held), max(held)
+
+    def distribution(self) -> Distribution | None:
+        if not self.held:
+            return None
+        if self._count == 0:
+            count, total = len(self.held), math.fsum(self.held)
+            low, high = min(self.held), max(self.held)
+        else:
+            count, total, low, high = self._count, self._sum, self._min, self._max
+        if count <= MAX_VALUES_PER_METRIC:
+            return Distribution(count, total, low, high, tuple(self.held))
+        values, counts = _histogram(sorted(self.held), count, low, high)
+        return Distribution(count, total, low, high, values, counts)
+
+
+def _histogram(
+    ordered: list[float], count: int, low: float, high: float
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Summarise sorted samples as the min, the max, and equal-count groups' means in between.
+
+    Each group is represented by its mean, so the histogram's sum equals the samples' sum; counts
+    are scaled when `ordered` is a reservoir of a larger population.
+    """
+    middle = ordered[1:-1] if len(ordered) == count else ordered
+    scale = (count - 2) / len(middle) if middle else 0.0
+    values, counts = [low], [1.0]
+    groups = min(_HISTOGRAM_GROUPS, len(middle))
+    for index in range(groups):
+        group = middle[index * len(middle) // groups : (index + 1) * len(middle) // groups]
+        values.append(math.fsum(group) / len(group))
+        counts.append(len(group) * scale)
+    values.append(high)
+    counts.append(1.0)
+    merged_values: list[float] = []
+    merged_counts: list[float] = []
+    for value, weight in zip(values, counts, strict=True):
+        if merged_values and merged_values[-1] == value:  # e.g. many equal ages: one entry
+            merged_counts[-1] += weight
+        else:
+            merged_values.append(value)
+            merged_counts.append(weight)
+    return tuple(merged_values), tuple(merged_counts)
+
+
+@final
+class _Interval:
+    """One key's running numbers for the current interval."""
+
+    __slots__ = ("ages", "failed_ids", "first", "first_failed", "ids", "outcomes", "times")
+
+    def __init__(self) -> None:
+        self.outcomes = dict.fromkeys(Outcome, 0)
+        self.first = 0
+        self.first_failed = 0
+        self.times = _Samples()
+        self.ages = _Samples()
+        self.ids: list[str] = []
+        self.failed_ids: list[str] = []
+
+
+@final
+class MetricsAggregator:
+    """An outcome sink that aggregates outcomes per (role, queue) for the current interval.
+
+    `record()` runs once per message and only counts and appends; `snapshot()` does the rest once
+    per interval.
+    """
+
+    def __init__(
+        self,
+        *,
+        role: str,
+        queues: Iterable[str] = (),
+        quarantined: Callable[[], bool] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Create an aggregator.
+
+        Args:
+            role: The worker's role: the key of queues known before their first outcome.
+            queues: Queues to report from the start (zeros until their first outcome).
+            quarantined: Tells whether the worker is quarantined (the `Quarantined` metric).
+            wall_clock: Epoch seconds, for document timestamps.
+        """
+        self._role = role
+        self._quarantined = quarantined
+        self._wall_clock = wall_clock
+        self._current: dict[tuple[str, str], _Interval] = {(role, q): _Interval() for q in queues}
+        self._started = wall_clock()
+
+    def __repr__(self) -> str:
+        """Show the keys."""
+        return f"MetricsAggregator({sorted(self._current)})"
+
+    def track(self, queue: str) -> None:
+        """Report `queue` every interval from now on, with zeros until its first outcome."""
+        self._current.setdefault((self._role, queue), _Interval())
+
+    def record(self, record: OutcomeRecord) -> None:
+        """Count one outcome (an `OutcomeSink`); runs once per message, so it stays lean."""
+        interval = self._current.get((record.role, record.queue))
+        if interval is None:
+            interval = self._current[record.role, record.queue] = _Interval()
+        outcome = record.outcome
+        interval.outcomes[outcome] += 1
+        if outcome is _RELEASED:
+            return
+        if record.receive_count <= 1:
+            interval.first += 1
+            if outcome is _FAILED:
+                interval.first_failed += 1
+        interval.times.add(record.duration_s * 1000)
+        interval.ages.add(record.message_age_s * 1000)
+        if len(interval.ids) < MAX_SAMPLE_IDS:
+            interval.ids.append(record.message_id)
+        if outcome in _FAILURES and len(interval.failed_ids) < MAX_SAMPLE_IDS:
+            interval.failed_ids.append(record.message_id)
+
+    def snapshot(self) -> Snapshot:
+        """Take the current interval's numbers (every known key, zeros included); start the next."""
+        now = self._wall_clock()
+        quarantined = int(self._quarantined()) if self._quarantined is not None else 0
+        taken, self._current = self._current, {key: _Interval() for key in self._current}
+        aggregates = tuple(
+            _aggregate(role, queue, interval, quarantined)
+            for (role, queue), interval in sorted(taken.items())
+        )
+        interval_s, self._started = max(0.0, now - self._started), now
+        return Snapshot(int(now * 1000), interval_s, aggregates)
+
+
+def _aggregate(role: str, queue: str, interval: _Interval, quarantined: int) -> Aggregate:
+    outcomes = interval.outcomes
+    counts = {metric: outcomes[outcome] for outcome, metric in OUTCOME_METRICS.items()}
+    counts[MetricName.PROCESSED] = sum(outcomes.values()) - outcomes[Outcome.RELEASED]
+    counts[MetricName.FIRST_ATTEMPT_PROCESSED] = interval.first
+    counts[MetricName.FIRST_ATTEMPT_FAILED] = interval.first_failed
+    counts[MetricName.QUARANTINED] = quarantined
+    values = {
+        name: dist
+        for name, samples in (
+            (MetricName.PROCESSING_TIME, interval.times),
+            (MetricName.MESSAGE_AGE, interval.ages),
+        )
+        if (dist := samples.distribution()) is not None
+    }
+    return Aggregate(role, queue, counts, values, tuple(interval.ids), tuple(interval.failed_ids))
+
+
+def _emf_value(dist: Distribution) -> float | list[float] | dict[str, list[float]]:
+    values = [round(v, 3) for v in dist.values]
+    if dist.counts is not None:
+        return {"Values": values, "Counts": [round(c, 3) for c in dist.counts]}
+    return values[0] if len(values) == 1 else values
+
+
+def build_document(
+    aggregate: Aggregate,
+    *,
+    namespace: str,
+    service: str,
+    timestamp_ms: int,
+    properties: Mapping[str, object] | None = None,
+) -> dict[str, Any]:
+    """Build one key's EMF document for one interval.
+
+    Dimension values and metric values are top-level members; version, task id and message ids are
+    properties (never dimensions: each value would make a new metric). Count metrics are always
+    present (zeros included); a value metric only when it has samples.
+
+    Args:
+        aggregate: The key's numbers.
+        namespace: The CloudWatch namespace.
+        service: The `Service` dimension.
+        timestamp_ms: The document's time, epoch milliseconds.
+        properties: Extra members (e.g. `Version`, `TaskId`).
+
+    Raises:
+        ConfigError: The namespace is empty.
+        ValueError: The document would break an EMF limit.
+    """
+    if not namespace or not namespace.strip():
+        raise ConfigError("EMF needs a metrics namespace: set QWORKER_METRICS_NAMESPACE")
+    dimension_sets = [[d.value for d in dimension_set] for dimension_set in DIMENSION_SETS]
+    if any(len(s) > MAX_DIMENSIONS_PER_SET for s in dimension_sets):
+        raise ValueError(f"EMF allows at most {MAX_DIMENSIONS_PER_SET} dimensions per set")
+    members: dict[str, Any] = {
+        Dimension.SERVICE.value: service,
+        Dimension.DEPLOYMENT_ROLE.value: aggregate.role,
+        Dimension.QUEUE.value: aggregate.queue,
+        **(properties or {}),
+    }
+    if aggregate.message_ids:
+        members["MessageIds"] = list(aggregate.message_ids)
+    if aggregate.failed_message_ids:
+        members["FailedMessageIds"] = list(aggregate.failed_message_ids)
+    names = [spec.name for spec in COUNT_METRICS]
+    names += [spec.name for spec in VALUE_METRICS if spec.name in aggregate.values]
+    if len(names) > MAX_METRICS_PER_DOCUMENT:
+        raise ValueError(f"EMF allows at most {MAX_METRICS_PER_DOCUMENT} metrics per document")
+    for name in names:
+        dist = aggregate.values.get(name)
+        members[name.value] = _emf_value(dist) if dist is not None else aggregate.counts[name]
+    members["_aws"] = {
+        "Timestamp": timestamp_ms,
+        "CloudWatchMetrics": [
+            {
+                "Namespace": namespace,
+                "Dimensions": dimension_sets,
+                "Metrics": [{"Name": n.value, "Unit": METRICS[n].unit.value} for n in names],
+            }
+        ],
+    }
+    return members
+
+
+@final
+class EmfStdoutSink:
+    """Writes EMF documents to stdout, one JSON line each, through aws-embedded-metrics.
+
+    The library's environment is set explicitly to `local` (its stdout sink): it does not detect
+    ECS and would otherwise fall back to its agent sink, which sends to a CloudWatch agent that a
+    Fargate task does not have, so the data would be lost. The awslogs driver ships stdout to
+    CloudWatch Logs, which extracts EMF from any log event. stdout is flushed after every batch, so
+    a block-buffered pipe cannot hold an interval's metrics back or lose them at exit.
+    """
+
+    def __init__(self) -> None:
+        """Create the sink."""
+        self._environment = LocalEnvironment()
+
+    async def _resolve(self) -> Environment:
+        return self._environment
+
+    async def write(self, documents: Iterable[Mapping[str, Any]]) -> None:
+        """Write documents (built by `build_document`) and flush stdout."""
+        for document in documents:
+            logger = MetricsLogger(self._resolve, _context(document))
+            await logger.flush()
+        sys.stdout.flush()
+
+
+def _context(document: Mapping[str, Any]) -> MetricsContext:
+    """Express a document in the library's terms, so its validators and serializer run on it."""
+    aws = document["_aws"]
+    directive = aws["CloudWatchMetrics"][0]
+    validate_namespace(directive["Namespace"])
+    context = MetricsContext(namespace=directive["Namespace"])
+    context.set_dimensions(
+        [{n: document[n] for n in s} for s in directive["Dimensions"]], use_default=False
+    )
+    metric_names = set()
+    for metric in directive["Metrics"]:
+        name, unit = metric["Name"], metric["Unit"]
+        metric_names.add(name)
+        value = document[name]
+        if isinstance(value, dict):
+            # A histogram: the library has no call for it, but writes a metric's single value
+            # verbatim (tests/test_metrics.py checks that the written line equals the document).
+            context.metrics[name] = Metric(value, unit)  # type: ignore[arg-type]
+            continue
+        for single in value if isinstance(value, list) else (value,):
+            context.put_metric(name, single, unit)
+    dimensions = {n for s in directive["Dimensions"] for n in s}
+    for key, value in document.items():
+        if key != "_aws" and key not in metric_names and key not in dimensions:
+            context.set_property(key, value)
+    context.set_timestamp(datetime.fromtimestamp(aws["Timestamp"] / 1000, tz=UTC))
+    return context

@@ -1,0 +1,367 @@
+"""Observability wiring: metrics, traces, health and quarantine around one worker.
+
+`build(settings, identity)` is an async context manager the CLI enters around the worker. It
+yields an `Observability` whose `middleware` and `sinks` go to `Worker(...)`, and it owns the
+periodic tasks in one task group: the metrics emitter (an EMF document per queue every
+`metrics_interval_s`, and PutMetricData to a local endpoint when asked) and the health file writer.
+On exit it stops them, writes the last partial interval and the last health report, and flushes
+the tracer.
+
+```python
+async with observability.build(settings, identity) as obs:
+    worker = Worker(app, settings, identity=identity, middleware=obs.middleware, sinks=obs.sinks)
+    with handle_signals(obs.stop):
+        await obs.run(worker)
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, final
+
+from opentelemetry import trace
+
+from qworker import health, tracing
+from qworker.cloudwatch import CloudWatchPublisher, open_cloudwatch_client
+from qworker.consumer import OutcomeSink
+from qworker.dispatch import Middleware
+from qworker.emf import EmfStdoutSink, MetricsAggregator, Snapshot, build_document
+from qworker.quarantine import CanaryQuarantine
+from qworker.role import Identity
+from qworker.settings import QWorkerSettings
+
+if TYPE_CHECKING:
+    from qworker.worker import Worker
+
+__all__ = ["DocumentSink", "MetricsEmitter", "Observability", "build", "publish_cloudwatch"]
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class DocumentSink(Protocol):
+    """Writes EMF documents (`EmfStdoutSink` in production)."""
+
+    async def write(self, documents: Iterable[Mapping[str, Any]]) -> None:
+        """Write one interval's documents."""
+        ...
+
+
+def publish_cloudwatch(settings: QWorkerSettings, endpoint_url: str | None = None) -> bool:
+    """Whether to also send metrics with PutMetricData: as asked, else on a local endpoint."""
+    if settings.metrics_publish_cloudwatch is not None:
+        return settings.metrics_publish_cloudwatch
+    return endpoint_url is not None or settings.endpoint_url is not None or settings.use_embedded
+
+
+@final
+class MetricsEmitter:
+    """Turns the aggregator's intervals into EMF documents (and CloudWatch data) periodically."""
+
+    def __init__(
+        self,
+        aggregator: MetricsAggregator,
+        sink: DocumentSink,
+        *,
+        namespace: str,
+        identity: Identity,
+        interval_s: float,
+        publisher: CloudWatchPublisher | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        """Emit `aggregator`'s numbers to `sink` every `interval_s`.
+
+        Args:
+            aggregator: The outcome sink that counts.
+            sink: Writes the documents.
+            namespace: The CloudWatch namespace.
+            identity: Service (a dimension), version and task id (properties).
+            interval_s: Seconds between emissions.
+            publisher: Also sends each interval with PutMetricData.
+            sleep: Injectable sleep.
+        """
+        self.aggregator = aggregator
+        self.sink = sink
+        self.namespace = namespace
+        self.identity = identity
+        self.interval_s = interval_s
+        self.publisher = publisher
+        self.queues: Callable[[], Iterable[str]] = tuple
+        self._sleep = sleep
+        self._properties: dict[str, object] = {"Version": identity.version}
+        if identity.task_id:
+            self._properties["TaskId"] = identity.task_id
+        self.emitted = 0
+        self._changed = asyncio.Event()
+
+    async def emit(self) -> Snapshot:
+        """Write the current interval now (the periodic task and the final flush call this)."""
+        for queue in self.queues():
+            self.aggregator.track(queue)
+        snapshot = self.aggregator.snapshot()
+        documents = [
+            build_document(
+                aggregate,
+                namespace=self.namespace,
+                service=self.identity.service,
+                timestamp_ms=snapshot.timestamp_ms,
+                properties=self._properties,
+            )
+            for aggregate in snapshot.aggregates
+        ]
+        try:
+            await self.sink.write(documents)
+        except OSError as exc:  # a closed stdout must not take the worker down
+            log.warning(
+                "writing metrics failed",
+                extra={"action": "metrics_write_failed", "error": str(exc)},
+            )
+        if self.publisher is not None and snapshot.aggregates:
+            await self.publisher.publish(snapshot)
+        self.emitted += 1
+        self._changed.set()
+        return snapshot
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Emit every `interval_s` until `stop` is set (the final flush is the caller's)."""
+        while await _pause(stop, self._sleep(self.interval_s)):
+            await self.emit()
+
+    async def wait_emitted(self, count: int) -> None:
+        """Wait until at least `count` intervals were emitted."""
+        while self.emitted < count:
+            self._changed.clear()
+            await self._changed.wait()
+
+
+async def _pause(stop: asyncio.Event, sleep: Awaitable[None]) -> bool:
+    """Sleep unless `stop` comes first; return whether to go on."""
+    stopped = asyncio.ensure_future(stop.wait())
+    slept = asyncio.ensure_future(sleep)
+    try:
+        await asyncio.wait((stopped, slept), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        slept.cancel()
+    return not stop.is_set()
+
+
+@final
+class Observability:
+    """What `build()` yields: the worker's middleware and sinks, and the parts behind them."""
+
+    def __init__(
+        self,
+        *,
+        middleware: list[Middleware],
+        sinks: list[OutcomeSink],
+        emitter: MetricsEmitter,
+        monitor: health.HealthMonitor,
+        quarantine: CanaryQuarantine | None,
+    ) -> None:
+        """Bundle the parts; use `build()`."""
+        self.middleware = middleware
+        self.sinks = sinks
+        self.emitter = emitter
+        self.monitor = monitor
+        self.quarantine = quarantine
+        self._worker: Worker | None = None
+        self._stop_requested = asyncio.Event()
+
+    def watch(self, worker: Worker) -> None:
+        """Report on `worker` (queues in metrics, consumers in health); a quarantine stops it."""
+        self._worker = worker
+        self.emitter.queues = lambda: [c.transport.queue_name for c in worker.consumers]
+        self.monitor.watch(
+            lambda: worker.consumers, ready=worker.ready.is_set, stopping=lambda: worker.stopping
+        )
+        if self.quarantine is not None:
+            self.quarantine.on_trip(worker.stop)
+
+    def stop(self) -> None:
+        """Stop the worker and end `run()` (SIGTERM); synchronous and idempotent."""
+        self._stop_requested.set()
+        if self._worker is not None:
+            self._worker.stop()
+
+    async def run(self, worker: Worker) -> None:
+        """Run `worker`; if it quarantined itself, stay up, unhealthy, until `stop()`.
+
+        A quarantined canary keeps reporting (health, the `Quarantined` metric) instead of exiting,
+        so ECS sees a failing health check and the judge sees the metric, rather than a task that
+        exits cleanly and is restarted into the same failure.
+        """
+        self.watch(worker)
+        await worker.run()
+        if self.quarantine is not None and self.quarantine.quarantined:
+            log.error(
+                "canary quarantined: staying up and unhealthy until stopped (SIGTERM)",
+                extra={"action": "quarantine_hold", "role": worker.identity.role},
+            )
+            await self._stop_requested.wait()
+
+
+async def _write_health(
+    monitor: health.HealthMonitor,
+    path: Path,
+    *,
+    interval_s: float,
+    stop: asyncio.Event,
+    sleep: Sleep,
+) -> None:
+    while True:
+        try:
+            health.write_report(path, monitor.check())
+        except OSError as exc:
+            log.warning(
+                "writing the health file failed",
+                extra={"action": "health_write_failed", "path": str(path), "error": str(exc)},
+            )
+        if not await _pause(stop, sleep(interval_s)):
+            return
+
+
+def _quarantine(settings: QWorkerSettings, identity: Identity) -> CanaryQuarantine | None:
+    if not identity.is_canary or settings.canary_quarantine_failure_rate is None:
+        return None
+    return CanaryQuarantine(
+        failure_rate=settings.canary_quarantine_failure_rate,
+        min_messages=settings.canary_quarantine_min_messages,
+        window_s=settings.canary_quarantine_window_s,
+    )
+
+
+@contextlib.asynccontextmanager
+async def build(
+    settings: QWorkerSettings,
+    identity: Identity,
+    *,
+    endpoint_url: str | None = None,
+    local: bool = False,
+    sink: DocumentSink | None = None,
+    install_tracer: bool = True,
+    sleep: Sleep = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncIterator[Observability]:
+    """Set up metrics, tracing, health and quarantine for one worker; run their periodic tasks.
+
+    Args:
+        settings: The settings (`metrics_*`, `otel_*`, `health_*`, `canary_quarantine_*`).
+        identity: Role, version, service, task id.
+        endpoint_url: The local endpoint in use (the embedded server's), for PutMetricData.
+        local: The endpoint is local: dummy credentials.
+        sink: Where EMF documents go (default: stdout through aws-embedded-metrics).
+        install_tracer: Make the tracer provider the global one (so handlers' spans nest), unless
+            one is installed already.
+        sleep: Injectable sleep of the periodic tasks.
+        clock: Monotonic seconds (health, quarantine).
+
+    Raises:
+        ConfigError: A setting cannot work (e.g. `otlp` without its package).
+    """
+    provider = tracing.tracer_provider(
+        exporter=settings.otel_exporter, sample_ratio=settings.otel_sample_ratio, identity=identity
+    )
+    quarantine = _quarantine(settings, identity)
+    is_quarantined = (lambda: quarantine.quarantined) if quarantine is not None else None
+    aggregator = MetricsAggregator(role=identity.role, quarantined=is_quarantined)
+    stale_after_s = max(settings.health_interval_s * health.STALE_INTERVALS, 15.0)
+    monitor = health.HealthMonitor(
+        wait_time_s=settings.wait_time_s,
+        stall_margin_s=settings.health_stall_margin_s,
+        stale_after_s=stale_after_s,
+        quarantined=is_quarantined,
+        clock=clock,
+    )
+    middleware: list[Middleware] = []
+    if provider is not None:
+        if install_tracer and not isinstance(trace.get_tracer_provider(), type(provider)):
+            trace.set_tracer_provider(provider)
+        tracer = provider.get_tracer("qworker", identity.version)
+        middleware.append(
+            tracing.TracingMiddleware(tracer, identity=identity, queue=_one_queue(settings))
+        )
+    sinks: list[OutcomeSink] = [aggregator]
+    if quarantine is not None:
+        sinks.append(quarantine)
+    path = Path(settings.health_file or health.default_health_file(identity.role))
+    stop = asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        publisher = None
+        if publish_cloudwatch(settings, endpoint_url):
+            client = await stack.enter_async_context(
+                open_cloudwatch_client(
+                    region=settings.region,
+                    endpoint_url=endpoint_url or settings.endpoint_url,
+                    local=local,
+                )
+            )
+            publisher = CloudWatchPublisher(
+                client, namespace=settings.metrics_namespace, service=identity.service
+            )
+        emitter = MetricsEmitter(
+            aggregator,
+            sink or EmfStdoutSink(),
+            namespace=settings.metrics_namespace,
+            identity=identity,
+            interval_s=settings.metrics_interval_s,
+            publisher=publisher,
+            sleep=sleep,
+        )
+        if settings.health_port is not None:
+            port = await stack.enter_async_context(
+                health.serve_http(monitor, port=settings.health_port)
+            )
+            log.info("health endpoint up", extra={"action": "health_http", "port": port})
+        observability = Observability(
+            middleware=middleware,
+            sinks=sinks,
+            emitter=emitter,
+            monitor=monitor,
+            quarantine=quarantine,
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(emitter.run(stop), name="emit metrics")
+                group.create_task(
+                    _write_health(
+                        monitor, path, interval_s=settings.health_interval_s, stop=stop, sleep=sleep
+                    ),
+                    name="write health",
+                )
+                try:
+                    yield observability
+                finally:
+                    stop.set()
+        finally:
+            await _finish(emitter, monitor, path, provider)
+
+
+async def _finish(
+    emitter: MetricsEmitter,
+    monitor: health.HealthMonitor,
+    path: Path,
+    provider: Any,  # noqa: ANN401 (a TracerProvider or None)
+) -> None:
+    """Flush the last partial interval, write the last health report, flush the spans."""
+    await emitter.emit()
+    with contextlib.suppress(OSError):
+        health.write_report(path, monitor.check())
+    if provider is not None:
+        await asyncio.to_thread(provider.shutdown)
+
+
+def _one_queue(settings: QWorkerSettings) -> str | None:
+    """The queue's name when the settings name exactly one (so spans are named at start)."""
+    if settings.queue_name:
+        return settings.queue_name
+    if settings.queue_url:
+        return settings.queue_url.rstrip("/").rsplit("/", 1)[-1]
+    return None
