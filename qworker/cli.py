@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from qworker import health, observability, tracing
 from qworker.app import QWorker
 from qworker.canary import cli as canary_cli
 from qworker.exceptions import ConfigError, TransportError
@@ -83,16 +84,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 async def serve(app: QWorker, settings: QWorkerSettings, identity: Identity) -> None:
     """Run `app` until SIGTERM/SIGINT, on the embedded server when no queue is configured."""
-    async with _embedded(app, settings) as (endpoint_url, settings_used):
+    async with (
+        _embedded(app, settings) as (endpoint_url, settings_used),
+        observability.build(
+            settings_used,
+            identity,
+            endpoint_url=endpoint_url,
+            local=endpoint_url is not None and settings.use_embedded,
+        ) as obs,
+    ):
         worker = Worker(
             app,
             settings_used,
             identity=identity,
             endpoint_url=endpoint_url,
             local=endpoint_url is not None and settings.use_embedded,
+            middleware=obs.middleware,
+            sinks=obs.sinks,
         )
-        with handle_signals(worker.stop):
-            await worker.run()
+        with handle_signals(obs.stop):
+            await obs.run(worker)
 
 
 @contextlib.asynccontextmanager
@@ -188,9 +199,10 @@ async def _send(  # noqa: PLR0917 (a private call with positional plumbing)
     local = endpoint is not None and settings.endpoint_url is None
     async with open_sqs_client(settings, endpoint_url=endpoint, local=local) as client:
         transport = await SqsTransport.open(client, name=queue_name, url=settings.queue_url)
-        return await send_bodies(
-            transport, bodies, attributes=attributes, group_id=group_id, delay_s=delay_s
-        )
+        with tracing.send_span(settings, transport.queue_name):
+            return await send_bodies(
+                transport, bodies, attributes=attributes, group_id=group_id, delay_s=delay_s
+            )
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -218,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.set_defaults(func=_cmd_send)
 
     canary_cli.register(sub)
+    health.register(sub)
     return parser
 
 
