@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from qworker import health, observability, tracing
+from qworker import dlq, health, observability, tracing
 from qworker.app import QWorker
 from qworker.canary import cli as canary_cli
 from qworker.exceptions import ConfigError, TransportError
@@ -231,14 +231,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     canary_cli.register(sub)
     health.register(sub)
+    dlq.register(sub)
     return parser
+
+
+def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else group
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `qworker` command; return its exit code."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        try:
+            return int(args.func(args))
+        except BaseExceptionGroup as group:
+            # Task groups wrap one failure in (nested) groups; report it as itself.
+            raise _single_leaf(group) from None
     except ConfigError as exc:
         print(f"qworker: error: {exc}", file=sys.stderr)  # noqa: T201 (the command's answer)
         return EXIT_CONFIG
