@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # handlers/ lives at the root
@@ -87,11 +87,13 @@ def observed_parts(
     )
     middleware: list[Middleware] = []
     if variant == "metrics+tracing":
-        provider = TracerProvider(
-            sampler=ParentBased(TraceIdRatioBased(0.0)), shutdown_on_exit=False
-        )
+        # As the worker builds it: the provider samples roots always, and the middleware applies
+        # the ratio (here 0: nothing recorded) before asking the SDK for a span.
+        provider = TracerProvider(sampler=ParentBased(ALWAYS_ON), shutdown_on_exit=False)
         tracer = provider.get_tracer("qworker")
-        middleware.append(TracingMiddleware(tracer, identity=IDENTITY, queue="bench"))
+        middleware.append(
+            TracingMiddleware(tracer, identity=IDENTITY, queue="bench", sample_ratio=0.0)
+        )
     return middleware, [aggregator], emitter
 
 

@@ -267,7 +267,10 @@ async def build(
         ConfigError: A setting cannot work (e.g. `otlp` without its package).
     """
     provider = tracing.tracer_provider(
-        exporter=settings.otel_exporter, sample_ratio=settings.otel_sample_ratio, identity=identity
+        exporter=settings.otel_exporter,
+        sample_ratio=settings.otel_sample_ratio,
+        identity=identity,
+        consumer=True,
     )
     quarantine = _quarantine(settings, identity)
     is_quarantined = (lambda: quarantine.quarantined) if quarantine is not None else None
@@ -286,7 +289,12 @@ async def build(
             trace.set_tracer_provider(provider)
         tracer = provider.get_tracer("qworker", identity.version)
         middleware.append(
-            tracing.TracingMiddleware(tracer, identity=identity, queue=_one_queue(settings))
+            tracing.TracingMiddleware(
+                tracer,
+                identity=identity,
+                queue=_one_queue(settings),
+                sample_ratio=settings.otel_sample_ratio,
+            )
         )
     sinks: list[OutcomeSink] = [aggregator]
     if quarantine is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import random
 import re
 import sys
 from collections.abc import Iterator, MutableMapping
@@ -28,8 +29,9 @@ from opentelemetry import context, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import (
+    NonRecordingSpan,
     Span,
     SpanContext,
     SpanKind,
@@ -84,6 +86,7 @@ EXPORTERS: Final = ("none", "console", "otlp")
 _ERROR_OUTCOMES: Final = frozenset({Outcome.FAILED, Outcome.REJECTED})
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 _ROOT: Final = context.Context()
+_ID_SPACE: Final = 1 << 64
 _TRACEPARENT: Final = re.compile(
     r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[^\s]*)?"
 )
@@ -158,7 +161,14 @@ def producer_context(message: Message) -> SpanContext | None:
 class TracingMiddleware:
     """Opens one CONSUMER span per message around the handler call (a dispatch `Middleware`)."""
 
-    def __init__(self, tracer: Tracer, *, identity: Identity, queue: str | None = None) -> None:
+    def __init__(
+        self,
+        tracer: Tracer,
+        *,
+        identity: Identity,
+        queue: str | None = None,
+        sample_ratio: float = 1.0,
+    ) -> None:
         """Trace with `tracer`.
 
         Args:
@@ -166,8 +176,15 @@ class TracingMiddleware:
             identity: The worker's role and version, put on every span.
             queue: The queue, when the worker has one, so the span has its final name at start;
                 otherwise the name is completed from the outcome.
+            sample_ratio: Share of messages whose span is recorded, decided here, before the SDK
+                is asked for a span (1: leave every decision to the tracer's sampler).
         """
+        if not 0 <= sample_ratio <= 1:
+            raise ValueError("sample_ratio must be between 0 and 1")
         self._tracer = tracer
+        # The same rule as the SDK's TraceIdRatioBased: keep a trace when the low 64 bits of its
+        # (random) id fall under ratio * 2**64.
+        self._bound = round(sample_ratio * _ID_SPACE)
         self._queue = queue
         self._name = f"process {queue}" if queue is not None else "process"
         self._static: dict[str, str | int] = {
@@ -182,6 +199,29 @@ class TracingMiddleware:
 
     async def __call__(self, message: Message, call_next: Dispatch) -> OutcomeRecord:
         """Process `message` inside its span."""
+        if self._bound < _ID_SPACE and random.getrandbits(64) >= self._bound:
+            return await self._unsampled(message, call_next)
+        return await self._sampled(message, call_next)
+
+    @staticmethod
+    async def _unsampled(message: Message, call_next: Dispatch) -> OutcomeRecord:
+        # Most messages: no SDK span at all (start_span costs several microseconds), just a
+        # non-recording span context, so calls the handler makes still carry "not sampled".
+        span = NonRecordingSpan(
+            SpanContext(
+                random.getrandbits(128) or 1,
+                random.getrandbits(64) or 1,
+                is_remote=False,
+                trace_flags=TraceFlags(TraceFlags.DEFAULT),
+            )
+        )
+        token = context.attach(trace.set_span_in_context(span))
+        try:
+            return await call_next(message)
+        finally:
+            context.detach(token)
+
+    async def _sampled(self, message: Message, call_next: Dispatch) -> OutcomeRecord:
         # Cheap when unsampled, as most messages are: start_span and attach by hand (the
         # generator-based start_as_current_span costs twice as much), and add the per-message
         # attributes and the producer link only to a span the sampler kept. The samplers used here
@@ -261,9 +301,12 @@ def _exporter(name: str) -> SpanExporter:
 
 
 def tracer_provider(
-    *, exporter: str, sample_ratio: float, identity: Identity
+    *, exporter: str, sample_ratio: float, identity: Identity, consumer: bool = False
 ) -> TracerProvider | None:
     """Build the tracer provider the settings ask for (None: `none`, no tracing).
+
+    In a worker (`consumer=True`) the `TracingMiddleware` applies the ratio to its root spans
+    itself, and everything else follows its parent: the provider samples roots always.
 
     Raises:
         ConfigError: An unknown exporter, or `otlp` without its package.
@@ -275,7 +318,7 @@ def tracer_provider(
     span_exporter = _exporter(exporter)
     provider = TracerProvider(
         resource=resource(identity),
-        sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+        sampler=ParentBased(ALWAYS_ON if consumer else TraceIdRatioBased(sample_ratio)),
         shutdown_on_exit=False,  # the worker shuts it down itself, after the last span
     )
     provider.add_span_processor(BatchSpanProcessor(span_exporter))

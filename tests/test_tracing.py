@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -258,6 +259,43 @@ async def test_unsampled_messages_export_nothing(exporter: InMemorySpanExporter)
     ).run_until_empty()
     provider.shutdown()
     assert exporter.get_finished_spans() == ()
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 1.0])
+async def test_the_middleware_applies_the_ratio_and_unsampled_calls_still_carry_a_context(
+    exporter: InMemorySpanExporter, ratio: float
+) -> None:
+    provider = tracer_provider(
+        exporter="console", sample_ratio=ratio, identity=CANARY, consumer=True
+    )
+    assert provider is not None
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    queue = FakeSqs().create_queue("orders")
+    for n in range(400):
+        await queue.send(json.dumps({"n": n}))
+    seen: list[trace.SpanContext] = []
+
+    async def handle(body: dict[str, int]) -> None:
+        seen.append(trace.get_current_span().get_span_context())
+
+    tracer = provider.get_tracer("test")
+    layer = TracingMiddleware(tracer, identity=CANARY, queue="orders", sample_ratio=ratio)
+    await consumer_for(queue, handle, identity=CANARY, middleware=[layer]).run_until_empty()
+    provider.shutdown()
+
+    recorded = len(spans(exporter, SpanKind.CONSUMER))
+    assert len(seen) == 400
+    assert all(c.is_valid for c in seen)  # every handler runs inside a span context
+    assert sum(c.trace_flags.sampled for c in seen) == recorded
+    if ratio in (0.0, 1.0):
+        assert recorded == 400 * ratio
+    else:
+        assert 40 <= recorded <= 160  # 100 expected; the bounds are > 6 standard deviations wide
+
+
+def test_sample_ratio_outside_0_1_is_refused(provider: TracerProvider) -> None:
+    with pytest.raises(ValueError, match="sample_ratio"):
+        TracingMiddleware(provider.get_tracer("t"), identity=CANARY, sample_ratio=1.5)
 
 
 # -- producers ----------------------------------------------------------------------------------
