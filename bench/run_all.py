@@ -1,0 +1,250 @@
+"""Run every benchmark and rewrite bench/RESULTS.md: `make bench` (or `python bench/run_all.py`).
+
+LocalStack is installed if needed (its own virtualenv, see scripts/localstack.py), started once on
+127.0.0.1 with `SQS_DISABLE_CLOUDWATCH_METRICS=1`, shared by every benchmark through
+`QWORKER_BENCH_ENDPOINT`, and stopped by its PID at the end. Each benchmark runs in its own
+process, so one's heap cannot skew another's memory figures. `--no-localstack` runs only what
+needs no server. About two minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from benchlib import ENDPOINT_ENV, PID_ENV, ROOT, Section, machine, start_localstack, table
+
+BENCH: Final = Path(__file__).resolve().parent
+RESULTS: Final = BENCH / "RESULTS.md"
+BENCHMARKS: Final = ("bench_throughput", "bench_overhead", "bench_memory", "bench_calls")
+OBSERVABILITY: Final = "bench_observability"
+"""Another benchmark (metrics and tracing cost); it prints text, which goes in as it is."""
+TIMEOUT_S: Final = 240.0
+
+
+def run_benchmark(name: str, env: dict[str, str], *, localstack: bool) -> Section:
+    """Run `bench/<name>.py --json ...` in its own process; return its section."""
+    with tempfile.TemporaryDirectory(prefix="qworker-bench-") as tmp:
+        out = Path(tmp) / "section.json"
+        command = [sys.executable, str(BENCH / f"{name}.py"), "--json", str(out)]
+        if not localstack:
+            command.append("--no-localstack")
+        began = time.monotonic()
+        print(f"== {name}", file=sys.stderr, flush=True)
+        result = subprocess.run(  # noqa: S603 (our own script, with our own interpreter)
+            command, env=env, cwd=ROOT, timeout=TIMEOUT_S, check=False
+        )
+        print(f"== {name}: {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
+        if result.returncode != 0 or not out.exists():
+            return Section(name, f"**Failed** (exit status {result.returncode}); see its output.")
+        return Section.from_json(out.read_text())
+
+
+def run_observability(env: dict[str, str]) -> Section | None:
+    """Run the observability benchmark if it is there; its printout is the section."""
+    script = BENCH / f"{OBSERVABILITY}.py"
+    if not script.exists():
+        return None
+    print(f"== {OBSERVABILITY}", file=sys.stderr, flush=True)
+    result = subprocess.run(  # noqa: S603 (our own script, with our own interpreter)
+        [sys.executable, str(script)],
+        env=env,
+        cwd=ROOT,
+        timeout=TIMEOUT_S,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    text = result.stdout.strip() or result.stderr.strip()
+    status = "" if result.returncode == 0 else f"**Failed** (exit status {result.returncode}).\n\n"
+    is_markdown = any(line.startswith("|") for line in text.splitlines())
+    markdown = (
+        f"{status}Output of `python bench/{OBSERVABILITY}.py` (metrics and tracing on vs off, "
+        "in-memory transport; its own docstring says how), as printed:\n\n"
+        + (text if is_markdown else f"```text\n{text}\n```")
+    )
+    return Section("Observability cost (metrics + tracing)", markdown, {"output": text})
+
+
+def _get(section: Section | None, *keys: str) -> Any:  # noqa: ANN401 (JSON values)
+    value: Any = section.data if section is not None else None
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _num(value: Any, form: Callable[[float], str]) -> str:  # noqa: ANN401 (JSON values)
+    return form(float(value)) if isinstance(value, int | float) else "-"
+
+
+def summary(sections: dict[str, Section]) -> str:
+    """The table at the top of RESULTS.md."""
+    throughput = sections.get("bench_throughput")
+    overhead = sections.get("bench_overhead")
+    memory = sections.get("bench_memory")
+    calls = sections.get("bench_calls")
+    per_s = lambda v: f"{v:,.0f} msg/s"  # noqa: E731
+    ratio = lambda v: f"{v:.2f}x"  # noqa: E731
+    kib = lambda v: f"{v:.2f} KiB"  # noqa: E731
+    calls_fmt = lambda v: f"{v:.3f}"  # noqa: E731
+    cpu_us = lambda v: f"{v:.0f} µs"  # noqa: E731
+    own_cpu = lambda v: f"{v:.1f} CPU µs/msg own"  # noqa: E731
+    obs = "qworker + metrics + tracing"
+    rows = [
+        [
+            "Throughput, LocalStack: qworker",
+            _num(_get(throughput, "qworker", "median_msg_per_s"), per_s),
+            _num(_get(throughput, "qworker", "ratio_to_bare"), ratio) + " of bare",
+            "≥ 0.90x bare",
+        ],
+        [
+            "Throughput, LocalStack: bare aiobotocore loop",
+            _num(_get(throughput, "bare aiobotocore", "median_msg_per_s"), per_s),
+            "1.00x",
+            "",
+        ],
+        [
+            "Throughput, LocalStack: naive boto3 (1 msg)",
+            _num(_get(throughput, "naive boto3 (1 msg)", "median_msg_per_s"), per_s),
+            _num(_get(throughput, "naive boto3 (1 msg)", "ratio_to_bare"), ratio) + " of bare",
+            "",
+        ],
+        [
+            "Client CPU per message, LocalStack: qworker / bare loop",
+            _num(_get(throughput, "qworker", "client_cpu_us_per_msg"), cpu_us),
+            _num(_get(throughput, "bare aiobotocore", "client_cpu_us_per_msg"), cpu_us),
+            "",
+        ],
+        [
+            "In-memory, one core: qworker",
+            _num(_get(overhead, "qworker", "median_msg_per_s"), per_s),
+            _num(_get(overhead, "qworker", "ratio_to_fake_alone"), ratio)
+            + " of fake alone; "
+            + _num(_get(overhead, "qworker", "own_cpu_us_per_msg"), own_cpu),
+            "",
+        ],
+        [
+            "In-memory, one core: fake transport alone",
+            _num(_get(overhead, "fake transport alone", "median_msg_per_s"), per_s),
+            "",
+            "",
+        ],
+        [
+            "In-memory, one core: qworker + metrics + tracing",
+            _num(_get(overhead, obs, "median_msg_per_s"), per_s),
+            _num(_get(overhead, obs, "ratio_to_fake_alone"), ratio)
+            + " of fake alone; "
+            + _num(_get(overhead, obs, "own_cpu_us_per_msg"), own_cpu),
+            "",
+        ],
+        [
+            "Memory per in-flight message (fake): Δ VmRSS / Python heap",
+            _num(_get(memory, "in-memory fake", "rss_delta_kb_per_msg"), kib),
+            _num(_get(memory, "in-memory fake", "python_heap_kb_per_msg"), kib),
+            "",
+        ],
+        [
+            "Memory per in-flight message (LocalStack): Δ VmRSS / Python heap",
+            _num(_get(memory, "LocalStack (aiobotocore)", "rss_delta_kb_per_msg"), kib),
+            _num(_get(memory, "LocalStack (aiobotocore)", "python_heap_kb_per_msg"), kib),
+            "",
+        ],
+        [
+            "SQS calls per message (fake / LocalStack)",
+            _num(_get(calls, "in-memory fake", "per_message"), calls_fmt),
+            _num(_get(calls, "LocalStack (aiobotocore)", "per_message"), calls_fmt),
+            "≤ 0.25",
+        ],
+    ]
+    return table(["measure", "value", "relative / second value", "target"], rows)
+
+
+HOW_TO: Final = (
+    "Written by `bench/run_all.py`; do not edit by hand. Run them all with `make bench` (or "
+    "`.venv/bin/python bench/run_all.py`), one alone with e.g. "
+    "`.venv/bin/python bench/bench_throughput.py` (it starts its own LocalStack on 127.0.0.1 "
+    "and stops it by PID). Profile the consumer with "
+    "`.venv/bin/python bench/profile_consumer.py`. Numbers on a shared machine are noisy: the "
+    "load average and the CPU other processes used during each throughput run are recorded. "
+    "Where qworker's time goes, and what to change: `bench/PROFILE.md` (hand-written)."
+)
+
+
+def write_results(
+    sections: dict[str, Section], facts: dict[str, str], facts_after: dict[str, str]
+) -> None:
+    """Rewrite RESULTS.md."""
+    facts_rows = [
+        ["date", facts["date"]],
+        ["CPUs (nproc)", facts["nproc"]],
+        ["CPU model", facts["cpu"]],
+        ["memory", facts["memory"]],
+        ["Python", facts["python"]],
+        ["OS", facts["os"]],
+        ["load average (1, 5, 15 min) before / after", f"{facts['load']} / {facts_after['load']}"],
+    ]
+    parts = [
+        "# Benchmarks",
+        "",
+        HOW_TO,
+        "",
+        "## Machine",
+        "",
+        table(["", ""], facts_rows),
+        "",
+        "## Summary",
+        "",
+        summary(sections),
+    ]
+    for name in (*BENCHMARKS, OBSERVABILITY):
+        section = sections.get(name)
+        if section is not None:
+            parts += ["", f"## {section.title}", "", section.markdown]
+    RESULTS.write_text("\n".join(parts) + "\n")
+
+
+def main() -> int:
+    """Run everything and write the results."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--no-localstack", action="store_true", help="skip LocalStack parts")
+    args = parser.parse_args()
+    began = time.monotonic()
+    facts = machine()
+    env = dict(os.environ)
+    stop: Callable[[], None] | None = None
+    sections: dict[str, Section] = {}
+    try:
+        localstack = not args.no_localstack
+        if localstack:
+            try:
+                server, stop = start_localstack()
+            except Exception as exc:  # noqa: BLE001 (report it in RESULTS.md and go on without)
+                print(f"LocalStack unavailable, skipping its parts: {exc}", file=sys.stderr)
+                localstack = False
+            else:
+                env[ENDPOINT_ENV] = server.endpoint_url
+                env[PID_ENV] = str(server.pid)
+        for name in BENCHMARKS:
+            sections[name] = run_benchmark(name, env, localstack=localstack)
+        observed = run_observability(env)
+        if observed is not None:
+            sections[OBSERVABILITY] = observed
+    finally:
+        if stop is not None:
+            stop()
+    write_results(sections, facts, machine())
+    print(f"wrote {RESULTS} in {time.monotonic() - began:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
