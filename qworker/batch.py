@@ -34,6 +34,9 @@ DEFAULT_ATTEMPTS: Final = 4
 RETRY_BASE_S: Final = 0.05
 """First backoff between tries; doubles each time, with full jitter."""
 
+DEFAULT_TIMEOUT_S: Final = 10.0
+"""The longest one batch may take, tries included, before its callers are told it failed."""
+
 
 @final
 class Batcher(Generic[T]):
@@ -47,6 +50,7 @@ class Batcher(Generic[T]):
         max_wait_s: float = DEFAULT_MAX_WAIT_S,
         max_concurrent: int = 4,
         attempts: int = DEFAULT_ATTEMPTS,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         """Create a batcher; run it with `run()` in a task group.
@@ -57,6 +61,7 @@ class Batcher(Generic[T]):
             max_wait_s: How long a partial batch waits for more entries.
             max_concurrent: Batch calls in flight at once.
             attempts: Tries against transient errors.
+            timeout_s: The longest one batch may take, tries included.
             sleep: Injectable sleep for the backoff.
         """
         self._send = send
@@ -64,9 +69,20 @@ class Batcher(Generic[T]):
         self._max_wait_s = max_wait_s
         self._slots = asyncio.Semaphore(max_concurrent)
         self._attempts = attempts
+        self._timeout_s = timeout_s
         self._sleep = sleep
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[BatchFailure | None]]] = asyncio.Queue()
         self.calls = 0
+
+    def enqueue(self, item: T) -> asyncio.Future[BatchFailure | None]:
+        """Queue one item; the future resolves to its entry's failure (None: it succeeded).
+
+        The future fails with `TransportError` when the batch call failed for good or timed out.
+        Cancelling a wait on it does not take the item back: shield it, and it is still sent.
+        """
+        future: asyncio.Future[BatchFailure | None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, future))
+        return future
 
     async def submit(self, item: T) -> BatchFailure | None:
         """Queue one item and wait for its batch's answer.
@@ -74,9 +90,7 @@ class Batcher(Generic[T]):
         Raises:
             TransportError: The batch call failed for good.
         """
-        future: asyncio.Future[BatchFailure | None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((item, future))
-        return await future
+        return await self.enqueue(item)
 
     async def run(self) -> None:
         """Send batches until cancelled."""
@@ -108,12 +122,17 @@ class Batcher(Generic[T]):
 
     async def _flush(self, batch: list[tuple[T, asyncio.Future[BatchFailure | None]]]) -> None:
         try:
-            pending = batch
-            for attempt in range(1, self._attempts + 1):
-                pending = await self._try(pending, final=attempt == self._attempts)
-                if not pending:
-                    return
-                await self._sleep(random.uniform(0, RETRY_BASE_S * 2 ** (attempt - 1)))  # noqa: S311 (jitter, not crypto)
+            async with asyncio.timeout(self._timeout_s):
+                pending = batch
+                for attempt in range(1, self._attempts + 1):
+                    pending = await self._try(pending, final=attempt == self._attempts)
+                    if not pending:
+                        return
+                    await self._sleep(random.uniform(0, RETRY_BASE_S * 2 ** (attempt - 1)))  # noqa: S311 (jitter, not crypto)
+        except TimeoutError:
+            _fail_all(
+                batch, TransportError(f"{self.name} batch timed out after {self._timeout_s:g} s")
+            )
         finally:
             self._slots.release()
 

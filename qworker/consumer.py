@@ -20,6 +20,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, final
@@ -48,6 +49,10 @@ _LOG_LEVELS: Final = {
     Outcome.FAILED: logging.WARNING,
     Outcome.REJECTED: logging.WARNING,
 }
+
+
+_COMES_BACK: Final = frozenset({Outcome.FAILED, Outcome.RETRIED, Outcome.RELEASED})
+"""Outcomes that leave the message on the queue (a drain must look again)."""
 
 
 class OutcomeSink(Protocol):
@@ -164,7 +169,9 @@ class Consumer:
         self._drain = False
         self._capacity = _Capacity(concurrency)
         self._running: set[asyncio.Task[None]] = set()
+        self._chains: dict[str | None, deque[Held]] = {}
         self._changed = asyncio.Event()
+        self._may_return = asyncio.Event()
         self._counts = dict.fromkeys(Outcome, 0)
         self._received = 0
         self._unsettled = 0
@@ -299,10 +306,11 @@ class Consumer:
                 if len(self.heartbeat) == 0 and self._receiving == 0:
                     self.stop()
                     return
-                # Other pollers hold or are receiving messages that may come back: wait for a
-                # change, then look again.
-                self._changed.clear()
-                await _first(self._changed.wait(), self._stopping.wait())
+                # Other pollers hold or are receiving messages that may come back: wait until one
+                # may have (an outcome that makes it visible again, or a receive ending), then
+                # look again. Successes do not wake the drain: they bring nothing back.
+                self._may_return.clear()
+                await _first(self._may_return.wait(), self._stopping.wait())
             self._start(messages, work)
 
     async def _receive(self, slots: int) -> list[Message]:
@@ -317,6 +325,7 @@ class Consumer:
         finally:
             self._receiving -= 1
             self._changed.set()
+            self._may_return.set()
 
     async def _receive_once(self, slots: int) -> list[Message]:
         receive = asyncio.ensure_future(
@@ -367,11 +376,14 @@ class Consumer:
             for h in held:
                 self._spawn(work, self._process(h), f"handle {queue}[{h.message.message_id}]")
             return
-        groups: dict[str | None, list[Held]] = {}
         for h in held:
-            groups.setdefault(h.message.group_id, []).append(h)
-        for group_id, members in groups.items():
-            self._spawn(work, self._process_group(members), f"handle {queue}[group {group_id}]")
+            group_id = h.message.group_id
+            chain = self._chains.get(group_id)
+            if chain is None:
+                chain = self._chains[group_id] = deque()
+                name = f"handle {queue}[group {group_id}]"
+                self._spawn(work, self._process_group(group_id, chain), name)
+            chain.append(h)
 
     def _spawn(self, work: asyncio.TaskGroup, coro: Awaitable[None], name: str) -> None:
         task = work.create_task(_run_tracked(coro, self._running), name=name)
@@ -388,24 +400,34 @@ class Consumer:
             raise
         await self._finish(held, record)
 
-    async def _process_group(self, members: list[Held]) -> None:
-        """Run one FIFO group's messages in order; after a failure, release the rest."""
-        for index, held in enumerate(members):
-            if self.stopping:
-                await self._release_all(members[index:])
-                return
-            try:
-                held.started = True
-                record = await self.dispatcher(held.message)
-            except asyncio.CancelledError:
-                await self._release_all(members[index:], error="cancelled at shutdown")
-                raise
-            await self._finish(held, record)
-            if record.outcome in (Outcome.FAILED, Outcome.RETRIED):
-                await self._release_all(
-                    members[index + 1 :], error="earlier message of group failed"
-                )
-                return
+    async def _process_group(self, group_id: str | None, chain: deque[Held]) -> None:
+        """Run one FIFO group's messages in order; after a failure, release the rest.
+
+        The chain is the group's only runner in this worker: messages of the group received later
+        (SQS should not hand them out while one is held, but a server may) join its end.
+        """
+        try:
+            while chain:
+                held = chain.popleft()
+                if self.stopping:
+                    await self._release_all([held, *chain])
+                    chain.clear()
+                    return
+                try:
+                    held.started = True
+                    record = await self.dispatcher(held.message)
+                except asyncio.CancelledError:
+                    await self._release_all([held, *chain], error="cancelled at shutdown")
+                    chain.clear()
+                    raise
+                await self._finish(held, record)
+                if record.outcome in (Outcome.FAILED, Outcome.RETRIED):
+                    await self._release_all(list(chain), error="earlier message of group failed")
+                    chain.clear()
+                    return
+        finally:
+            if self._chains.get(group_id) is chain:
+                del self._chains[group_id]
 
     async def _release_all(self, members: Sequence[Held], error: str | None = None) -> None:
         for held in members:
@@ -427,6 +449,8 @@ class Consumer:
         if not settled:
             self._unsettled += 1
             record = _unsettled(record)
+        if not settled or record.outcome in _COMES_BACK or len(self.heartbeat) == 0:
+            self._may_return.set()
         self._counts[record.outcome] += 1
         self._log(record)
         for sink in self._sinks:

@@ -115,8 +115,11 @@ class Dispatcher:
         started = self._clock()
         outcome, error, delay_s = Outcome.SUCCEEDED, None, None
         try:
-            async with asyncio.timeout(self.timeout_s):
+            if self.timeout_s is None:
                 await self.spec.call(argument, message)
+            else:
+                async with asyncio.timeout(self.timeout_s):
+                    await self.spec.call(argument, message)
         except Retry as exc:
             outcome, error, delay_s = Outcome.RETRIED, str(exc), exc.delay_s
         except Reject as exc:

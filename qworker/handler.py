@@ -19,7 +19,7 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, final, get_type_hints
 
 from pydantic import PydanticUserError, TypeAdapter, ValidationError
@@ -57,6 +57,8 @@ class HandlerSpec:
         message_param: The name of a further `Message` parameter, if any.
         max_in_flight: This handler's own concurrency limit, if any.
         timeout_s: This handler's own timeout, if any.
+        is_async: Whether the handler is a coroutine function (worked out once: it is asked
+            for every message).
     """
 
     func: HandlerFunc
@@ -66,6 +68,11 @@ class HandlerSpec:
     message_param: str | None
     max_in_flight: int | None = None
     timeout_s: float | None = None
+    is_async: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        """Work out once whether the handler is async."""
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.func))
 
     @classmethod
     def from_function(
@@ -95,11 +102,6 @@ class HandlerSpec:
                     f"handler {name}: pydantic cannot validate {body_type!r}: {exc}"
                 ) from None
         return cls(func, name, queue, body_type, message_param, max_in_flight, timeout_s)
-
-    @property
-    def is_async(self) -> bool:
-        """Whether the handler is a coroutine function."""
-        return inspect.iscoroutinefunction(self.func)
 
     def decode(self, message: Message) -> object:
         """Turn the message into the handler's first argument.

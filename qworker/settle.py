@@ -17,6 +17,7 @@ raised: the message then simply comes back, which at-least-once delivery allows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Final, final
@@ -85,6 +86,8 @@ class Settler:
 
     async def settle(self, message: Message, record: OutcomeRecord) -> bool:
         """Record `record` on the queue; return whether that worked. Never raises TransportError."""
+        if record.outcome is Outcome.SUCCEEDED:
+            return await self._acknowledge(message, record)
         action = asyncio.ensure_future(self._act(message, record))
         try:
             async with asyncio.timeout(SETTLE_TIMEOUT_S):
@@ -99,11 +102,30 @@ class Settler:
             self._warn(message, record, "timed out")
             return False
 
+    async def _acknowledge(self, message: Message, record: OutcomeRecord) -> bool:
+        """Delete a succeeded message: the common case, so kept lean (no task, no timer).
+
+        The delete batch has its own timeout; a cancel while waiting cannot unsend the delete, and
+        is let through once the batch is done.
+        """
+        future = self.deletes.enqueue(message.receipt_handle)
+        try:
+            failure = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with contextlib.suppress(TransportError):
+                await asyncio.shield(future)
+            raise
+        except TransportError as exc:
+            self._warn(message, record, str(exc))
+            return False
+        if failure is not None:
+            self._warn(message, record, f"{failure.code}: {failure.message}")
+            return False
+        return True
+
     async def _act(self, message: Message, record: OutcomeRecord) -> bool:
         try:
             match record.outcome:
-                case Outcome.SUCCEEDED:
-                    return await self._delete(message, record)
                 case Outcome.FAILED:
                     delay = (
                         0

@@ -298,7 +298,8 @@ class FakeQueueTransport:
             else set()
         )
         taken: list[Message] = []
-        for stored in list(self._messages.values()):
+        dead: list[StoredMessage] = []
+        for stored in self._messages.values():  # no copy: the queue may hold many thousands
             if len(taken) >= limit:
                 break
             if stored.visible_at > now or (self.fifo and stored.group_id in blocked_groups):
@@ -307,7 +308,7 @@ class FakeQueueTransport:
                     blocked_groups.add(stored.group_id)
                 continue
             if self.redrive is not None and stored.receive_count >= self.redrive.max_receive_count:
-                self._move_to_dead_letter(stored)
+                dead.append(stored)  # moved after the loop: the dict cannot change while iterated
                 continue
             stored.receive_count += 1
             if stored.receipt_handle is not None:
@@ -316,6 +317,8 @@ class FakeQueueTransport:
             self._by_receipt[stored.receipt_handle] = stored
             stored.visible_at = now + hidden_for
             taken.append(stored.to_message())
+        for stored in dead:
+            self._move_to_dead_letter(stored)
         return taken
 
     def _move_to_dead_letter(self, stored: StoredMessage) -> None:

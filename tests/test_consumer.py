@@ -275,3 +275,33 @@ async def test_records_carry_role_version_and_first_attempt() -> None:
     assert record.first_attempt
     assert record.message_age_s >= 0
     assert "acked=1" in repr(consumer)
+
+
+async def test_a_group_runs_in_order_even_if_the_server_hands_it_out_while_held() -> None:
+    # A standard (non-FIFO) fake queue does not block groups: later messages of a group arrive in
+    # later receives while earlier ones are still held, as a lax server might hand them out.
+    queue = FakeSqs().create_queue("lax")
+    await queue.send_batch(
+        [SendEntry(json.dumps({"g": g, "n": n}), group_id=g) for n in range(4) for g in "ab"]
+    )
+    seen: dict[str, list[int]] = {"a": [], "b": []}
+    gate = asyncio.Event()
+    b_done = asyncio.Event()
+
+    async def handle(body: dict[str, object]) -> None:
+        group, n = str(body["g"]), int(str(body["n"]))
+        if (group, n) == ("a", 0):
+            await gate.wait()  # the group's first message is slow...
+        seen[group].append(n)
+        if len(seen["b"]) == 4:
+            b_done.set()
+
+    # ...while receives of at most two messages keep bringing the group's later ones.
+    consumer = consumer_for(queue, handle, fifo=True, concurrency=5, pollers=2)
+    run = asyncio.create_task(consumer.run_until_empty())
+    async with asyncio.timeout(5):
+        await b_done.wait()
+    gate.set()
+    async with asyncio.timeout(5):
+        await run
+    assert seen == {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
