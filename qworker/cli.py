@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from qworker import dlq, health, observability, tracing
+from qworker import dlq, drill, health, observability, tracing
 from qworker.app import QWorker
 from qworker.canary import cli as canary_cli
 from qworker.exceptions import ConfigError, TransportError
@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     canary_cli.register(sub)
     health.register(sub)
     dlq.register(sub)
+    drill.register(sub)
     return parser
 
 
