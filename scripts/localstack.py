@@ -194,6 +194,7 @@ class LocalStackServer:
         if self.is_running():
             self.stop(remove_data=False)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "tmp").mkdir(exist_ok=True)  # the private TMPDIR must exist to be used
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             log_offset = log.tell()
             self._process = process = subprocess.Popen(
@@ -296,6 +297,10 @@ def start(
         SQS_ENDPOINT_STRATEGY="dynamic",  # queue URLs follow the request's host and port
         SERVICES=SERVICES,
         FILESYSTEM_ROOT=str(data_dir / "filesystem"),  # per instance: it is cleared on start
+        # LocalStack believes it runs in a container and keeps state (CloudWatch's database among
+        # it) under $TMPDIR/localstack, which it deletes when it stops: one instance per machine
+        # would wipe another's. A private TMPDIR per instance keeps them apart.
+        TMPDIR=str(data_dir / "tmp"),
         SKIP_SSL_CERT_DOWNLOAD="1",  # no network: a self-signed certificate will do
         DISABLE_EVENTS="1",  # no analytics calls home
         PYTHONUNBUFFERED="1",  # the log file is readable while it runs
