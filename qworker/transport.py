@@ -8,14 +8,14 @@ memory.
 botocore errors never leave this module: `map_errors()` turns them into the `TransportError` family
 in one place, so the consumer can tell a transient outage (back off, try again) from a lasting
 error.
+
+The message and queue types themselves live in `qworker.message` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, final
 
 from botocore.exceptions import (
@@ -40,6 +40,16 @@ from qworker.exceptions import (
     Throttled,
     TransportError,
 )
+from qworker.message import (
+    BatchFailure,
+    Message,
+    MessageAttribute,
+    QueueAttributes,
+    RedrivePolicy,
+    SendEntry,
+    queue_name_from_arn,
+    queue_name_from_url,
+)
 
 __all__ = [
     "ERROR_CODES",
@@ -62,169 +72,6 @@ MAX_BATCH: Final = 10
 
 SYSTEM_ATTRIBUTES: Final = ("All",)
 MESSAGE_ATTRIBUTES: Final = ("All",)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class MessageAttribute:
-    """A message attribute: its data type (`String`, `Number`, `Binary`, ...) and value."""
-
-    data_type: str
-    value: str | bytes
-
-    def to_sqs(self) -> dict[str, Any]:
-        """Return the attribute in SQS's wire shape."""
-        if isinstance(self.value, bytes):
-            return {"DataType": self.data_type, "BinaryValue": self.value}
-        return {"DataType": self.data_type, "StringValue": self.value}
-
-    @classmethod
-    def from_sqs(cls, raw: Mapping[str, Any]) -> MessageAttribute:
-        """Build an attribute from SQS's wire shape."""
-        data_type = str(raw.get("DataType", "String"))
-        if "BinaryValue" in raw:
-            return cls(data_type, bytes(raw["BinaryValue"]))
-        return cls(data_type, str(raw.get("StringValue", "")))
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One received message.
-
-    Attributes:
-        message_id: The id SQS gave the message when it was sent (the same on every delivery).
-        receipt_handle: The handle of this delivery; deletes and visibility changes need it.
-        body: The body as sent.
-        attributes: System attributes (`ApproximateReceiveCount`, `SentTimestamp`, `MessageGroupId`,
-            `AWSTraceHeader`, ...).
-        message_attributes: The sender's message attributes.
-    """
-
-    message_id: str
-    receipt_handle: str
-    body: str
-    attributes: Mapping[str, str] = field(default_factory=dict)
-    message_attributes: Mapping[str, MessageAttribute] = field(default_factory=dict)
-
-    @property
-    def receive_count(self) -> int:
-        """How many times the message has been received, this delivery included."""
-        return int(self.attributes.get("ApproximateReceiveCount", "1"))
-
-    @property
-    def sent_timestamp_s(self) -> float | None:
-        """When the message was sent, in seconds since the epoch, if the server said."""
-        raw = self.attributes.get("SentTimestamp")
-        return int(raw) / 1000 if raw else None
-
-    @property
-    def group_id(self) -> str | None:
-        """The FIFO message group, if any."""
-        return self.attributes.get("MessageGroupId")
-
-    def attribute(self, name: str) -> str | None:
-        """Return a string-valued message attribute, or None."""
-        attr = self.message_attributes.get(name)
-        return attr.value if attr is not None and isinstance(attr.value, str) else None
-
-    @classmethod
-    def from_sqs(cls, raw: Mapping[str, Any]) -> Message:
-        """Build a message from one entry of a ReceiveMessage response."""
-        return cls(
-            message_id=str(raw["MessageId"]),
-            receipt_handle=str(raw["ReceiptHandle"]),
-            body=str(raw.get("Body", "")),
-            attributes={str(k): str(v) for k, v in raw.get("Attributes", {}).items()},
-            message_attributes={
-                str(k): MessageAttribute.from_sqs(v)
-                for k, v in raw.get("MessageAttributes", {}).items()
-            },
-        )
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class SendEntry:
-    """A message to send."""
-
-    body: str
-    attributes: Mapping[str, MessageAttribute] = field(default_factory=dict)
-    delay_s: int = 0
-    group_id: str | None = None
-    deduplication_id: str | None = None
-
-    def to_sqs(self, entry_id: str | None = None) -> dict[str, Any]:
-        """Return the SendMessage (or batch entry, with `entry_id`) parameters."""
-        params: dict[str, Any] = {"MessageBody": self.body}
-        if entry_id is not None:
-            params["Id"] = entry_id
-        if self.attributes:
-            params["MessageAttributes"] = {k: v.to_sqs() for k, v in self.attributes.items()}
-        if self.delay_s:
-            params["DelaySeconds"] = self.delay_s
-        if self.group_id is not None:
-            params["MessageGroupId"] = self.group_id
-        if self.deduplication_id is not None:
-            params["MessageDeduplicationId"] = self.deduplication_id
-        return params
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class BatchFailure:
-    """One failed entry of a batch call; `index` is the entry's position in the request."""
-
-    index: int
-    code: str
-    message: str = ""
-    sender_fault: bool = False
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class RedrivePolicy:
-    """Where SQS moves a message after `max_receive_count` failed deliveries."""
-
-    dead_letter_arn: str
-    max_receive_count: int
-
-    @property
-    def dead_letter_name(self) -> str:
-        """The dead-letter queue's name."""
-        return queue_name_from_arn(self.dead_letter_arn)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class QueueAttributes:
-    """What the worker needs to know about a queue, read once at start-up."""
-
-    arn: str
-    visibility_timeout_s: int
-    fifo: bool
-    redrive_policy: RedrivePolicy | None
-    approximate_visible: int = 0
-    approximate_in_flight: int = 0
-
-    @classmethod
-    def from_sqs(cls, raw: Mapping[str, str]) -> QueueAttributes:
-        """Build from a GetQueueAttributes response's `Attributes`."""
-        redrive: RedrivePolicy | None = None
-        if raw.get("RedrivePolicy"):
-            policy = json.loads(raw["RedrivePolicy"])
-            redrive = RedrivePolicy(
-                dead_letter_arn=str(policy["deadLetterTargetArn"]),
-                max_receive_count=int(policy["maxReceiveCount"]),
-            )
-        return cls(
-            arn=raw.get("QueueArn", ""),
-            visibility_timeout_s=int(raw.get("VisibilityTimeout", "30")),
-            fifo=raw.get("FifoQueue", "false").lower() == "true",
-            redrive_policy=redrive,
-            approximate_visible=int(raw.get("ApproximateNumberOfMessages", "0")),
-            approximate_in_flight=int(raw.get("ApproximateNumberOfMessagesNotVisible", "0")),
-        )
 
 
 class QueueTransport(Protocol):
@@ -265,16 +112,6 @@ class QueueTransport(Protocol):
     async def get_attributes(self) -> QueueAttributes:
         """Read the queue's attributes."""
         ...
-
-
-def queue_name_from_arn(arn: str) -> str:
-    """Return the queue name of an SQS ARN (`arn:aws:sqs:region:account:name`)."""
-    return arn.rsplit(":", 1)[-1]
-
-
-def queue_name_from_url(url: str) -> str:
-    """Return the queue name of a queue URL (its last path segment)."""
-    return url.rstrip("/").rsplit("/", 1)[-1]
 
 
 # Error codes we claim to handle, and the qworker class each maps to. Both the query-protocol codes
