@@ -19,6 +19,7 @@ from typing import Any, Final
 from qworker import dlq, drill, health, observability, tracing
 from qworker.app import QWorker
 from qworker.canary import cli as canary_cli
+from qworker.concurrency import leaves
 from qworker.exceptions import ConfigError, TransportError
 from qworker.local import EmbeddedSqs, create_queue_with_dlq, read_state
 from qworker.logs import configure_logging
@@ -236,18 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else group
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `qworker` command; return its exit code."""
     args = build_parser().parse_args(argv)
@@ -256,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args))
         except BaseExceptionGroup as group:
             # Task groups wrap one failure in (nested) groups; report it as itself.
-            raise _single_leaf(group) from None
+            found = leaves(group)
+            raise (found[0] if len(found) == 1 else group) from None
     except ConfigError as exc:
         print(f"qworker: error: {exc}", file=sys.stderr)  # noqa: T201 (the command's answer)
         return EXIT_CONFIG

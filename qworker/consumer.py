@@ -22,9 +22,10 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Protocol, final
 
+from qworker.concurrency import Capacity, first, leaves
 from qworker.dispatch import Dispatcher
 from qworker.exceptions import TransientTransportError
 from qworker.heartbeat import Heartbeat, Held
@@ -80,30 +81,6 @@ class ConsumerStatistics:
     receives: int = 0
     last_receive_s: float | None = None
     stopping: bool = False
-
-
-@final
-class _Capacity:
-    """Free handler slots; pollers take up to a batch, settlement gives them back."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.free = total
-        self._changed = asyncio.Event()
-
-    async def take(self, most: int, stopping: asyncio.Event) -> int:
-        while self.free == 0 and not stopping.is_set():
-            self._changed.clear()
-            await _first(stopping.wait(), self._changed.wait())
-        if stopping.is_set():
-            return 0
-        taken = min(most, self.free)
-        self.free -= taken
-        return taken
-
-    def give(self, count: int) -> None:
-        self.free += count
-        self._changed.set()
 
 
 @final
@@ -167,7 +144,7 @@ class Consumer:
         self._sleep = sleep
         self._stopping = asyncio.Event()
         self._drain = False
-        self._capacity = _Capacity(concurrency)
+        self._capacity = Capacity(concurrency)
         self._running: set[asyncio.Task[None]] = set()
         self._chains: dict[str | None, deque[Held]] = {}
         self._changed = asyncio.Event()
@@ -206,9 +183,9 @@ class Consumer:
             raise
         except BaseExceptionGroup as group:
             # Task groups wrap a failure in (nested) groups; one failure is raised as itself.
-            leaves = _leaves(group)
-            if len(leaves) == 1:
-                raise leaves[0] from None
+            found = leaves(group)
+            if len(found) == 1:
+                raise found[0] from None
             raise
 
     async def run_until_empty(self) -> None:
@@ -310,7 +287,7 @@ class Consumer:
                 # may have (an outcome that makes it visible again, or a receive ending), then
                 # look again. Successes do not wake the drain: they bring nothing back.
                 self._may_return.clear()
-                await _first(self._may_return.wait(), self._stopping.wait())
+                await first(self._may_return.wait(), self._stopping.wait())
             self._start(messages, work)
 
     async def _receive(self, slots: int) -> list[Message]:
@@ -325,7 +302,10 @@ class Consumer:
         finally:
             self._receiving -= 1
             self._changed.set()
-            self._may_return.set()
+            if self._receiving == 0 and len(self.heartbeat) == 0:
+                # Only now may a waiting drain poller find the queue done; waking it after every
+                # receive would have idle pollers wake each other in turn while a handler works.
+                self._may_return.set()
 
     async def _receive_once(self, slots: int) -> list[Message]:
         receive = asyncio.ensure_future(
@@ -336,7 +316,7 @@ class Consumer:
             )
         )
         if not self._drain:
-            await _first(receive, self._stopping.wait(), cancel=False)
+            await first(receive, self._stopping.wait(), cancel=False)
             if not receive.done():
                 receive.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -362,7 +342,7 @@ class Consumer:
                 "delay_s": round(delay, 3),
             },
         )
-        await _first(self._stopping.wait(), self._sleep(delay))
+        await first(self._stopping.wait(), self._sleep(delay))
 
     def _start(self, messages: list[Message], work: asyncio.TaskGroup) -> None:
         held = [self.heartbeat.hold(m) for m in messages]
@@ -404,34 +384,47 @@ class Consumer:
         """Run one FIFO group's messages in order; after a failure, release the rest.
 
         The chain is the group's only runner in this worker: messages of the group received later
-        (SQS should not hand them out while one is held, but a server may) join its end.
+        (SQS should not hand them out while one is held, but a server may) join its end. Once it
+        stops (a failure, shutdown) it is detached first, so whatever arrives after that, the
+        failed message's redelivery included, starts a new chain instead of joining one that is
+        being released.
         """
         try:
             while chain:
                 held = chain.popleft()
                 if self.stopping:
-                    await self._release_all([held, *chain])
-                    chain.clear()
+                    await self._release_chain(group_id, chain, held)
                     return
                 try:
                     held.started = True
                     record = await self.dispatcher(held.message)
                 except asyncio.CancelledError:
-                    await self._release_all([held, *chain], error="cancelled at shutdown")
-                    chain.clear()
+                    await self._release_chain(group_id, chain, held, "cancelled at shutdown")
                     raise
                 await self._finish(held, record)
                 if record.outcome in (Outcome.FAILED, Outcome.RETRIED):
-                    await self._release_all(list(chain), error="earlier message of group failed")
-                    chain.clear()
+                    await self._release_chain(group_id, chain, None, "earlier message failed")
                     return
         finally:
-            if self._chains.get(group_id) is chain:
-                del self._chains[group_id]
+            # The chain is empty here, with no await since the last look: nothing is left behind.
+            self._detach(group_id, chain)
 
-    async def _release_all(self, members: Sequence[Held], error: str | None = None) -> None:
-        for held in members:
-            await self._release(held, error=error)
+    def _detach(self, group_id: str | None, chain: deque[Held]) -> None:
+        if self._chains.get(group_id) is chain:
+            del self._chains[group_id]
+
+    async def _release_chain(
+        self,
+        group_id: str | None,
+        chain: deque[Held],
+        head: Held | None,
+        error: str | None = None,
+    ) -> None:
+        self._detach(group_id, chain)
+        if head is not None:
+            await self._release(head, error=error)
+        while chain:
+            await self._release(chain.popleft(), error=error)
 
     async def _release(self, held: Held, error: str | None = None) -> None:
         record = self.dispatcher.record(held.message, Outcome.RELEASED, error=error)
@@ -477,27 +470,7 @@ class Consumer:
         )
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found
-
-
-async def _first(*awaitables: Awaitable[object], cancel: bool = True) -> None:
-    """Wait until the first of `awaitables` is done; cancel the others (unless told not to)."""
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            if cancel or task is not tasks[0]:
-                task.cancel()
-
-
 def _unsettled(record: OutcomeRecord) -> OutcomeRecord:
-    from dataclasses import replace  # noqa: PLC0415 (rare path)
-
     return replace(record, settled=False)
 
 

@@ -22,6 +22,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from qworker.app import QWorker
+from qworker.concurrency import first
 from qworker.consumer import Consumer, ConsumerStatistics, OutcomeSink
 from qworker.dispatch import Dispatcher, Middleware
 from qworker.exceptions import (
@@ -181,13 +182,7 @@ class Worker:
                     "queue server not reachable at start-up; retrying",
                     extra={"action": "startup_retry", "error": str(exc), "attempt": failures},
                 )
-                stop = asyncio.ensure_future(self._stopping.wait())
-                pause = asyncio.ensure_future(self._sleep(delay))
-                try:
-                    await asyncio.wait([stop, pause], return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stop.cancel()
-                    pause.cancel()
+                await first(self._stopping.wait(), self._sleep(delay))
         return None
 
     async def _resolve(self, client: Any, spec: HandlerSpec) -> _Resolved:  # noqa: ANN401 (aiobotocore)

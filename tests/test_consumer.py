@@ -305,3 +305,54 @@ async def test_a_group_runs_in_order_even_if_the_server_hands_it_out_while_held(
     async with asyncio.timeout(5):
         await run
     assert seen == {"a": [0, 1, 2, 3], "b": [0, 1, 2, 3]}
+
+
+async def test_idle_drain_pollers_do_not_spin_while_a_handler_works() -> None:
+    queue = FakeSqs().create_queue("spin")
+    await fill(queue, 1)
+    started = asyncio.Event()
+    gate = asyncio.Event()
+
+    async def handle(body: dict[str, int]) -> None:
+        started.set()
+        await gate.wait()
+
+    consumer = consumer_for(queue, handle, pollers=3)
+    run = asyncio.create_task(consumer.run_until_empty())
+    async with asyncio.timeout(5):
+        await started.wait()
+    before = queue.calls["receive"]
+    for _ in range(200):
+        await asyncio.sleep(0)  # give idle pollers every chance to poll again
+    assert queue.calls["receive"] - before <= 3  # each idle poller looks at most once more
+    gate.set()
+    async with asyncio.timeout(5):
+        await run
+    assert consumer.statistics().acked == 1
+
+
+@pytest.mark.parametrize("seed", range(20))
+async def test_a_failed_group_releases_everything_that_joins_it_meanwhile(seed: int) -> None:
+    # On a lax server more of a failed group's messages can arrive while the chain is releasing
+    # the rest: they must be released too, or they would be held for ever and the drain hang.
+    queue = FakeSqs().create_queue("lax-fail")
+    await queue.send_batch(
+        [SendEntry(json.dumps({"g": "a", "n": n}), group_id="a") for n in range(8)]
+    )
+    failures_left = 1 + seed % 3
+    done: list[int] = []
+
+    async def handle(body: dict[str, object]) -> None:
+        nonlocal failures_left
+        for _ in range(seed % 4):
+            await asyncio.sleep(0)  # vary how receives interleave with the handler
+        if failures_left > 0:
+            failures_left -= 1
+            raise RuntimeError("transient")
+        done.append(int(str(body["n"])))
+
+    consumer = consumer_for(queue, handle, fifo=True, concurrency=3, pollers=3)
+    async with asyncio.timeout(10):
+        await consumer.run_until_empty()
+    assert sorted(done) == list(range(8))
+    assert consumer.statistics().in_flight == 0

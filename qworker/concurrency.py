@@ -1,0 +1,68 @@
+"""Small asyncio building blocks the consumer and the worker share.
+
+- `Capacity`: free handler slots; pollers take up to a batch before they receive, settlement gives
+  them back (STYLE.md 5: capacity before receive).
+- `first()`: wait until the first of several awaitables is done (a receive or `stop()`, a pause or
+  `stop()`), cancelling the others.
+- `leaves()`: the exceptions inside (nested) exception groups, so one failure inside task groups
+  can be reported as itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import final
+
+__all__ = ["Capacity", "first", "leaves"]
+
+
+@final
+class Capacity:
+    """Free handler slots."""
+
+    def __init__(self, total: int) -> None:
+        """Start with `total` free slots."""
+        self.total = total
+        self.free = total
+        self._changed = asyncio.Event()
+
+    async def take(self, most: int, stopping: asyncio.Event) -> int:
+        """Wait for a free slot, then take up to `most`; 0 once `stopping` is set."""
+        while self.free == 0 and not stopping.is_set():
+            self._changed.clear()
+            await first(stopping.wait(), self._changed.wait())
+        if stopping.is_set():
+            return 0
+        taken = min(most, self.free)
+        self.free -= taken
+        return taken
+
+    def give(self, count: int) -> None:
+        """Give slots back."""
+        self.free += count
+        self._changed.set()
+
+
+async def first(*awaitables: Awaitable[object], cancel: bool = True) -> None:
+    """Wait until the first of `awaitables` is done; cancel the others.
+
+    Args:
+        *awaitables: What to wait for.
+        cancel: With False, the first awaitable is left running (the caller decides its fate).
+    """
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            if cancel or task is not tasks[0]:
+                task.cancel()
+
+
+def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside `group` and the groups nested in it, in order."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
