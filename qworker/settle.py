@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Final, final
 
 from qworker.batch import Batcher
-from qworker.exceptions import TransportError
+from qworker.exceptions import TransientTransportError, TransportError
 from qworker.outcome import SQS_MAX_VISIBILITY_S, Outcome, OutcomeRecord, RetryPolicy
 from qworker.transport import Message, MessageAttribute, QueueTransport, SendEntry
 
@@ -168,17 +168,58 @@ class Settler:
                 message.receipt_handle, round(min(self.retry_policy.max_s, SQS_MAX_VISIBILITY_S))
             )
             return True
+        if await self._send_dead_letter(message, dead_letter_attributes(message, record)):
+            return await self._delete(message, record)
+        # Refused with our attributes (a body near the size limit leaves no room for them): the
+        # message as it was sent always fits, so it goes without them, its reason in the log.
+        log.warning(
+            "dead-letter copy refused with the reject attributes; sending it without them",
+            extra={
+                "action": "dead_letter_bare",
+                "queue": record.queue,
+                "message_id": message.message_id,
+                "error": record.error,
+            },
+        )
+        if await self._send_dead_letter(message, message.message_attributes):
+            return await self._delete(message, record)
+        # Refused for good even as sent: hide it for the longest backoff, so the redrive policy
+        # moves it after maxReceiveCount and its handler is not run on every delivery.
+        log.error(
+            "dead-letter queue refused the message; leaving it for the redrive policy",
+            extra={
+                "action": "dead_letter_refused",
+                "queue": record.queue,
+                "message_id": message.message_id,
+            },
+        )
+        await self._transport.change_visibility(
+            message.receipt_handle, round(min(self.retry_policy.max_s, SQS_MAX_VISIBILITY_S))
+        )
+        return True
+
+    async def _send_dead_letter(
+        self, message: Message, attributes: Mapping[str, MessageAttribute]
+    ) -> bool:
+        """Copy the message to the DLQ; False when refused for good (transient errors raise)."""
+        assert self._dead_letter is not None  # noqa: S101 (checked by the caller)
         entry = SendEntry(
             body=message.body,
-            attributes=dead_letter_attributes(message, record),
+            attributes=attributes,
             group_id=message.group_id,
             deduplication_id=message.message_id if message.group_id is not None else None,
         )
-        failures = await self._dead_letter.send_batch([entry])
-        if failures:
-            self._warn(message, record, f"dead-letter send failed: {failures[0].code}")
+        try:
+            failures = await self._dead_letter.send_batch([entry])
+        except TransientTransportError:
+            raise
+        except TransportError:
+            return False  # e.g. the batch request too long: the request's fault
+        if not failures:
+            return True
+        if failures[0].sender_fault:
             return False
-        return await self._delete(message, record)
+        raise TransientTransportError(f"dead-letter send failed: {failures[0].code}")
 
     def _warn(self, message: Message, record: OutcomeRecord, error: str) -> None:
         log.warning(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from qworker.exceptions import ServerError
+from qworker.exceptions import BadRequest, ServerError
 from qworker.outcome import SQS_MAX_VISIBILITY_S, Outcome, OutcomeRecord, RetryPolicy
 from qworker.settle import REJECT_ATTRIBUTES, Settler, dead_letter_attributes
 from qworker.testing import FakeQueueTransport, FakeSqs, ManualClock, StoredMessage
@@ -226,6 +226,36 @@ async def test_failed_dead_letter_send_keeps_the_message(queues: Queues, settler
     assert not await settler.settle(message, record(message, Outcome.REJECTED))
     assert queues.queue.deleted == []
     assert ids(queues.queue.messages) == [message.message_id]
+
+
+async def test_dead_letter_copy_refused_with_our_attributes_goes_without_them(
+    queues: Queues, settler: Settler
+) -> None:
+    # A body near the size limit leaves no room for the reject attributes: SQS refuses the copy.
+    message = await receive_one(queues.queue, "x" * 100, {"traceparent": "00-a-b-01"})
+    queues.dlq.fail_next("send_batch", BadRequest("message too long"))
+
+    assert await settler.settle(message, record(message, Outcome.REJECTED, error="too big"))
+
+    [dead] = queues.dlq.messages
+    assert {k: v.value for k, v in dead.message_attributes.items()} == {"traceparent": "00-a-b-01"}
+    assert ids(queues.queue.deleted) == [message.message_id]
+
+
+async def test_dead_letter_copy_refused_for_good_is_left_for_the_redrive_policy(
+    queues: Queues, settler: Settler
+) -> None:
+    message = await receive_one(queues.queue)
+    queues.dlq.fail_next("send_batch", BadRequest("refused"), times=2)
+
+    assert await settler.settle(message, record(message, Outcome.REJECTED, error="bad"))
+
+    assert queues.dlq.messages == []
+    assert queues.queue.deleted == []
+    queues.clock.advance(99)
+    assert queues.queue.visible == []  # not retried blindly: hidden for the longest backoff
+    queues.clock.advance(1)
+    assert ids(queues.queue.visible) == [message.message_id]
 
 
 # -- dead_letter_attributes ----------------------------------------------------------------------
