@@ -20,7 +20,7 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final, Protocol, final
@@ -77,6 +77,7 @@ class ConsumerStatistics:
     rejected: int = 0
     released: int = 0
     unsettled: int = 0
+    duplicates: int = 0
     receive_errors: int = 0
     receives: int = 0
     last_receive_s: float | None = None
@@ -147,6 +148,8 @@ class Consumer:
         self._capacity = Capacity(concurrency)
         self._running: set[asyncio.Task[None]] = set()
         self._chains: dict[str | None, deque[Held]] = {}
+        self._deleting: Counter[str] = Counter()  # ids whose success is being deleted
+        self._duplicates = 0
         self._changed = asyncio.Event()
         self._may_return = asyncio.Event()
         self._counts = dict.fromkeys(Outcome, 0)
@@ -217,6 +220,7 @@ class Consumer:
             rejected=self._counts[Outcome.REJECTED],
             released=self._counts[Outcome.RELEASED],
             unsettled=self._unsettled,
+            duplicates=self._duplicates,
             receive_errors=self._receive_errors,
             receives=self._receives,
             last_receive_s=self._last_receive_s,
@@ -345,9 +349,17 @@ class Consumer:
         await first(self._stopping.wait(), self._sleep(delay))
 
     def _start(self, messages: list[Message], work: asyncio.TaskGroup) -> None:
-        held = [self.heartbeat.hold(m) for m in messages]
-        self._changed.set()
+        held: list[Held] = []
         queue = self.transport.queue_name
+        for message in messages:
+            h = self.heartbeat.hold(message)
+            if message.message_id in self._deleting:
+                work.create_task(
+                    self._drop_duplicate(h), name=f"drop {queue}[{message.message_id}]"
+                )
+            else:
+                held.append(h)
+        self._changed.set()
         if self.stopping:
             for h in held:
                 work.create_task(self._release(h), name=f"release {queue}[{h.message.message_id}]")
@@ -432,13 +444,23 @@ class Consumer:
 
     async def _finish(self, held: Held, record: OutcomeRecord) -> None:
         """Settle the outcome on the queue, count it, log it, tell the sinks, free the slot."""
+        message_id = held.message.message_id
+        succeeded = record.outcome is Outcome.SUCCEEDED
         try:
-            await self.heartbeat.claim(held)
+            if succeeded:
+                # Keep extending it until the delete is confirmed: a delete retried through an
+                # outage must not outlive the visibility timeout. Only outcomes that set the
+                # visibility themselves stop the heartbeat first.
+                self._deleting[message_id] += 1
+            else:
+                await self.heartbeat.claim(held)
             settled = await self.settler.settle(held.message, record)
         finally:
-            self.heartbeat.drop(held)
-            self._capacity.give(1)
-            self._changed.set()
+            if succeeded:
+                self._deleting[message_id] -= 1
+                if not self._deleting[message_id]:
+                    del self._deleting[message_id]
+            self._free(held)
         if not settled:
             self._unsettled += 1
             record = _unsettled(record)
@@ -448,6 +470,34 @@ class Consumer:
         self._log(record)
         for sink in self._sinks:
             sink.record(record)
+
+    def _free(self, held: Held) -> None:
+        self.heartbeat.drop(held)
+        self._capacity.give(1)
+        self._changed.set()
+
+    async def _drop_duplicate(self, held: Held) -> None:
+        """Delete a redelivered message whose success is still being deleted, without running it.
+
+        Its first run already counts; only this copy's receipt is deleted too.
+        """
+        try:
+            error = await self.settler.delete(held.message)
+        finally:
+            self._free(held)
+            if len(self.heartbeat) == 0:
+                self._may_return.set()
+        self._duplicates += 1
+        log.info(
+            "duplicate delivery of a message already handled; deleted without running it",
+            extra={
+                "action": "duplicate_dropped",
+                "queue": self.transport.queue_name,
+                "message_id": held.message.message_id,
+                "receive_count": held.message.receive_count,
+                "error": error,
+            },
+        )
 
     def _log(self, record: OutcomeRecord) -> None:
         level = _LOG_LEVELS[record.outcome]

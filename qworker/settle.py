@@ -102,11 +102,11 @@ class Settler:
             self._warn(message, record, "timed out")
             return False
 
-    async def _acknowledge(self, message: Message, record: OutcomeRecord) -> bool:
-        """Delete a succeeded message: the common case, so kept lean (no task, no timer).
+    async def delete(self, message: Message) -> str | None:
+        """Delete a message through the batcher; return None, or why it was not deleted.
 
-        The delete batch has its own timeout; a cancel while waiting cannot unsend the delete, and
-        is let through once the batch is done.
+        The common case, so kept lean (no task, no timer: the batch has its own timeout). A
+        cancel while waiting cannot unsend the delete, and is let through once it is done.
         """
         future = self.deletes.enqueue(message.receipt_handle)
         try:
@@ -116,10 +116,13 @@ class Settler:
                 await asyncio.shield(future)
             raise
         except TransportError as exc:
-            self._warn(message, record, str(exc))
-            return False
-        if failure is not None:
-            self._warn(message, record, f"{failure.code}: {failure.message}")
+            return str(exc)
+        return None if failure is None else f"{failure.code}: {failure.message}"
+
+    async def _acknowledge(self, message: Message, record: OutcomeRecord) -> bool:
+        error = await self.delete(message)
+        if error is not None:
+            self._warn(message, record, error)
             return False
         return True
 

@@ -11,7 +11,7 @@ import pytest
 from qworker.exceptions import AccessDenied, BadRequest, QueueUnavailable, ServerError, Throttled
 from qworker.outcome import Outcome, OutcomeRecord
 from qworker.role import Identity
-from qworker.testing import FakeQueueTransport, FakeSqs, consumer_for
+from qworker.testing import FakeQueueTransport, FakeSqs, ManualClock, consumer_for
 from qworker.transport import SendEntry
 
 
@@ -356,3 +356,26 @@ async def test_a_failed_group_releases_everything_that_joins_it_meanwhile(seed: 
         await consumer.run_until_empty()
     assert sorted(done) == list(range(8))
     assert consumer.statistics().in_flight == 0
+
+
+async def test_a_redelivery_while_the_success_is_being_deleted_is_not_run_again() -> None:
+    clock = ManualClock()
+    queue = FakeSqs(clock=clock).create_queue("slow-delete", visibility_timeout_s=30)
+    await fill(queue, 1)
+    queue.fail_next("delete_batch", ServerError("outage"), times=2)  # the delete is retried
+    runs = 0
+
+    async def handle(body: dict[str, int]) -> None:
+        nonlocal runs
+        runs += 1
+        # The delete will be slow: let the visibility lapse meanwhile (heartbeat ticks are real
+        # time and do not come in this test), so SQS hands the message out again.
+        clock.advance(31)
+
+    consumer = consumer_for(queue, handle, clock=clock, pollers=2)
+    await consumer.run_until_empty()
+
+    assert runs == 1
+    stats = consumer.statistics()
+    assert (stats.acked, stats.duplicates, stats.unsettled) == (1, 1, 0)
+    assert queue.messages == []
