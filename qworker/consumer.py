@@ -20,7 +20,7 @@ import contextlib
 import logging
 import random
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final, Protocol, final
@@ -28,6 +28,7 @@ from typing import Final, Protocol, final
 from qworker.concurrency import Capacity, first, leaves
 from qworker.dispatch import Dispatcher
 from qworker.exceptions import TransientTransportError
+from qworker.groups import GroupChains
 from qworker.heartbeat import Heartbeat, Held
 from qworker.outcome import Outcome, OutcomeRecord
 from qworker.settle import Settler
@@ -147,7 +148,9 @@ class Consumer:
         self._drain = False
         self._capacity = Capacity(concurrency)
         self._running: set[asyncio.Task[None]] = set()
-        self._chains: dict[str | None, deque[Held]] = {}
+        self._groups = GroupChains(
+            process=self._process, release=self._release, stopping=lambda: self.stopping
+        )
         self._deleting: Counter[str] = Counter()  # ids whose success is being deleted
         self._duplicates = 0
         self._changed = asyncio.Event()
@@ -369,21 +372,17 @@ class Consumer:
                 self._spawn(work, self._process(h), f"handle {queue}[{h.message.message_id}]")
             return
         for h in held:
-            group_id = h.message.group_id
-            chain = self._chains.get(group_id)
-            if chain is None:
-                chain = self._chains[group_id] = deque()
-                name = f"handle {queue}[group {group_id}]"
-                self._spawn(work, self._process_group(group_id, chain), name)
-            chain.append(h)
+            runner = self._groups.add(h)
+            if runner is not None:
+                self._spawn(work, runner, f"handle {queue}[group {h.message.group_id}]")
 
-    def _spawn(self, work: asyncio.TaskGroup, coro: Awaitable[None], name: str) -> None:
+    def _spawn(self, work: asyncio.TaskGroup, coro: Awaitable[object], name: str) -> None:
         task = work.create_task(_run_tracked(coro, self._running), name=name)
         self._running.add(task)
 
     # -- one message -----------------------------------------------------------------------------
 
-    async def _process(self, held: Held) -> None:
+    async def _process(self, held: Held) -> Outcome:
         try:
             held.started = True
             record = await self.dispatcher(held.message)
@@ -391,52 +390,7 @@ class Consumer:
             await self._release(held, error="cancelled at shutdown")
             raise
         await self._finish(held, record)
-
-    async def _process_group(self, group_id: str | None, chain: deque[Held]) -> None:
-        """Run one FIFO group's messages in order; after a failure, release the rest.
-
-        The chain is the group's only runner in this worker: messages of the group received later
-        (SQS should not hand them out while one is held, but a server may) join its end. Once it
-        stops (a failure, shutdown) it is detached first, so whatever arrives after that, the
-        failed message's redelivery included, starts a new chain instead of joining one that is
-        being released.
-        """
-        try:
-            while chain:
-                held = chain.popleft()
-                if self.stopping:
-                    await self._release_chain(group_id, chain, held)
-                    return
-                try:
-                    held.started = True
-                    record = await self.dispatcher(held.message)
-                except asyncio.CancelledError:
-                    await self._release_chain(group_id, chain, held, "cancelled at shutdown")
-                    raise
-                await self._finish(held, record)
-                if record.outcome in (Outcome.FAILED, Outcome.RETRIED):
-                    await self._release_chain(group_id, chain, None, "earlier message failed")
-                    return
-        finally:
-            # The chain is empty here, with no await since the last look: nothing is left behind.
-            self._detach(group_id, chain)
-
-    def _detach(self, group_id: str | None, chain: deque[Held]) -> None:
-        if self._chains.get(group_id) is chain:
-            del self._chains[group_id]
-
-    async def _release_chain(
-        self,
-        group_id: str | None,
-        chain: deque[Held],
-        head: Held | None,
-        error: str | None = None,
-    ) -> None:
-        self._detach(group_id, chain)
-        if head is not None:
-            await self._release(head, error=error)
-        while chain:
-            await self._release(chain.popleft(), error=error)
+        return record.outcome
 
     async def _release(self, held: Held, error: str | None = None) -> None:
         record = self.dispatcher.record(held.message, Outcome.RELEASED, error=error)
@@ -524,7 +478,7 @@ def _unsettled(record: OutcomeRecord) -> OutcomeRecord:
     return replace(record, settled=False)
 
 
-async def _run_tracked(coro: Awaitable[None], running: set[asyncio.Task[None]]) -> None:
+async def _run_tracked(coro: Awaitable[object], running: set[asyncio.Task[None]]) -> None:
     """Run a handler task and leave the running set when done (the set is only for the grace)."""
     try:
         await coro
