@@ -379,3 +379,27 @@ async def test_a_redelivery_while_the_success_is_being_deleted_is_not_run_again(
     stats = consumer.statistics()
     assert (stats.acked, stats.duplicates, stats.unsettled) == (1, 1, 0)
     assert queue.messages == []
+
+
+async def test_grace_expiry_in_a_fifo_group_releases_the_whole_group() -> None:
+    queue = FakeSqs().create_queue("stuck.fifo")
+    await queue.send_batch(
+        [SendEntry(json.dumps({"n": i}), group_id="g", deduplication_id=str(i)) for i in range(3)]
+    )
+    started = asyncio.Event()
+
+    async def handle(body: dict[str, int]) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    consumer = consumer_for(queue, handle, fifo=True, shutdown_grace_s=0.01)
+    run = asyncio.create_task(consumer.run())
+    async with asyncio.timeout(5):
+        await started.wait()
+    consumer.stop()
+    async with asyncio.timeout(5):
+        await run
+    assert queue.deleted == []
+    assert [json.loads(m.body)["n"] for m in queue.visible] == [0, 1, 2]
+    assert consumer.statistics().released == 3
+    assert consumer._groups.__len__() == 0
