@@ -402,4 +402,4 @@ async def test_grace_expiry_in_a_fifo_group_releases_the_whole_group() -> None:
     assert queue.deleted == []
     assert [json.loads(m.body)["n"] for m in queue.visible] == [0, 1, 2]
     assert consumer.statistics().released == 3
-    assert consumer._groups.__len__() == 0
+    assert len(consumer._groups) == 0
