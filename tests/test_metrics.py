@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from aiobotocore.session import get_session
-from servers import MotoServer
 
 from qworker import emf
 from qworker.cloudwatch import CloudWatchPublisher, metric_data, open_cloudwatch_client
@@ -425,12 +424,14 @@ def test_metric_data_uses_statistic_sets_for_values_under_both_dimension_sets() 
 
 
 async def get_sums(
-    endpoint_url: str, namespace: str, role: str, start: datetime
+    endpoint_url: str, namespace: str, role: str, start: datetime, queue: str | None = None
 ) -> dict[str, float]:
     dims = [
         {"Name": Dimension.SERVICE.value, "Value": "orders-svc"},
         {"Name": Dimension.DEPLOYMENT_ROLE.value, "Value": role},
     ]
+    if queue is not None:
+        dims.append({"Name": Dimension.QUEUE.value, "Value": queue})
     wanted = [
         (name.value, "Sum") for name in (MetricName.PROCESSED, MetricName.FIRST_ATTEMPT_FAILED)
     ]
@@ -494,20 +495,31 @@ async def publish_role(endpoint_url: str, namespace: str, role: str, failing: in
 
 
 @pytest.mark.integration
-@pytest.mark.moto
 @pytest.mark.usefixtures("aws_env")
+@pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param("moto", marks=pytest.mark.moto),
+        pytest.param("localstack", marks=pytest.mark.localstack),
+    ],
+)
 async def test_cloudwatch_publishing_matches_the_emf_documents(
-    moto_server: MotoServer, capsys: pytest.CaptureFixture[str]
+    server: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    endpoint_url: str = request.getfixturevalue(f"{server}_server").endpoint_url
     namespace = f"QWorkerTest{time.time_ns()}"  # the session's server is shared
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
     expected: dict[str, dict[str, Any]] = {}
     for role, failing in (("canary", 3), ("primary", 1)):
-        await publish_role(moto_server.endpoint_url, namespace, role, failing)
+        await publish_role(endpoint_url, namespace, role, failing)
         (expected[role],) = parse(capsys.readouterr().out)
 
+    # LocalStack's GetMetricData matches every series whose dimensions CONTAIN the query's, so
+    # a [Service, DeploymentRole] query there also sums the per-queue series: ask for the exact
+    # per-queue set (real CloudWatch, like moto, matches the set exactly).
+    queue = "orders" if server == "localstack" else None
     for role, document in expected.items():
-        read = await get_sums(moto_server.endpoint_url, namespace, role, start)
+        read = await get_sums(endpoint_url, namespace, role, start, queue)
         assert read["Processed:Sum"] == document["Processed"]
         assert read["FirstAttemptFailed:Sum"] == document["FirstAttemptFailed"]
         assert read["FirstAttemptProcessed:Sum"] == document["FirstAttemptProcessed"]
