@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from qworker import dlq, drill, health, observability, tracing
 from qworker.app import QWorker
@@ -124,7 +123,7 @@ async def _embedded(
                 await create_queue_with_dlq(
                     client, name, max_receive_count=settings.max_receive_count
                 )
-        _record_queues(names)
+        server.record_queues(names)
         print(  # noqa: T201 (a hint for the person at the terminal)
             f"qworker: embedded SQS on {endpoint}; queues {', '.join(names)}. Send with:\n"
             f"  qworker send --queue-name {names[0]} '<json body>'",
@@ -133,15 +132,6 @@ async def _embedded(
         yield endpoint, settings.model_copy(update={"queue_name": default_queue})
     finally:
         await asyncio.to_thread(server.stop)
-
-
-def _record_queues(names: list[str]) -> None:
-    from qworker.local import STATE_FILE  # noqa: PLC0415 (one constant)
-
-    with contextlib.suppress(OSError, ValueError):
-        state = json.loads(STATE_FILE.read_text())
-        state["queues"] = names
-        STATE_FILE.write_text(json.dumps(state))
 
 
 # -- send -----------------------------------------------------------------------------------------
@@ -164,13 +154,12 @@ def _cmd_send(args: argparse.Namespace) -> int:
     settings = _settings(args)
     endpoint = settings.endpoint_url
     queue_name = settings.queue_name
-    state: dict[str, Any] = {}
     if endpoint is None and settings.queue_url is None:
-        with contextlib.suppress(OSError, ValueError):
-            state = json.loads(Path(".qworker/embedded.json").read_text())
-        endpoint = read_state()
-        if queue_name is None and len(state.get("queues", [])) == 1:
-            queue_name = state["queues"][0]
+        state = read_state()
+        if state is not None:
+            endpoint = state.endpoint_url
+            if queue_name is None and len(state.queues) == 1:
+                queue_name = state.queues[0]
     if settings.queue_url is None and queue_name is None:
         raise ConfigError(
             "which queue? set QWORKER_QUEUE_NAME or QWORKER_QUEUE_URL (--queue-name / --queue-url)"

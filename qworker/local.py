@@ -15,13 +15,21 @@ import json
 import logging
 import socket
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, final
 
 from qworker.exceptions import ConfigError
 from qworker.transport import map_errors
 
-__all__ = ["STATE_FILE", "EmbeddedSqs", "create_queue_with_dlq", "dead_letter_name", "read_state"]
+__all__ = [
+    "STATE_FILE",
+    "EmbeddedSqs",
+    "EmbeddedState",
+    "create_queue_with_dlq",
+    "dead_letter_name",
+    "read_state",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +80,20 @@ class EmbeddedSqs:
         self._thread.start()
         host, port = self._server.server_address[:2]
         self.endpoint_url = f"http://{host}:{port}"
-        if self._state_file is not None:
-            self._state_file.parent.mkdir(parents=True, exist_ok=True)
-            self._state_file.write_text(json.dumps({"endpoint_url": self.endpoint_url}))
+        self.record_queues([])
         log.info(
             "embedded SQS server started (moto, for trying things out; use LocalStack for volume)",
             extra={"action": "embedded_started", "endpoint_url": self.endpoint_url},
         )
         return self.endpoint_url
+
+    def record_queues(self, queues: list[str]) -> None:
+        """Write the endpoint and the queues to the state file, for `qworker send` and `dlq`."""
+        if self._state_file is None:
+            return
+        self._state_file.parent.mkdir(parents=True, exist_ok=True)
+        state = {"endpoint_url": self.endpoint_url, "queues": queues}
+        self._state_file.write_text(json.dumps(state))
 
     def stop(self) -> None:
         """Stop the server and remove the state file."""
@@ -122,11 +136,21 @@ def _make_moto_server(port: int) -> Any:  # noqa: ANN401 (werkzeug's server, unt
     return make_server(LOOPBACK, port, app, threaded=True, request_handler=OneServerHeader)
 
 
-def read_state(state_file: Path = STATE_FILE) -> str | None:
-    """The endpoint of a running embedded server started from this directory, if any."""
+@final
+@dataclass(frozen=True, slots=True)
+class EmbeddedState:
+    """What a running embedded server wrote: its endpoint and its queues."""
+
+    endpoint_url: str
+    queues: tuple[str, ...] = ()
+
+
+def read_state(state_file: Path = STATE_FILE) -> EmbeddedState | None:
+    """The state of a running embedded server started from this directory, if any."""
     try:
-        return str(json.loads(state_file.read_text())["endpoint_url"])
-    except (OSError, ValueError, KeyError):
+        state = json.loads(state_file.read_text())
+        return EmbeddedState(str(state["endpoint_url"]), tuple(state.get("queues", ())))
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 

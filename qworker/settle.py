@@ -148,13 +148,6 @@ class Settler:
             return False
         return True
 
-    async def _delete(self, message: Message, record: OutcomeRecord) -> bool:
-        failure = await self.deletes.submit(message.receipt_handle)
-        if failure is not None:
-            self._warn(message, record, f"{failure.code}: {failure.message}")
-            return False
-        return True
-
     async def _release(self, message: Message, record: OutcomeRecord) -> bool:
         failure = await self.releases.submit((message.receipt_handle, 0))
         if failure is not None:
@@ -164,15 +157,11 @@ class Settler:
 
     async def _reject(self, message: Message, record: OutcomeRecord) -> bool:
         if self._dead_letter is None:
-            # No dead-letter queue we may write to: hide the message for the longest backoff, so the
-            # queue's redrive policy (if any) moves it after maxReceiveCount and it is not retried
-            # blindly.
-            await self._transport.change_visibility(
-                message.receipt_handle, round(min(self.retry_policy.max_s, SQS_MAX_VISIBILITY_S))
-            )
+            # No dead-letter queue we may write to.
+            await self._leave_for_redrive(message)
             return True
         if await self._send_dead_letter(message, dead_letter_attributes(message, record)):
-            return await self._delete(message, record)
+            return await self._acknowledge(message, record)
         # Refused with our attributes (a body near the size limit leaves no room for them): the
         # message as it was sent always fits, so it goes without them, its reason in the log.
         log.warning(
@@ -185,9 +174,8 @@ class Settler:
             },
         )
         if await self._send_dead_letter(message, message.message_attributes):
-            return await self._delete(message, record)
-        # Refused for good even as sent: hide it for the longest backoff, so the redrive policy
-        # moves it after maxReceiveCount and its handler is not run on every delivery.
+            return await self._acknowledge(message, record)
+        # Refused for good even as sent.
         log.error(
             "dead-letter queue refused the message; leaving it for the redrive policy",
             extra={
@@ -196,10 +184,17 @@ class Settler:
                 "message_id": message.message_id,
             },
         )
+        await self._leave_for_redrive(message)
+        return True
+
+    async def _leave_for_redrive(self, message: Message) -> None:
+        """Hide a rejected message for the longest backoff, never to be retried blindly.
+
+        The queue's redrive policy (if any) moves it after maxReceiveCount.
+        """
         await self._transport.change_visibility(
             message.receipt_handle, round(min(self.retry_policy.max_s, SQS_MAX_VISIBILITY_S))
         )
-        return True
 
     async def _send_dead_letter(
         self, message: Message, attributes: Mapping[str, MessageAttribute]

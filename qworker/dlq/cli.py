@@ -96,8 +96,9 @@ async def _queues(
     endpoint, local = settings.endpoint_url, False
     if endpoint is None and settings.queue_url is None:
         # The embedded server `qworker run` started from this directory, as `qworker send` does.
-        endpoint = read_state()
-        local = endpoint is not None
+        state = read_state()
+        endpoint = state.endpoint_url if state is not None else None
+        local = state is not None
     async with open_sqs_client(settings, endpoint_url=endpoint, local=local) as client:
         dlq, source = await resolve(
             client,
