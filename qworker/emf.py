@@ -80,6 +80,7 @@ MAX_SAMPLE_IDS: Final = 5
 _HISTOGRAM_GROUPS: Final = MAX_VALUES_PER_METRIC - 2  # the minimum and maximum get their own entry
 _RELEASED: Final = Outcome.RELEASED
 _FAILED: Final = Outcome.FAILED
+_SUCCEEDED: Final = Outcome.SUCCEEDED
 _FAILURES: Final = frozenset({Outcome.FAILED, Outcome.REJECTED})
 
 
@@ -203,12 +204,22 @@ def _histogram(
 class _Interval:
     """One key's running numbers for the current interval."""
 
-    __slots__ = ("ages", "failed_ids", "first", "first_failed", "ids", "outcomes", "times")
+    __slots__ = (
+        "ages",
+        "failed_ids",
+        "first",
+        "first_failed",
+        "first_unsucceeded",
+        "ids",
+        "outcomes",
+        "times",
+    )
 
     def __init__(self) -> None:
         self.outcomes = dict.fromkeys(Outcome, 0)
         self.first = 0
         self.first_failed = 0
+        self.first_unsucceeded = 0
         self.times = _Samples()
         self.ages = _Samples()
         self.ids: list[str] = []
@@ -264,8 +275,10 @@ class MetricsAggregator:
             return
         if record.receive_count <= 1:
             interval.first += 1
-            if outcome is _FAILED:
-                interval.first_failed += 1
+            if outcome is not _SUCCEEDED:
+                interval.first_unsucceeded += 1
+                if outcome is _FAILED:
+                    interval.first_failed += 1
         interval.times.add(record.duration_s * 1000)
         interval.ages.add(record.message_age_s * 1000)
         if len(interval.ids) < MAX_SAMPLE_IDS:
@@ -292,6 +305,7 @@ def _aggregate(role: str, queue: str, interval: _Interval, quarantined: int) -> 
     counts[MetricName.PROCESSED] = sum(outcomes.values()) - outcomes[Outcome.RELEASED]
     counts[MetricName.FIRST_ATTEMPT_PROCESSED] = interval.first
     counts[MetricName.FIRST_ATTEMPT_FAILED] = interval.first_failed
+    counts[MetricName.FIRST_ATTEMPT_UNSUCCEEDED] = interval.first_unsucceeded
     counts[MetricName.QUARANTINED] = quarantined
     values = {
         name: dist

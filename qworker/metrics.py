@@ -56,6 +56,7 @@ class MetricName(enum.StrEnum):
     RELEASED = "Released"
     FIRST_ATTEMPT_PROCESSED = "FirstAttemptProcessed"
     FIRST_ATTEMPT_FAILED = "FirstAttemptFailed"
+    FIRST_ATTEMPT_UNSUCCEEDED = "FirstAttemptUnsucceeded"
     PROCESSING_TIME = "ProcessingTime"
     MESSAGE_AGE = "MessageAge"
     QUARANTINED = "Quarantined"
@@ -91,6 +92,12 @@ COUNT_METRICS: Final[tuple[MetricSpec, ...]] = (
     ),
     MetricSpec(
         MetricName.FIRST_ATTEMPT_FAILED, Unit.COUNT, "failed on the message's first delivery"
+    ),
+    MetricSpec(
+        MetricName.FIRST_ATTEMPT_UNSUCCEEDED,
+        Unit.COUNT,
+        "did not succeed on the message's first delivery: failed, timed out, retried or rejected "
+        "(what the canary judge and the release alarms compare)",
     ),
     MetricSpec(
         MetricName.QUARANTINED,
