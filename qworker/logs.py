@@ -3,6 +3,10 @@
 Every record carries `ts`, `level`, `logger`, `msg`, the identity (`service`, `role`, `version`, and
 `task_id` on ECS) and whatever `extra` keys the call gave (`action`, `queue`, `message_id`,
 `outcome`, ...). The keys never change spelling: people grep and alert on them.
+
+The text format (`--log-format text`, for a terminal) shows the same fields: the message, then each
+`extra` key as `key=value` (values with spaces quoted), then the traceback, if any, on the lines
+below. JSON keeps a traceback in one field, `exception`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Final, TextIO, final
 
 from qworker.role import Identity
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "TextFormatter", "configure_logging"]
 
 _RESERVED: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
@@ -49,14 +53,51 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             **self._identity,
         }
-        entry.update(
-            (key, value)
-            for key, value in vars(record).items()
-            if key not in _RESERVED and not key.startswith("_") and value is not None
-        )
+        entry.update(_extra_fields(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+def _extra_fields(record: logging.LogRecord) -> list[tuple[str, object]]:
+    return [
+        (key, value)
+        for key, value in vars(record).items()
+        if key not in _RESERVED and not key.startswith("_") and value is not None
+    ]
+
+
+def _text_value(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if not text or any(c.isspace() or c in '"=' for c in text):
+        return json.dumps(text)
+    return text
+
+
+@final
+class TextFormatter(logging.Formatter):
+    """Formats records for a terminal: time, level, role, logger, message, `key=value` fields."""
+
+    def __init__(self, identity: Identity) -> None:
+        """Show `identity.role` on every line."""
+        super().__init__()
+        self._role = identity.role
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the record as one line, plus its traceback on the lines below."""
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        line = (
+            f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} [{self._role}] "
+            f"{record.name}: {record.getMessage()}"
+        )
+        fields = " ".join(f"{key}={_text_value(value)}" for key, value in _extra_fields(record))
+        if fields:
+            line = f"{line}  {fields}"
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        if record.stack_info:
+            line = f"{line}\n{self.formatStack(record.stack_info)}"
+        return line
 
 
 def configure_logging(
@@ -71,12 +112,8 @@ def configure_logging(
         stream: Where to write (default stderr).
     """
     handler = logging.StreamHandler(stream or sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter(identity))
-    else:
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s %(levelname)s [{identity.role}] %(name)s: %(message)s")
-        )
+    formatter = JsonFormatter(identity) if fmt == "json" else TextFormatter(identity)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -163,9 +163,36 @@ def test_configure_logging_text() -> None:
         logging.getLogger("qworker.tests").warning("kept %d", 1)
 
     [line] = stream.getvalue().splitlines()
-    assert re.match(
-        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING \[canary\] qworker\.tests: kept 1$", line
+    assert re.match(r"^\d\d:\d\d:\d\d\.\d{3} WARNING \[canary\] qworker\.tests: kept 1$", line)
+
+
+def test_text_logs_show_every_field_and_the_traceback() -> None:
+    stream = io.StringIO()
+
+    with root_restored():
+        configure_logging(CANARY, level="INFO", fmt="text", stream=stream)
+        try:
+            raise ValueError("bad total")  # noqa: TRY301 (a real traceback to format)
+        except ValueError:
+            logging.getLogger("qworker.tests").exception(
+                "message failed",
+                extra={
+                    "message_id": "m-1",
+                    "reason": "total must be positive",
+                    "attempt": 2,
+                    "tenant": {"id": 7},
+                    "empty": "",
+                    "skipped": None,
+                },
+            )
+
+    first, *rest = stream.getvalue().splitlines()
+    assert first.endswith(
+        'qworker.tests: message failed  message_id=m-1 reason="total must be positive" '
+        'attempt=2 tenant="{\\"id\\": 7}" empty=""'
     )
+    assert rest[0] == "Traceback (most recent call last):"
+    assert rest[-1] == "ValueError: bad total"
 
 
 def test_configure_logging_replaces_root_handlers_and_quietens_libraries() -> None:
