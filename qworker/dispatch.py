@@ -2,13 +2,20 @@
 
 Decoding, the handler call, its timeout and the mapping of exceptions to outcomes live here, and
 nothing else: the consumer acts on the record (delete, change visibility, dead-letter) and observers
-(metrics, tracing) wrap the call as middleware. A handler error never escapes: `Exception` becomes
-an outcome, while cancellation (`BaseException`) still flows, so shutdown can stop a handler.
+(metrics, tracing) wrap the call as middleware. A handler error never escapes: whatever a handler
+raises, `Exception` or any other `BaseException` (`SystemExit`, `KeyboardInterrupt`,
+`GeneratorExit`, even `asyncio.CancelledError` raised by the handler itself), becomes a `failed`
+outcome of its message. Only a real cancellation of the dispatching task (the shutdown grace ran
+out, or the caller cancelled it) flows on, so shutdown can stop a handler. The two are told apart by
+the task's pending cancel requests (`Task.cancelling()`): a handler that raises `CancelledError`
+while nobody cancelled its task has failed. Exceptions that are not `Exception`s are logged with
+their traceback (`handler_crashed`): they would otherwise leave no trace but the outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol, final
@@ -20,6 +27,8 @@ from qworker.role import Identity
 from qworker.transport import Message
 
 __all__ = ["Dispatch", "Dispatcher", "Middleware"]
+
+log = logging.getLogger(__name__)
 
 Dispatch = Callable[[Message], Awaitable[OutcomeRecord]]
 """Runs one message and returns its outcome."""
@@ -133,9 +142,50 @@ class Dispatcher:
             )
         except Exception as exc:  # noqa: BLE001 (a handler's error is an outcome, never a crash)
             outcome, error = Outcome.FAILED, _describe(exc)
+        except BaseException as exc:
+            if _cancelled():
+                # A real cancellation (shutdown): the consumer releases the message. A handler
+                # that turned it into something else still ends as a cancellation.
+                if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                    raise
+                raise asyncio.CancelledError from exc
+            outcome, error = Outcome.FAILED, _describe(exc)
+            self._crashed(message, exc)
         return self.record(
             message, outcome, duration_s=self._clock() - started, error=error, delay_s=delay_s
         )
+
+    def _crashed(self, message: Message, exc: BaseException) -> None:
+        log.error(
+            "handler raised %s: counted as a failure of its message",
+            type(exc).__name__,
+            exc_info=exc,
+            extra={
+                "action": "handler_crashed",
+                "queue": self.queue,
+                "handler": self.spec.name,
+                "message_id": message.message_id,
+                "receive_count": message.receive_count,
+                "error": _describe(exc),
+                "error_type": type(exc).__name__,
+            },
+        )
+
+
+def _cancelled() -> bool:
+    """Whether this task is really being cancelled (a handler's own raise is not that).
+
+    A task someone cancelled has a pending cancel request (`cancelling()`); a handler raising
+    `CancelledError` (or anything else) on its own leaves none. A `GeneratorExit` thrown in by
+    the coroutine being closed (outside any running task) must also flow on.
+    """
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop: the coroutine is being closed
+        return True
+    if task is None:
+        return True
+    return task.cancelling() > 0
 
 
 def _wrap(layer: Middleware, inner: Dispatch) -> Dispatch:

@@ -27,6 +27,8 @@ A class docstring doubles as its default message.
 
 from __future__ import annotations
 
+import math
+
 __all__ = [
     "AccessDenied",
     "BadRequest",
@@ -68,12 +70,23 @@ class Retry(HandlerSignal):
         """Retry after `delay_s` seconds (capped at SQS's 12 hours).
 
         Args:
-            delay_s: How long the message stays hidden before its next delivery.
+            delay_s: How long the message stays hidden before its next delivery: a finite number
+                of seconds, zero or more.
             reason: Why, for the log line.
+
+        Raises:
+            TypeError: `delay_s` is not a number, or `reason` not a string.
+            ValueError: `delay_s` is negative, infinite or NaN.
         """
-        if delay_s < 0:
-            raise ValueError("Retry delay_s must not be negative")
-        self.delay_s = delay_s
+        if isinstance(delay_s, bool) or not isinstance(delay_s, int | float):
+            raise TypeError(f"Retry delay_s must be a number of seconds, not {delay_s!r}")
+        if not math.isfinite(delay_s) or delay_s < 0:
+            raise ValueError(
+                f"Retry delay_s must be finite and must not be negative, not {delay_s!r}"
+            )
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"Retry reason must be a string, not {reason!r}")
+        self.delay_s = float(delay_s)
         self.reason = reason
         super().__init__(reason or f"retry in {delay_s:g} s")
 
@@ -85,8 +98,17 @@ class Reject(HandlerSignal):
         """Reject the message: it goes to the dead-letter queue with `reason`.
 
         Args:
-            reason: Why, recorded on the dead-lettered message and in the log.
+            reason: Why, recorded on the dead-lettered message and in the log; a non-blank string
+                (SQS refuses an empty attribute value).
+
+        Raises:
+            TypeError: `reason` is not a string.
+            ValueError: `reason` is blank.
         """
+        if not isinstance(reason, str):
+            raise TypeError(f"Reject reason must be a string, not {reason!r}")
+        if not reason.strip():
+            raise ValueError("Reject reason must not be blank")
         self.reason = reason
         super().__init__(reason)
 

@@ -125,7 +125,12 @@ class HandlerSpec:
             raise MessageDecodeError(f"invalid body: {summary}") from None
 
     async def call(self, argument: object, message: Message) -> None:
-        """Call the handler (a sync one in a worker thread)."""
+        """Call the handler (a sync one in a worker thread).
+
+        Whatever a sync handler raises in its thread, any `BaseException`, is raised here as it
+        was: it is carried back as a value, since some (`StopIteration`) cannot cross an asyncio
+        future and would leave the call waiting for ever.
+        """
         if self.message_param == _POSITIONAL:
             args: tuple[object, ...] = (argument, message)
             kwargs: dict[str, object] = {}
@@ -135,7 +140,20 @@ class HandlerSpec:
         if self.is_async:
             await self.func(*args, **kwargs)  # type: ignore[misc]  # checked by is_async
         else:
-            await asyncio.to_thread(self.func, *args, **kwargs)
+            raised = await asyncio.to_thread(_capture, self.func, args, kwargs)
+            if raised is not None:
+                raise raised
+
+
+def _capture(
+    func: Callable[..., object], args: tuple[object, ...], kwargs: dict[str, object]
+) -> BaseException | None:
+    """Run a sync handler in its thread; return what it raised instead of raising it."""
+    try:
+        func(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 (handed back to the event loop, raised there)
+        return exc
+    return None
 
 
 @functools.cache

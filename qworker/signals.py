@@ -1,12 +1,13 @@
-"""Signals: SIGTERM and SIGINT ask the worker to stop; nothing else happens in a signal handler.
+"""Signals: SIGTERM, SIGINT and SIGHUP ask the worker to stop; nothing else happens in a handler.
 
-ECS stops a task with SIGTERM, waits `stopTimeout` seconds, then sends SIGKILL; the worker's
-shutdown grace must fit inside that window. The handlers are installed with
-`loop.add_signal_handler` (they run in the event loop, not in the middle of arbitrary code), the
-previous handlers are restored on exit, and off the main thread nothing is installed (Python only
-lets the main thread set signal handlers), so an app can embed the worker.
+SIGHUP (a terminal hang-up, or a supervisor's stop) is a graceful drain like SIGTERM, not an
+instant death with nothing released. ECS stops a task with SIGTERM, waits `stopTimeout` seconds,
+then sends SIGKILL; the worker's shutdown grace must fit inside that window. The handlers are
+installed with `loop.add_signal_handler` (they run in the event loop, not in the middle of
+arbitrary code), the previous handlers are restored on exit, and off the main thread nothing is
+installed (Python only lets the main thread set signal handlers), so an app can embed the worker.
 
-A second SIGINT/SIGTERM while stopping is logged and ignored: the grace period is the limit, and
+A second stop signal while stopping is logged and ignored: the grace period is the limit, and
 SIGKILL is the way to cut it short.
 """
 
@@ -24,12 +25,12 @@ __all__ = ["STOP_SIGNALS", "handle_signals"]
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @contextlib.contextmanager
 def handle_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """Within the block, SIGTERM and SIGINT call `stop()` (main thread only).
+    """Within the block, SIGTERM, SIGINT and SIGHUP call `stop()` (main thread only).
 
     Args:
         stop: Called on each signal; must be synchronous and idempotent.
