@@ -2,8 +2,9 @@
 
 The consumer speaks only `QueueTransport`, a handful of coroutines shaped after what a worker needs
 (receive, delete, change visibility, send), not after botocore's API. `SqsTransport` implements it
-over one long-lived aiobotocore client; `qworker.testing.FakeQueueTransport` implements it in
-memory.
+over one long-lived aiobotocore client (and, for visibility changes, an optional second client
+with short timeouts and no pooled connections: see `SqsTransport`);
+`qworker.testing.FakeQueueTransport` implements it in memory.
 
 botocore errors never leave this module: `map_errors()` turns them into the `TransportError` family
 in one place, so the consumer can tell a transient outage (back off, try again) from a lasting
@@ -211,16 +212,29 @@ class SqsTransport:
 
     The client is owned by the caller (one long-lived client serves every queue of a worker); batch
     entry ids are the entries' indexes, never message ids, which are not unique across deliveries.
+
+    Visibility changes (the heartbeat's extensions, releases, backoffs) go through `control_client`
+    when one is given: a client whose short connect and read timeouts are independent of the long
+    poll's, and which opens a fresh connection per call, so a pooled connection that silently died
+    cannot hang them.
     """
 
-    def __init__(self, client: Any, queue_url: str) -> None:  # noqa: ANN401 (aiobotocore is untyped)
+    def __init__(
+        self,
+        client: Any,  # noqa: ANN401 (aiobotocore is untyped)
+        queue_url: str,
+        *,
+        control_client: Any = None,  # noqa: ANN401 (aiobotocore is untyped)
+    ) -> None:
         """Bind a client to a queue.
 
         Args:
             client: An open aiobotocore SQS client.
             queue_url: The queue's URL.
+            control_client: The client for visibility changes (default: `client`).
         """
         self._client = client
+        self._control = control_client if control_client is not None else client
         self.queue_url = queue_url
         self._name = queue_name_from_url(queue_url)
 
@@ -240,6 +254,7 @@ class SqsTransport:
         *,
         name: str | None = None,
         url: str | None = None,
+        control_client: Any = None,  # noqa: ANN401 (aiobotocore is untyped)
     ) -> SqsTransport:
         """Bind to a queue by URL, or look its URL up by name.
 
@@ -252,7 +267,7 @@ class SqsTransport:
             with map_errors("GetQueueUrl"):
                 response = await client.get_queue_url(QueueName=name)
             url = str(response["QueueUrl"])
-        return cls(client, url)
+        return cls(client, url, control_client=control_client)
 
     async def receive(
         self, max_messages: int, *, wait_time_s: float, visibility_timeout_s: int | None = None
@@ -285,7 +300,7 @@ class SqsTransport:
     async def change_visibility(self, receipt_handle: str, timeout_s: int) -> None:
         """Change one message's visibility timeout."""
         with map_errors("ChangeMessageVisibility"):
-            await self._client.change_message_visibility(
+            await self._control.change_message_visibility(
                 QueueUrl=self.queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=timeout_s
             )
 
@@ -300,7 +315,7 @@ class SqsTransport:
             for i, (handle, timeout) in enumerate(entries)
         ]
         with map_errors("ChangeMessageVisibilityBatch"):
-            response = await self._client.change_message_visibility_batch(
+            response = await self._control.change_message_visibility_batch(
                 QueueUrl=self.queue_url, Entries=request
             )
         return _failures(response)

@@ -3,8 +3,11 @@
 `Worker.run()` opens the aiobotocore client, resolves each handler's queue (URL, attributes, redrive
 policy and dead-letter queue), reports what it found, and runs every consumer in one task group.
 Start-up survives a server that is not up yet: transient errors are retried with backoff until the
-server answers or `stop()` is called. Lasting errors (no such queue, access denied) stop the worker
-with a message that names the setting to fix.
+server answers, `stop()` is called, or `startup_timeout_s` has passed (then the worker gives up with
+a `ConfigError` naming the endpoint: a mistyped port must not look like a slow start for ever).
+Lasting errors (no such queue, a redrive policy naming a dead-letter queue that does not exist,
+access denied) stop the worker with a message that names the setting to fix. A queue deleted while
+the worker runs is reported by name: the source queue, or its dead-letter queue.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from qworker.app import QWorker
-from qworker.concurrency import first
+from qworker.concurrency import first, leaves
 from qworker.consumer import Consumer, ConsumerStatistics, OutcomeSink
 from qworker.dispatch import Dispatcher, Middleware
 from qworker.exceptions import (
@@ -49,25 +52,48 @@ STARTUP_BACKOFF_MAX_S: Final = 10.0
 """Longest pause between start-up attempts while the queue server is unreachable."""
 
 
+CONTROL_CONNECT_TIMEOUT_S: Final = 2
+"""Connect timeout of visibility calls (the heartbeat's extensions, releases)."""
+
+CONTROL_READ_TIMEOUT_S: Final = 5
+"""Read timeout of visibility calls: far below any visibility timeout worth extending."""
+
+
 @contextlib.asynccontextmanager
 async def open_sqs_client(
-    settings: QWorkerSettings, *, endpoint_url: str | None = None, local: bool = False
+    settings: QWorkerSettings,
+    *,
+    endpoint_url: str | None = None,
+    local: bool = False,
+    control: bool = False,
 ) -> AsyncIterator[Any]:
-    """Open the one long-lived aiobotocore SQS client a worker uses.
+    """Open a long-lived aiobotocore SQS client.
 
     Args:
         settings: Region, endpoint, concurrency (for the connection pool).
         endpoint_url: Overrides the settings' endpoint (the embedded server's).
         local: Use dummy credentials (a local server does not check them).
+        control: The client for visibility calls: short connect and read timeouts of their own,
+            no botocore retries (the heartbeat retries at once itself), and a fresh connection
+            per call, so a pooled connection that silently died cannot hang an extension.
     """
-    config = AioConfig(
-        # Every poller and every batch call in flight needs a connection.
-        max_pool_connections=max(10, settings.pollers * 2 + 16),
-        retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=5,
-        # A long poll holds the connection for wait_time_s: the read timeout must outlast it.
-        read_timeout=settings.wait_time_s + 15,
-    )
+    if control:
+        config = AioConfig(
+            max_pool_connections=max(10, settings.pollers * 2 + 16),
+            retries={"mode": "standard", "max_attempts": 1},
+            connect_timeout=CONTROL_CONNECT_TIMEOUT_S,
+            read_timeout=CONTROL_READ_TIMEOUT_S,
+            connector_args={"force_close": True},
+        )
+    else:
+        config = AioConfig(
+            # Every poller and every batch call in flight needs a connection.
+            max_pool_connections=max(10, settings.pollers * 2 + 16),
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=5,
+            # A long poll holds the connection for wait_time_s: the read timeout must outlast it.
+            read_timeout=settings.wait_time_s + 15,
+        )
     credentials: dict[str, str] = (
         {"aws_access_key_id": "test", "aws_secret_access_key": "test"} if local else {}
     )
@@ -132,6 +158,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self.consumers: list[Consumer] = []
         self.ready = asyncio.Event()
+        self._control_client: Any = None
 
     def stop(self) -> None:
         """Stop every consumer; synchronous and idempotent."""
@@ -150,12 +177,22 @@ class Worker:
 
     async def run(self) -> None:
         """Open the client, resolve the queues, consume until `stop()`."""
-        async with open_sqs_client(
-            self.settings, endpoint_url=self._endpoint_url, local=self._local
-        ) as client:
+        async with (
+            open_sqs_client(
+                self.settings, endpoint_url=self._endpoint_url, local=self._local
+            ) as client,
+            open_sqs_client(
+                self.settings, endpoint_url=self._endpoint_url, local=self._local, control=True
+            ) as control_client,
+        ):
+            self._control_client = control_client
             resolved = []
+            deadline = asyncio.get_running_loop().time() + self.settings.startup_timeout_s
+            endpoint = str(client.meta.endpoint_url)
             for spec in self.app.handlers.values():
-                found = await self._until_up(functools.partial(self._resolve, client, spec))
+                found = await self._until_up(
+                    functools.partial(self._resolve, client, spec), deadline, endpoint
+                )
                 if found is None:
                     return
                 resolved.append(found)
@@ -163,32 +200,62 @@ class Worker:
             self.ready.set()
             if self.stopping:
                 return
-            async with asyncio.TaskGroup() as group:
-                for consumer in self.consumers:
-                    group.create_task(
-                        consumer.run(), name=f"consume {consumer.transport.queue_name}"
-                    )
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for consumer in self.consumers:
+                        group.create_task(
+                            consumer.run(), name=f"consume {consumer.transport.queue_name}"
+                        )
+            except BaseExceptionGroup as group:
+                missing = [e for e in leaves(group) if isinstance(e, QueueDoesNotExist)]
+                if not missing:
+                    raise
+                raise await _which_is_missing(client, resolved, missing[0]) from None
 
-    async def _until_up(self, attempt: Callable[[], Awaitable[T]]) -> T | None:
-        """Run a start-up step, retrying transient errors until it works or `stop()`."""
+    async def _until_up(
+        self, attempt: Callable[[], Awaitable[T]], deadline: float, endpoint: str
+    ) -> T | None:
+        """Run a start-up step, retrying transient errors until it works, `stop()` or `deadline`.
+
+        Raises:
+            ConfigError: The server could not be reached before `deadline` (loop time).
+        """
         failures = 0
+        loop = asyncio.get_running_loop()
         while not self.stopping:
             try:
-                return await attempt()
+                async with asyncio.timeout_at(deadline):
+                    return await attempt()
+            except TimeoutError:
+                raise self._unreachable(endpoint, "no answer") from None
             except TransientTransportError as exc:
+                if loop.time() >= deadline:
+                    raise self._unreachable(endpoint, str(exc)) from None
                 failures += 1
                 delay = random.uniform(0.5, min(STARTUP_BACKOFF_MAX_S, 0.5 * 2**failures))  # noqa: S311 (jitter)
                 log.warning(
                     "queue server not reachable at start-up; retrying",
                     extra={"action": "startup_retry", "error": str(exc), "attempt": failures},
                 )
-                await first(self._stopping.wait(), self._sleep(delay))
+                await first(
+                    self._stopping.wait(), self._sleep(min(delay, max(0.0, deadline - loop.time())))
+                )
         return None
+
+    def _unreachable(self, endpoint: str, error: str) -> ConfigError:
+        timeout_s = self.settings.startup_timeout_s
+        return ConfigError(
+            f"queue server {endpoint} not reachable for {timeout_s:g} s at start-up ({error}); "
+            "check QWORKER_ENDPOINT_URL (--endpoint-url) and the region, or raise "
+            "QWORKER_STARTUP_TIMEOUT_S (--startup-timeout-s)"
+        )
 
     async def _resolve(self, client: Any, spec: HandlerSpec) -> _Resolved:  # noqa: ANN401 (aiobotocore)
         name, url = self._queue_of(spec)
         try:
-            transport = await SqsTransport.open(client, name=name, url=url)
+            transport = await SqsTransport.open(
+                client, name=name, url=url, control_client=self._control_client
+            )
             attributes = await transport.get_attributes()
         except QueueDoesNotExist as exc:
             raise ConfigError(
@@ -200,7 +267,7 @@ class Worker:
                 f"access denied to queue {name or url!r} ({exc}); "
                 "check the task role's SQS permissions"
             ) from None
-        dead_letter = await self._dead_letter(client, attributes)
+        dead_letter = await self._dead_letter(client, transport.queue_name, attributes)
         self._report(transport, attributes, dead_letter)
         return _Resolved(spec, transport, attributes, dead_letter)
 
@@ -219,6 +286,7 @@ class Worker:
     async def _dead_letter(
         self,
         client: Any,  # noqa: ANN401 (aiobotocore is untyped)
+        queue: str,
         attributes: QueueAttributes,
     ) -> SqsTransport | None:
         policy = attributes.redrive_policy
@@ -228,6 +296,12 @@ class Worker:
             return await SqsTransport.open(client, name=policy.dead_letter_name)
         except TransientTransportError:
             raise
+        except QueueDoesNotExist:
+            raise ConfigError(
+                f"dead-letter queue {policy.dead_letter_name!r} named by the redrive policy of "
+                f"queue {queue!r} does not exist; create it, or fix the queue's "
+                "RedrivePolicy (deadLetterTargetArn)"
+            ) from None
         except TransportError as exc:
             log.warning(
                 "dead-letter queue not usable; rejected messages are left for the redrive policy",
@@ -275,6 +349,12 @@ class Worker:
             dead_letter=resolved.dead_letter,
             retry_policy=RetryPolicy(base_s=settings.retry_base_s, max_s=settings.retry_max_s),
             release_failed=settings.release_failed_effective,
+            # A canary's non-success goes back to the primary as a fresh copy (not on FIFO).
+            max_hops=(
+                settings.canary_max_hops
+                if self.identity.is_canary and not resolved.attributes.fifo
+                else 0
+            ),
         )
         return Consumer(
             resolved.transport,
@@ -291,3 +371,37 @@ class Worker:
             sinks=self._sinks,
             sleep=self._sleep,
         )
+
+
+async def _which_is_missing(
+    client: Any,  # noqa: ANN401 (aiobotocore is untyped)
+    resolved: Sequence[_Resolved],
+    error: QueueDoesNotExist,
+) -> Exception:
+    """Name the queue that went missing while the worker ran: a source queue or a DLQ.
+
+    Some servers refuse a receive on a queue whose dead-letter queue was deleted with the very
+    error a deleted source queue gives; the queues are looked at again to tell which it is.
+    """
+    for found in resolved:
+        queue = found.transport.queue_name
+        try:
+            await found.transport.get_attributes()
+        except QueueDoesNotExist:
+            return QueueDoesNotExist(f"queue {queue!r} was deleted while the worker ran ({error})")
+        except TransportError:
+            continue
+        policy = found.attributes.redrive_policy
+        if policy is None:
+            continue
+        try:
+            await SqsTransport.open(client, name=policy.dead_letter_name)
+        except QueueDoesNotExist:
+            return ConfigError(
+                f"dead-letter queue {policy.dead_letter_name!r} named by the redrive policy of "
+                f"queue {queue!r} was deleted while the worker ran ({error}); recreate it, or "
+                "fix the queue's RedrivePolicy (deadLetterTargetArn)"
+            )
+        except TransportError:
+            continue
+    return error

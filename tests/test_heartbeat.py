@@ -7,13 +7,20 @@ the clock, so no test waits.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 
 from qworker.exceptions import ServerError
-from qworker.heartbeat import MIN_INTERVAL_S, Heartbeat
+from qworker.heartbeat import (
+    CALL_TIMEOUT_S,
+    MIN_CALL_TIMEOUT_S,
+    MIN_INTERVAL_S,
+    RETRY_DELAY_S,
+    Heartbeat,
+)
 from qworker.testing import FakeQueueTransport, FakeSqs, ManualClock
-from qworker.transport import Message
+from qworker.transport import BatchFailure, Message
 
 VISIBILITY_S = 30
 
@@ -41,12 +48,18 @@ async def receive(queue: FakeQueueTransport, count: int = 1) -> list[Message]:
     return received
 
 
-def test_interval_is_a_third_of_the_visibility_timeout(
+def test_ticks_six_times_per_visibility_and_extends_once_a_third_has_passed(
     queue: FakeQueueTransport, clock: ManualClock
 ) -> None:
-    assert heartbeat(queue, clock).interval_s == 10
+    beat = heartbeat(queue, clock)
+    assert beat.interval_s == 5
+    assert beat.extend_below_s == 20
+    assert beat.call_timeout_s == CALL_TIMEOUT_S  # 30 s / 6 = 5 s, the ceiling
     tiny = Heartbeat(queue, visibility_timeout_s=0, max_hold_s=1, clock=clock)
     assert tiny.interval_s == MIN_INTERVAL_S
+    assert tiny.call_timeout_s == MIN_CALL_TIMEOUT_S
+    long = Heartbeat(queue, visibility_timeout_s=3600, max_hold_s=1, clock=clock)
+    assert long.call_timeout_s == CALL_TIMEOUT_S  # an hour's visibility: still a short call
 
 
 async def test_held_message_is_extended_before_it_lapses(
@@ -173,11 +186,16 @@ async def test_failed_extension_call_is_tried_again_on_the_next_beat(
     assert held.extensions == 0
     assert not held.lost
 
-    clock.advance(5)
+    # The retry is due after RETRY_DELAY_S, long before the next tick.
+    assert held.retry_at == clock() + RETRY_DELAY_S
+    assert beat._next_delay() == RETRY_DELAY_S  # what run() sleeps
+    clock.advance(RETRY_DELAY_S)
     await beat.beat()
     assert held.extensions == 1
-    clock.advance(25)  # 45 s after the receive, 25 after the extension
+    assert held.retry_at is None
+    clock.advance(25)  # 40.5 s after the receive, 25 after the extension
     assert queue.visible == []
+    assert not held.lapsed
 
 
 async def test_dropped_message_is_forgotten(queue: FakeQueueTransport, clock: ManualClock) -> None:
@@ -219,8 +237,87 @@ async def test_run_ticks_on_the_injected_sleep(
         await three_ticks.wait()
         task.cancel()
 
-    assert ticks == [10, 10, 10, 10]
-    # Each tick finds the message two ticks (20 s) from lapsing, so each tick extends it.
-    assert held.extensions == 3
-    assert held.visible_until == clock() + VISIBILITY_S
+    assert ticks == [5, 5, 5, 5]
+    # Beats at 5, 10 and 15 s: only at 10 s has a third of the visibility passed.
+    assert held.extensions == 1
+    assert held.visible_until == clock() - 5 + VISIBILITY_S
     assert queue.visible == []
+
+
+class HangingQueue:
+    """A queue whose visibility calls never answer (a black-holed connection), until told."""
+
+    def __init__(self, inner: FakeQueueTransport) -> None:
+        self.inner = inner
+        self.hang = True
+        self.calls = 0
+        self.started = asyncio.Event()
+
+    @property
+    def queue_name(self) -> str:
+        return self.inner.queue_name
+
+    async def change_visibility_batch(
+        self, entries: Sequence[tuple[str, int]]
+    ) -> list[BatchFailure]:
+        self.calls += 1
+        self.started.set()
+        if self.hang:
+            await asyncio.Event().wait()
+        return await self.inner.change_visibility_batch(entries)
+
+
+async def test_hung_extension_is_cut_short_retried_and_does_not_block_a_claim(
+    queue: FakeQueueTransport, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    hanging = HangingQueue(queue)
+    beat = Heartbeat(
+        hanging,  # type: ignore[arg-type]  # only change_visibility_batch is called
+        visibility_timeout_s=VISIBILITY_S,
+        max_hold_s=3600,
+        call_timeout_s=0.05,
+        clock=clock,
+    )
+    [message, other] = await receive(queue, 2)
+    held, claimed = beat.hold(message), beat.hold(other)
+    clock.advance(15)
+
+    async with asyncio.TaskGroup() as group:
+        beating = group.create_task(beat.beat())
+        await hanging.started.wait()
+        assert claimed.in_call is not None
+        # The claim waits for the call in flight, but only as long as the call's own timeout.
+        await beat.claim(claimed)
+        await beating
+
+    assert beat.failures == 1
+    assert held.retry_at == clock() + RETRY_DELAY_S
+    assert [r.message_ids for r in caplog.records if r.action == "heartbeat_failed"] == [  # type: ignore[attr-defined]
+        [message.message_id, other.message_id]
+    ]
+    hanging.hang = False
+    clock.advance(RETRY_DELAY_S)
+    await beat.beat()  # the retry goes through at once; the claimed message is left alone
+    assert held.extensions == 1
+    assert claimed.extensions == 0
+    assert hanging.calls == 2
+
+
+async def test_a_lapse_that_could_not_be_prevented_is_logged_with_the_message_id(
+    queue: FakeQueueTransport, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    beat = heartbeat(queue, clock)
+    [message] = await receive(queue)
+    held = beat.hold(message)
+    queue.fail_next("change_visibility_batch", ServerError("outage"), times=100)
+
+    for _ in range(8):  # 32 s: every try fails, the visibility (30 s) lapses
+        clock.advance(4)
+        await beat.beat()
+
+    assert held.lapsed
+    assert beat.lapses == 1
+    lapses = [r for r in caplog.records if r.action == "heartbeat_lapsed"]  # type: ignore[attr-defined]
+    assert len(lapses) == 1  # once per message, not once per beat
+    assert lapses[0].levelname == "WARNING"
+    assert lapses[0].message_id == message.message_id  # type: ignore[attr-defined]
