@@ -77,6 +77,7 @@ class ConsumerStatistics:
     retried: int = 0
     rejected: int = 0
     released: int = 0
+    handed_back: int = 0
     unsettled: int = 0
     duplicates: int = 0
     receive_errors: int = 0
@@ -222,6 +223,7 @@ class Consumer:
             retried=self._counts[Outcome.RETRIED],
             rejected=self._counts[Outcome.REJECTED],
             released=self._counts[Outcome.RELEASED],
+            handed_back=self.settler.handed_back,
             unsettled=self._unsettled,
             duplicates=self._duplicates,
             receive_errors=self._receive_errors,

@@ -110,6 +110,7 @@ class Dispatcher:
             version=self.identity.version,
             message_id=message.message_id,
             receive_count=message.receive_count,
+            hops=message.hops,
             duration_s=duration_s,
             message_age_s=max(0.0, self._wall_clock() - sent) if sent is not None else 0.0,
             error=error,

@@ -273,7 +273,7 @@ class MetricsAggregator:
         interval.outcomes[outcome] += 1
         if outcome is _RELEASED:
             return
-        if record.receive_count <= 1:
+        if record.first_attempt:
             interval.first += 1
             if outcome is not _SUCCEEDED:
                 interval.first_unsucceeded += 1

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, final
+from typing import Any, Final, final
 
 __all__ = [
+    "HOPS_ATTRIBUTE",
+    "ORIGINAL_ID_ATTRIBUTE",
     "BatchFailure",
     "Message",
     "MessageAttribute",
@@ -22,6 +24,12 @@ __all__ = [
     "queue_name_from_arn",
     "queue_name_from_url",
 ]
+
+HOPS_ATTRIBUTE: Final = "qworker.hops"
+"""How many times a canary handed the message back as a fresh copy (absent: never)."""
+
+ORIGINAL_ID_ATTRIBUTE: Final = "qworker.original_message_id"
+"""The id of the message as first sent, on its hand-back copies and dead-letter copies."""
 
 
 @final
@@ -73,6 +81,17 @@ class Message:
         return int(self.attributes.get("ApproximateReceiveCount", "1"))
 
     @property
+    def hops(self) -> int:
+        """How many times a canary handed this message back (0: the message as first sent)."""
+        raw = self.attribute(HOPS_ATTRIBUTE)
+        if raw is None:
+            return 0
+        try:
+            return max(0, int(raw))
+        except ValueError:
+            return 0
+
+    @property
     def sent_timestamp_s(self) -> float | None:
         """When the message was sent, in seconds since the epoch, if the server said."""
         raw = self.attributes.get("SentTimestamp")
@@ -113,6 +132,7 @@ class SendEntry:
     delay_s: int = 0
     group_id: str | None = None
     deduplication_id: str | None = None
+    trace_header: str | None = None
 
     def to_sqs(self, entry_id: str | None = None) -> dict[str, Any]:
         """Return the SendMessage (or batch entry, with `entry_id`) parameters."""
@@ -127,6 +147,10 @@ class SendEntry:
             params["MessageGroupId"] = self.group_id
         if self.deduplication_id is not None:
             params["MessageDeduplicationId"] = self.deduplication_id
+        if self.trace_header is not None:
+            params["MessageSystemAttributes"] = {
+                "AWSTraceHeader": {"DataType": "String", "StringValue": self.trace_header}
+            }
         return params
 
 

@@ -48,6 +48,8 @@ class OutcomeRecord:
         version: The worker's version (the image tag in a deployment).
         message_id: The SQS message id.
         receive_count: `ApproximateReceiveCount` at this delivery (1 on a first attempt).
+        hops: How many times a canary handed the message back as a fresh copy (0: the message as
+            first sent); a copy's deliveries are never first attempts.
         duration_s: Time spent in the handler (0 for messages that never started).
         message_age_s: Time from the message's `SentTimestamp` to the end of processing.
         error: A short description of the failure (exception type and text), if any.
@@ -68,11 +70,16 @@ class OutcomeRecord:
     error: str | None = None
     delay_s: float | None = None
     settled: bool = True
+    hops: int = 0
 
     @property
     def first_attempt(self) -> bool:
-        """Whether this was the message's first delivery (the canary judge compares these)."""
-        return self.receive_count <= 1
+        """Whether this was the message's first delivery (the canary judge compares these).
+
+        A canary's hand-back copy starts a new receive count, but it is the same message tried
+        again: none of its deliveries is a first attempt.
+        """
+        return self.receive_count <= 1 and self.hops == 0
 
 
 @final

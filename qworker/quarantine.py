@@ -1,15 +1,17 @@
 """Canary self-quarantine: a canary failing far above its limit stops polling before any alarm.
 
-The canary already releases its failed messages at once (the primary will likely take them), so a
-bad canary costs latency, not DLQ entries. Quarantine goes further: `CanaryQuarantine` is an outcome
+On a standard queue the canary already hands every message it did not succeed on back to the
+primary as a fresh copy with a full receive budget (qworker.settle), so a bad canary costs latency,
+not DLQ entries. Quarantine goes further: `CanaryQuarantine` is an outcome
 sink that keeps the canary's first attempts of a rolling window, and when their failure rate passes
 the limit (with at least `min_messages` of them) it trips once: it logs one clear line, calls its
 callbacks (the worker's `stop()`: polling stops, unstarted messages are released), and from then on
 the health check reports unhealthy and the `Quarantined` metric is 1, so ECS replaces the task and
 the pipeline's judge sees why.
 
-First attempts only, and `failed` only (as the canary judge counts them): a poison message fails on
-whichever version gets it, and its retries would count it many times.
+First attempts only (a hand-back copy never is one), and every non-success among them (failed,
+timed out, retried, rejected), as the canary judge counts them: a poison message fails on whichever
+version gets it, and its retries would count it many times.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class CanaryQuarantine:
         """Watch first attempts.
 
         Args:
-            failure_rate: Trip when failed / first attempts in the window is above this (0-1].
+            failure_rate: Trip when unsucceeded / first attempts in the window is above this (0-1].
             min_messages: First attempts the window needs before it can trip.
             window_s: The rolling window's length.
             clock: Monotonic seconds.
@@ -77,10 +79,10 @@ class CanaryQuarantine:
 
     def record(self, record: OutcomeRecord) -> None:
         """Take one outcome (an `OutcomeSink`)."""
-        if self.quarantined or record.outcome is Outcome.RELEASED or record.receive_count > 1:
+        if self.quarantined or record.outcome is Outcome.RELEASED or not record.first_attempt:
             return
         now = self._clock()
-        failed = record.outcome is Outcome.FAILED
+        failed = record.outcome is not Outcome.SUCCEEDED
         self._window.append((now, failed))
         self._failed += failed
         self._evict(now)
@@ -97,8 +99,8 @@ class CanaryQuarantine:
     def _trip(self, total: int) -> None:
         self.quarantined = True
         log.error(
-            "canary quarantined: %d of %d first attempts failed in %g s (limit %.1f%%); polling "
-            "stopped, health reports unhealthy",
+            "canary quarantined: %d of %d first attempts did not succeed in %g s (limit %.1f%%); "
+            "polling stopped, health reports unhealthy",
             self._failed,
             total,
             self.window_s,

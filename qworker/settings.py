@@ -98,6 +98,13 @@ class QWorkerSettings(BaseSettings):
         default=None,
         description="Make failed messages visible at once (default: on for a canary).",
     )
+    canary_max_hops: int = Field(
+        default=10,
+        ge=0,
+        le=100,
+        description="A canary on a standard queue hands a message it did not succeed on back as a "
+        "fresh copy (full receive budget for the primary) at most this many times (0: release).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
     )

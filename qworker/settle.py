@@ -9,6 +9,20 @@
 |             | dead-letter queue the message is hidden for the longest backoff, for redrive     |
 | `released`  | ChangeMessageVisibility to 0                                                    |
 
+A canary on a standard queue (`max_hops` > 0) hands every `failed`, `retried` and `rejected`
+delivery back instead: it sends a fresh copy of the message to the same queue (same body, the
+message's attributes and trace header, `qworker.hops` one higher, `qworker.original_message_id`
+kept), and deletes the original only once the copy is confirmed. The copy starts with a full
+receive budget, so a failing canary costs the message latency, never its `maxReceiveCount`, and
+only the primary ever dead-letters. A failed delete after the send leaves a duplicate, which
+at-least-once delivery allows; nothing is ever lost. It is bounded: a message that already made
+`max_hops` hops, or one that cannot be copied (no room for the hop attribute among SQS's 10
+message attributes, a copy over the size limit, a refused or failed send, a `Retry` delay above
+SendMessage's 900 s), falls back to the release (a canary's `Reject` included: it is released for
+the primary, not dead-lettered). FIFO queues never hand back: a copy would get a new place at the
+end of its group and a new deduplication id, breaking the order and exactly-once processing that
+FIFO promises, so a FIFO canary releases as before.
+
 Every action runs shielded from cancellation with its own timeout (a late cancel during shutdown
 must not lose a finished message's delete), and a failed action is logged and reported, never
 raised: the message then simply comes back, which at-least-once delivery allows.
@@ -19,15 +33,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Mapping
 from typing import Final, final
 
 from qworker.batch import Batcher
 from qworker.exceptions import TransientTransportError, TransportError
+from qworker.message import HOPS_ATTRIBUTE, ORIGINAL_ID_ATTRIBUTE
 from qworker.outcome import SQS_MAX_VISIBILITY_S, Outcome, OutcomeRecord, RetryPolicy
 from qworker.transport import Message, MessageAttribute, QueueTransport, SendEntry
 
-__all__ = ["REJECT_ATTRIBUTES", "Settler"]
+__all__ = ["REJECT_ATTRIBUTES", "Settler", "hand_back_entry"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +51,14 @@ SETTLE_TIMEOUT_S: Final = 10.0
 """The longest one settlement may take, shielded, before it is given up (the message comes back)."""
 
 SQS_MAX_MESSAGE_ATTRIBUTES: Final = 10
+
+SQS_MAX_DELAY_S: Final = 900
+"""SendMessage's longest `DelaySeconds`."""
+
+TRACE_HEADER: Final = "AWSTraceHeader"
+
+_HANDED_BACK: Final = frozenset({Outcome.FAILED, Outcome.RETRIED, Outcome.REJECTED})
+"""The outcomes a canary hands back (anything but success; a release never started)."""
 
 REJECT_ATTRIBUTES: Final = (
     "qworker.reject_reason",
@@ -56,6 +80,7 @@ class Settler:
         dead_letter: QueueTransport | None = None,
         retry_policy: RetryPolicy | None = None,
         release_failed: bool = False,
+        max_hops: int = 0,
         batch_wait_s: float = 0.002,
     ) -> None:
         """Create a settler; run `run()` in a task group for its batchers.
@@ -65,12 +90,18 @@ class Settler:
             dead_letter: Where rejected messages go (None: leave them for the redrive policy).
             retry_policy: Backoff of failed messages.
             release_failed: Make failed messages visible at once (a canary's choice).
+            max_hops: Hand non-successes back as fresh copies, up to this many times per message
+                (0: never; a canary's choice on a standard queue).
             batch_wait_s: How long a partial delete batch waits for more.
         """
         self._transport = transport
         self._dead_letter = dead_letter
         self.retry_policy = retry_policy or RetryPolicy()
         self.release_failed = release_failed
+        if max_hops < 0:
+            raise ValueError("max_hops must not be negative")
+        self.max_hops = max_hops
+        self.handed_back = 0
         self.deletes: Batcher[str] = Batcher(
             transport.delete_batch, name="delete", max_wait_s=batch_wait_s
         )
@@ -128,6 +159,14 @@ class Settler:
 
     async def _act(self, message: Message, record: OutcomeRecord) -> bool:
         try:
+            if self.max_hops and record.outcome in _HANDED_BACK:
+                handed = await self._hand_back(message, record)
+                if handed is not None:
+                    return handed
+                if record.outcome is Outcome.REJECTED:
+                    # The canary's verdict may be wrong: the primary gives its own.
+                    await self._transport.change_visibility(message.receipt_handle, 0)
+                    return True
             match record.outcome:
                 case Outcome.FAILED:
                     delay = (
@@ -147,6 +186,88 @@ class Settler:
             self._warn(message, record, str(exc))
             return False
         return True
+
+    async def _hand_back(self, message: Message, record: OutcomeRecord) -> bool | None:
+        """Replace the message by a fresh copy; None when it cannot be (the caller releases it)."""
+        hops = message.hops + 1
+        why: str | None = None
+        entry: SendEntry | None = None
+        if message.group_id is not None:
+            why = "FIFO messages are never copied"
+        elif hops > self.max_hops:
+            why = f"already handed back {message.hops} times (the limit)"
+        elif record.outcome is Outcome.RETRIED and (record.delay_s or 0) > SQS_MAX_DELAY_S:
+            why = f"retry delay {record.delay_s:g} s is above SendMessage's {SQS_MAX_DELAY_S} s"
+        else:
+            delay = math.ceil(record.delay_s or 0) if record.outcome is Outcome.RETRIED else 0
+            entry = hand_back_entry(message, hops, delay)
+            if entry is None:
+                why = (
+                    f"no room for {HOPS_ATTRIBUTE}: the message has "
+                    f"{len(message.message_attributes)} attributes (SQS allows "
+                    f"{SQS_MAX_MESSAGE_ATTRIBUTES})"
+                )
+            else:
+                why = await self._send_copy(entry)
+        if why is not None or entry is None:
+            self._skip(message, record, why or "no copy")
+            return None
+        error = await self.delete(message)
+        if error is not None:
+            log.warning(
+                "handed back to the primary, but the original could not be deleted; it will be "
+                "delivered again (a duplicate)",
+                extra={
+                    "action": "hand_back_duplicate",
+                    "queue": record.queue,
+                    "message_id": message.message_id,
+                    "hops": hops,
+                    "error": error,
+                },
+            )
+            return False
+        self.handed_back += 1
+        log.info(
+            "handed back to the primary",
+            extra={
+                "action": "handed_back",
+                "queue": record.queue,
+                "message_id": message.message_id,
+                "original_message_id": message.attribute(ORIGINAL_ID_ATTRIBUTE)
+                or message.message_id,
+                "outcome": record.outcome.value,
+                "reason": record.error,
+                "hops": hops,
+                "receive_count": message.receive_count,
+                "delay_s": entry.delay_s,
+            },
+        )
+        return True
+
+    async def _send_copy(self, entry: SendEntry) -> str | None:
+        """Send the copy; return None once it is confirmed, or why it was not sent."""
+        try:
+            failures = await self._transport.send_batch([entry])
+        except TransportError as exc:  # transient or not, the release is the safe way out
+            return f"copy not sent: {exc}"
+        if failures:
+            failure = failures[0]
+            return f"copy refused: {failure.code}: {failure.message}".rstrip(": ")
+        return None
+
+    def _skip(self, message: Message, record: OutcomeRecord, why: str) -> None:
+        log.warning(
+            "not handed back to the primary: %s",
+            why,
+            extra={
+                "action": "hand_back_skipped",
+                "queue": record.queue,
+                "message_id": message.message_id,
+                "outcome": record.outcome.value,
+                "hops": message.hops,
+                "why": why,
+            },
+        )
 
     async def _release(self, message: Message, record: OutcomeRecord) -> bool:
         failure = await self.releases.submit((message.receipt_handle, 0))
@@ -238,11 +359,12 @@ def dead_letter_attributes(
     """The attributes a rejected message carries: its own, then the reason, within SQS's 10."""
     # A message rejected before (redriven, then rejected again) carries our old attributes: the
     # new ones replace them.
+    original = message.attribute(ORIGINAL_ID_ATTRIBUTE) or message.message_id
     attributes = {k: v for k, v in message.message_attributes.items() if k not in REJECT_ATTRIBUTES}
     ours = {
         "qworker.reject_reason": record.error or "rejected",
         "qworker.source_queue": record.queue,
-        "qworker.original_message_id": message.message_id,
+        ORIGINAL_ID_ATTRIBUTE: original,
         "qworker.receive_count": str(message.receive_count),
     }
     for name, value in ours.items():
@@ -250,3 +372,23 @@ def dead_letter_attributes(
             break
         attributes[name] = MessageAttribute("String", value)
     return attributes
+
+
+def hand_back_entry(message: Message, hops: int, delay_s: int = 0) -> SendEntry | None:
+    """The fresh copy a canary hands back, or None when the hop attribute does not fit.
+
+    The copy carries the message's own attributes, `qworker.hops` set to `hops`, the original
+    message id (kept from an earlier copy; added only when there is room) and the trace header.
+    """
+    attributes = {k: v for k, v in message.message_attributes.items() if k != HOPS_ATTRIBUTE}
+    if len(attributes) >= SQS_MAX_MESSAGE_ATTRIBUTES:
+        return None
+    attributes[HOPS_ATTRIBUTE] = MessageAttribute("Number", str(hops))
+    if ORIGINAL_ID_ATTRIBUTE not in attributes and len(attributes) < SQS_MAX_MESSAGE_ATTRIBUTES:
+        attributes[ORIGINAL_ID_ATTRIBUTE] = MessageAttribute("String", message.message_id)
+    return SendEntry(
+        body=message.body,
+        attributes=attributes,
+        delay_s=delay_s,
+        trace_header=message.attributes.get(TRACE_HEADER),
+    )

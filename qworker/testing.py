@@ -257,6 +257,7 @@ class FakeQueueTransport:
             group_id=entry.group_id,
             deduplication_id=entry.deduplication_id,
             visible_at=self._sqs.clock() + entry.delay_s,
+            trace_header=entry.trace_header,
         )
         self._arrived.set()
         return message_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -10,9 +11,15 @@ import pytest
 
 from qworker.exceptions import BadRequest, ServerError
 from qworker.outcome import SQS_MAX_VISIBILITY_S, Outcome, OutcomeRecord, RetryPolicy
-from qworker.settle import REJECT_ATTRIBUTES, Settler, dead_letter_attributes
+from qworker.settle import REJECT_ATTRIBUTES, Settler, dead_letter_attributes, hand_back_entry
 from qworker.testing import FakeQueueTransport, FakeSqs, ManualClock, StoredMessage
-from qworker.transport import Message, MessageAttribute
+from qworker.transport import (
+    BatchFailure,
+    Message,
+    MessageAttribute,
+    QueueAttributes,
+    SendEntry,
+)
 
 POLICY = RetryPolicy(base_s=10, factor=2, max_s=100, jitter=0)
 
@@ -301,3 +308,316 @@ def test_dead_letter_attributes_stay_within_ten(originals: int, ours: int) -> No
         REJECT_ATTRIBUTES[:ours]
     )
     assert all(f"a{i}" in attributes for i in range(originals))
+
+
+# -- a canary hands non-successes back ------------------------------------------------------------
+
+
+@pytest.fixture
+async def canary(queues: Queues) -> AsyncIterator[Settler]:
+    """A canary's settler on a standard queue: hands back up to 3 hops."""
+    settler = Settler(
+        queues.queue,
+        dead_letter=queues.dlq,
+        retry_policy=POLICY,
+        release_failed=True,
+        max_hops=3,
+        batch_wait_s=0,
+    )
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(settler.run(), name="canary settler")
+        yield settler
+        task.cancel()
+
+
+def strings(stored: StoredMessage) -> dict[str, str | bytes]:
+    return {k: v.value for k, v in stored.message_attributes.items()}
+
+
+async def receive_traced(queue: FakeQueueTransport, attributes: dict[str, str]) -> Message:
+    await queue.send('{"n": 1}', attributes=attributes)
+    [stored] = queue.messages
+    stored.trace_header = "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"
+    [message] = await queue.receive(1, wait_time_s=0)
+    return message
+
+
+@pytest.mark.parametrize(
+    ("outcome", "error"),
+    [(Outcome.FAILED, "RuntimeError: boom"), (Outcome.REJECTED, "amount: required")],
+)
+async def test_canary_hands_a_non_success_back_as_a_fresh_copy(
+    queues: Queues, canary: Settler, outcome: Outcome, error: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="qworker.settle")
+    message = await receive_traced(queues.queue, {"traceparent": "00-a-b-01"})
+
+    assert await canary.settle(message, record(message, outcome, error=error))
+
+    assert ids(queues.queue.deleted) == [message.message_id]  # the original is gone
+    [copy] = queues.queue.visible  # visible at once, for the primary
+    assert copy.message_id != message.message_id
+    assert copy.body == message.body
+    assert copy.receive_count == 0  # the full receive budget
+    assert strings(copy) == {
+        "traceparent": "00-a-b-01",
+        "qworker.hops": "1",
+        "qworker.original_message_id": message.message_id,
+    }
+    assert copy.message_attributes["qworker.hops"].data_type == "Number"
+    assert copy.trace_header == message.attributes["AWSTraceHeader"]
+    assert queues.dlq.messages == []  # a canary never dead-letters
+    assert canary.handed_back == 1
+    [line] = [r for r in caplog.records if getattr(r, "action", None) == "handed_back"]
+    assert line.getMessage() == "handed back to the primary"
+    assert vars(line)["hops"] == 1
+    assert vars(line)["reason"] == error
+    assert vars(line)["message_id"] == message.message_id
+
+
+async def test_copy_of_a_copy_counts_the_hops_and_keeps_the_original_id(
+    queues: Queues, canary: Settler
+) -> None:
+    message = await receive_one(
+        queues.queue, attributes={"qworker.hops": "1", "qworker.original_message_id": "first-id"}
+    )
+    assert message.hops == 1
+
+    assert await canary.settle(message, record(message, Outcome.FAILED))
+
+    [copy] = queues.queue.visible
+    assert strings(copy) == {"qworker.hops": "2", "qworker.original_message_id": "first-id"}
+
+
+async def test_canary_retry_is_handed_back_with_its_delay(queues: Queues, canary: Settler) -> None:
+    message = await receive_one(queues.queue)
+
+    assert await canary.settle(message, record(message, Outcome.RETRIED, delay_s=41.2))
+
+    assert ids(queues.queue.deleted) == [message.message_id]
+    queues.clock.advance(41)
+    assert queues.queue.visible == []
+    queues.clock.advance(1)
+    [copy] = queues.queue.visible
+    assert strings(copy)["qworker.hops"] == "1"
+
+
+async def test_canary_retry_beyond_the_send_delay_limit_keeps_the_message_hidden(
+    queues: Queues, canary: Settler, caplog: pytest.LogCaptureFixture
+) -> None:
+    message = await receive_one(queues.queue)
+
+    assert await canary.settle(message, record(message, Outcome.RETRIED, delay_s=901))
+
+    assert queues.queue.deleted == []
+    assert [m.message_id for m in queues.queue.in_flight] == [message.message_id]
+    queues.clock.advance(901)
+    assert ids(queues.queue.visible) == [message.message_id]  # the asked delay, as before
+    [line] = [r for r in caplog.records if getattr(r, "action", None) == "hand_back_skipped"]
+    assert "900 s" in vars(line)["why"]
+
+
+@pytest.mark.parametrize("outcome", [Outcome.FAILED, Outcome.REJECTED])
+async def test_at_the_hop_limit_the_canary_releases_and_never_dead_letters(
+    queues: Queues, canary: Settler, outcome: Outcome, caplog: pytest.LogCaptureFixture
+) -> None:
+    message = await receive_one(queues.queue, attributes={"qworker.hops": "3"})
+
+    assert await canary.settle(message, record(message, outcome, error="bad"))
+
+    assert ids(queues.queue.visible) == [message.message_id]  # released, the same message
+    assert queues.queue.deleted == []
+    assert queues.dlq.messages == []
+    assert canary.handed_back == 0
+    [line] = [r for r in caplog.records if getattr(r, "action", None) == "hand_back_skipped"]
+    assert "limit" in vars(line)["why"]
+
+
+async def test_no_room_for_the_hop_attribute_falls_back_to_release(
+    queues: Queues, canary: Settler, caplog: pytest.LogCaptureFixture
+) -> None:
+    message = await receive_one(queues.queue, attributes={f"a{i}": str(i) for i in range(10)})
+
+    assert await canary.settle(message, record(message, Outcome.FAILED))
+
+    assert ids(queues.queue.visible) == [message.message_id]
+    assert queues.queue.deleted == []
+    [line] = [r for r in caplog.records if getattr(r, "action", None) == "hand_back_skipped"]
+    assert "no room for qworker.hops" in vars(line)["why"]
+
+
+async def test_nine_attributes_leave_room_for_the_hops_only(
+    queues: Queues, canary: Settler
+) -> None:
+    message = await receive_one(queues.queue, attributes={f"a{i}": str(i) for i in range(9)})
+
+    assert await canary.settle(message, record(message, Outcome.FAILED))
+
+    [copy] = queues.queue.visible
+    assert len(copy.message_attributes) == 10
+    assert strings(copy)["qworker.hops"] == "1"
+    assert "qworker.original_message_id" not in copy.message_attributes
+
+
+@pytest.mark.parametrize(
+    "error", [BadRequest("SendMessageBatch: message too long"), ServerError("outage")]
+)
+async def test_copy_not_sent_falls_back_to_release_and_loses_nothing(
+    queues: Queues, canary: Settler, error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    message = await receive_one(queues.queue)
+    assert isinstance(error, BadRequest | ServerError)
+    queues.queue.fail_next("send_batch", error)
+
+    assert await canary.settle(message, record(message, Outcome.REJECTED))
+
+    assert ids(queues.queue.messages) == [message.message_id]  # the original, and only it
+    assert ids(queues.queue.visible) == [message.message_id]
+    assert queues.queue.deleted == []
+    assert queues.dlq.messages == []
+    [line] = [r for r in caplog.records if getattr(r, "action", None) == "hand_back_skipped"]
+    assert str(error) in vars(line)["why"]
+
+
+async def test_copy_refused_entry_falls_back_to_release(queues: Queues) -> None:
+    refusing = RefusingSends(queues.queue)
+    settler = Settler(refusing, release_failed=True, max_hops=3, batch_wait_s=0)
+    message = await receive_one(queues.queue)
+
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(settler.run())
+        assert await settler.settle(message, record(message, Outcome.FAILED))
+        task.cancel()
+
+    assert ids(queues.queue.visible) == [message.message_id]
+    assert queues.queue.deleted == []
+
+
+async def test_original_not_deleted_after_the_copy_leaves_a_duplicate_not_a_loss(
+    queues: Queues, canary: Settler, caplog: pytest.LogCaptureFixture
+) -> None:
+    message = await receive_one(queues.queue)
+    queues.queue.fail_next("delete_batch", BadRequest("refused"))
+
+    assert not await canary.settle(message, record(message, Outcome.FAILED))
+
+    assert len(queues.queue.messages) == 2  # the copy, and the original that comes back
+    queues.clock.advance(30)
+    assert len(queues.queue.visible) == 2
+    assert [r for r in caplog.records if getattr(r, "action", None) == "hand_back_duplicate"]
+
+
+async def test_fifo_messages_are_never_handed_back(queues: Queues) -> None:
+    sqs = FakeSqs(clock=queues.clock)
+    source = sqs.create_queue("jobs.fifo")
+    settler = Settler(source, release_failed=True, max_hops=3, batch_wait_s=0)
+    await source.send("{}", group_id="g")
+    [message] = await source.receive(1, wait_time_s=0)
+
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(settler.run())
+        assert await settler.settle(message, record(message, Outcome.FAILED))
+        task.cancel()
+
+    assert ids(source.visible) == [message.message_id]
+    assert source.deleted == []
+
+
+async def test_success_and_release_are_not_handed_back(queues: Queues, canary: Settler) -> None:
+    done = await receive_one(queues.queue)
+    assert await canary.settle(done, record(done, Outcome.SUCCEEDED))
+    stopped = await receive_one(queues.queue)
+    assert await canary.settle(stopped, record(stopped, Outcome.RELEASED))
+
+    assert ids(queues.queue.deleted) == [done.message_id]
+    assert ids(queues.queue.visible) == [stopped.message_id]
+    assert canary.handed_back == 0
+
+
+def test_negative_max_hops_is_refused(queues: Queues) -> None:
+    with pytest.raises(ValueError, match="max_hops"):
+        Settler(queues.queue, max_hops=-1)
+
+
+def test_dead_letter_copy_of_a_copy_names_the_first_id() -> None:
+    message = Message(
+        "copy-id",
+        "r",
+        "{}",
+        message_attributes={
+            "qworker.hops": MessageAttribute("Number", "1"),
+            "qworker.original_message_id": MessageAttribute("String", "first-id"),
+        },
+    )
+
+    attributes = dead_letter_attributes(message, record(message, Outcome.REJECTED))
+
+    assert attributes["qworker.original_message_id"].value == "first-id"
+    assert attributes["qworker.hops"].value == "1"
+
+
+@pytest.mark.parametrize(("raw", "hops"), [(None, 0), ("2", 2), ("x", 0), ("-4", 0)])
+def test_message_hops(raw: str | None, hops: int) -> None:
+    attributes = {} if raw is None else {"qworker.hops": MessageAttribute("Number", raw)}
+
+    assert Message("m", "r", "{}", message_attributes=attributes).hops == hops
+
+
+def test_hand_back_entry_replaces_an_old_hop_count_within_the_limit() -> None:
+    assert hand_back_entry(message_with(10), 1) is None
+    message = message_with(9)
+    copy = Message(
+        message.message_id,
+        message.receipt_handle,
+        message.body,
+        message_attributes={
+            **message.message_attributes,
+            "qworker.hops": MessageAttribute("Number", "4"),
+        },
+    )
+
+    entry = hand_back_entry(copy, 5, 7)
+
+    assert entry is not None
+    assert entry.attributes["qworker.hops"] == MessageAttribute("Number", "5")
+    assert len(entry.attributes) == 10
+    assert entry.delay_s == 7
+    assert entry.trace_header is None
+
+
+class RefusingSends:
+    """A queue whose sends are refused entry by entry (the server blames the entry)."""
+
+    def __init__(self, queue: FakeQueueTransport) -> None:
+        self._queue = queue
+
+    @property
+    def queue_name(self) -> str:
+        return self._queue.queue_name
+
+    async def receive(
+        self, max_messages: int, *, wait_time_s: float, visibility_timeout_s: int | None = None
+    ) -> list[Message]:
+        return await self._queue.receive(
+            max_messages, wait_time_s=wait_time_s, visibility_timeout_s=visibility_timeout_s
+        )
+
+    async def delete_batch(self, receipt_handles: Sequence[str]) -> list[BatchFailure]:
+        return await self._queue.delete_batch(receipt_handles)
+
+    async def change_visibility(self, receipt_handle: str, timeout_s: int) -> None:
+        await self._queue.change_visibility(receipt_handle, timeout_s)
+
+    async def change_visibility_batch(
+        self, entries: Sequence[tuple[str, int]]
+    ) -> list[BatchFailure]:
+        return await self._queue.change_visibility_batch(entries)
+
+    async def send_batch(self, entries: Sequence[SendEntry]) -> list[BatchFailure]:
+        return [
+            BatchFailure(i, "InvalidParameterValue", "too long", sender_fault=True)
+            for i in range(len(entries))
+        ]
+
+    async def get_attributes(self) -> QueueAttributes:
+        return await self._queue.get_attributes()
