@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
-from qworker import dlq, drill, health, observability, tracing
+from qworker import dlq, drill, health, observability, shutdown, tracing
 from qworker.app import QWorker
 from qworker.canary import cli as canary_cli
 from qworker.concurrency import leaves
@@ -78,12 +78,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     app = QWorker.from_module(args.module)
     identity = _identity(settings, app.name)
     configure_logging(identity, level=settings.log_level, fmt=settings.log_format)
-    asyncio.run(serve(app, settings, identity))
-    return 0
+    return shutdown.run(
+        lambda guard: serve(app, settings, identity, guard=guard),
+        grace_s=settings.shutdown_grace_s,
+    )
 
 
-async def serve(app: QWorker, settings: QWorkerSettings, identity: Identity) -> None:
-    """Run `app` until SIGTERM/SIGINT, on the embedded server when no queue is configured."""
+async def serve(
+    app: QWorker,
+    settings: QWorkerSettings,
+    identity: Identity,
+    *,
+    guard: shutdown.ShutdownGuard | None = None,
+) -> None:
+    """Run `app` until a stop signal, on the embedded server when no queue is configured.
+
+    With a `guard`, a stop signal starts its countdown (see `qworker.shutdown`).
+    """
     async with (
         _embedded(app, settings) as (endpoint_url, settings_used),
         observability.build(
@@ -102,7 +113,12 @@ async def serve(app: QWorker, settings: QWorkerSettings, identity: Identity) -> 
             middleware=obs.middleware,
             sinks=obs.sinks,
         )
-        with handle_signals(obs.stop):
+        if guard is not None:
+            guard.watch(worker)
+        with (
+            handle_signals(obs.stop),
+            guard.armed_by_signals() if guard is not None else contextlib.nullcontext(),
+        ):
             await obs.run(worker)
 
 

@@ -163,6 +163,10 @@ class Consumer:
         self._receiving = 0
         self._receives = 0
         self._last_receive_s: float | None = None
+        self.cut_short: list[str] = []
+        """Ids of messages whose handlers the shutdown grace cut short (released, not deleted)."""
+        self.unreleased: list[str] = []
+        """Ids of messages whose outcome could not be recorded while stopping (left to lapse)."""
 
     def __repr__(self) -> str:
         """Show the queue and counters."""
@@ -260,12 +264,14 @@ class Consumer:
         for task in pending:
             task.cancel()
         if pending:
+            self.cut_short = [h.message.message_id for h in self.heartbeat if h.started]
             log.warning(
                 "shutdown grace period over; cancelling running handlers",
                 extra={
                     "action": "grace_expired",
                     "queue": self.transport.queue_name,
                     "count": len(pending),
+                    "message_ids": self.cut_short,
                 },
             )
 
@@ -420,6 +426,8 @@ class Consumer:
         if not settled:
             self._unsettled += 1
             record = _unsettled(record)
+            if self.stopping:
+                self.unreleased.append(message_id)
         if not settled or record.outcome in _COMES_BACK or len(self.heartbeat) == 0:
             self._may_return.set()
         self._counts[record.outcome] += 1

@@ -83,7 +83,7 @@ async def open_sqs_client(
             retries={"mode": "standard", "max_attempts": 1},
             connect_timeout=CONTROL_CONNECT_TIMEOUT_S,
             read_timeout=CONTROL_READ_TIMEOUT_S,
-            connector_args={"force_close": True},
+            connector_args={"force_close": True, "keepalive_timeout": None},
         )
     else:
         config = AioConfig(
