@@ -14,11 +14,12 @@ a plain module-level `handle` function needs no app: `QWorker.from_module()` wra
 from __future__ import annotations
 
 import importlib
+import traceback
 import types
 from collections.abc import Callable, Mapping
 from typing import Final, TypeVar, overload
 
-from qworker.exceptions import HandlerAlreadyRegistered, HandlerNotFound
+from qworker.exceptions import ConfigError, HandlerAlreadyRegistered, HandlerNotFound
 from qworker.handler import HandlerFunc, HandlerSpec
 
 __all__ = ["DEFAULT_QUEUE", "QWorker", "Router"]
@@ -128,13 +129,11 @@ class QWorker(Router):
         """Load the app a module defines: a `QWorker` object, or a module-level `handle` function.
 
         Raises:
-            HandlerNotFound: The module has neither.
+            HandlerNotFound: The module cannot be imported (not found, a syntax error, an
+                exception at import: the message names the file and line), or has no handler.
             HandlerSignatureError: `handle` cannot take a message.
         """
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            raise HandlerNotFound(f"cannot import handler module {module_name!r}: {exc}") from None
+        module = _import(module_name)
         apps = [v for v in vars(module).values() if isinstance(v, QWorker)]
         if len(apps) == 1:
             return apps[0]
@@ -148,3 +147,48 @@ class QWorker(Router):
         app = cls(module_name.rsplit(".", 1)[-1])
         app.handler(handle)
         return app
+
+
+def _import(module_name: str) -> types.ModuleType:
+    """Import a handler module; any failure becomes one line naming the module, file and line."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and not _is_prefix(exc.name, module_name):
+            # The module exists but imports something that does not.
+            raise HandlerNotFound(
+                f"handler module {module_name!r} failed at import{_where(exc)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        raise HandlerNotFound(f"cannot import handler module {module_name!r}: {exc}") from None
+    except ConfigError:
+        raise  # a handler registered wrongly says so itself
+    except SyntaxError as exc:
+        where = f" ({exc.filename}, line {exc.lineno})" if exc.filename else ""
+        raise HandlerNotFound(
+            f"handler module {module_name!r} has a syntax error{where}: {exc.msg}"
+        ) from None
+    except BaseException as exc:  # noqa: BLE001 (whatever the module raises is reported)
+        raise HandlerNotFound(
+            f"handler module {module_name!r} failed at import{_where(exc)}: {_one_line(exc)}"
+        ) from None
+
+
+def _is_prefix(name: str, module_name: str) -> bool:
+    """Whether `name` is `module_name` or one of its parent packages."""
+    return module_name == name or module_name.startswith(f"{name}.")
+
+
+def _where(exc: BaseException) -> str:
+    """` (file, line N)` of the innermost frame outside the import machinery, if any."""
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")
+    ]
+    if not frames:
+        return ""
+    return f" ({frames[-1].filename}, line {frames[-1].lineno})"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

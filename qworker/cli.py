@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -77,11 +78,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sys.path.insert(0, cwd)
     app = QWorker.from_module(args.module)
     identity = _identity(settings, app.name)
+    _check_health_file(settings, identity)
     configure_logging(identity, level=settings.log_level, fmt=settings.log_format)
     return shutdown.run(
         lambda guard: serve(app, settings, identity, guard=guard),
         grace_s=settings.shutdown_grace_s,
     )
+
+
+def _check_health_file(settings: QWorkerSettings, identity: Identity) -> None:
+    """Fail at start-up when the health file cannot be written (ECS would see no health at all).
+
+    The report is written to a temporary file next to it, then renamed over it: the directory must
+    take a new file, and the path must not be a directory.
+
+    Raises:
+        ConfigError: It cannot; the message names the setting.
+    """
+    path = Path(settings.health_file or health.default_health_file(identity.role))
+    where = "QWORKER_HEALTH_FILE (--health-file)"
+    if path.is_dir():
+        raise ConfigError(f"invalid setting {where}: {path} is a directory")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigError(f"invalid setting {where}: {path.parent} is not a directory")
+    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"invalid setting {where}: cannot write {path} ({reason})") from None
 
 
 async def serve(
@@ -242,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """The error on one line (a library's message may span several)."""
+    return " ".join(str(exc).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `qworker` command; return its exit code."""
     args = build_parser().parse_args(argv)
@@ -253,10 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             found = leaves(group)
             raise (found[0] if len(found) == 1 else group) from None
     except ConfigError as exc:
-        print(f"qworker: error: {exc}", file=sys.stderr)  # noqa: T201 (the command's answer)
+        print(f"qworker: error: {_one_line(exc)}", file=sys.stderr)  # noqa: T201 (the answer)
         return EXIT_CONFIG
     except TransportError as exc:
-        print(f"qworker: error: {exc}", file=sys.stderr)  # noqa: T201 (the command's answer)
+        print(f"qworker: error: {_one_line(exc)}", file=sys.stderr)  # noqa: T201 (the answer)
         return 1
     except KeyboardInterrupt:
         return 130

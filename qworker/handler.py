@@ -99,7 +99,8 @@ class HandlerSpec:
                 _adapter(body_type)  # fail now if pydantic cannot validate this type
             except PydanticUserError as exc:
                 raise HandlerSignatureError(
-                    f"handler {name}: pydantic cannot validate {body_type!r}: {exc}"
+                    f"handler {name}: pydantic cannot validate {body_type!r}: "
+                    f"{str(exc).splitlines()[0]}"
                 ) from None
         return cls(func, name, queue, body_type, message_param, max_in_flight, timeout_s)
 

@@ -12,7 +12,9 @@ flag and the fix; the CLI prints it and exits with code 2.
 from __future__ import annotations
 
 import enum
+import re
 from typing import Annotated, Any, Final, Literal, final
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +24,20 @@ from qworker.exceptions import ConfigError
 __all__ = ["ENV_PREFIX", "DeploymentRole", "QWorkerSettings", "load_settings"]
 
 ENV_PREFIX: Final = "QWORKER_"
+
+_REGION: Final = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
+"""botocore's own check of a region name (a bad one fails deep inside client creation)."""
+
+
+def _check_url(value: str) -> None:
+    """Raise ValueError unless `value` is an http(s) URL with a host (and a valid port)."""
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL (e.g. http://localhost:4566)")
+    try:
+        parts.port  # noqa: B018 (parsing the port is the check)
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port") from None
 
 
 class DeploymentRole(enum.StrEnum):
@@ -44,6 +60,7 @@ class QWorkerSettings(BaseSettings):
         frozen=True,
         validate_default=True,
         populate_by_name=True,
+        allow_inf_nan=False,  # `inf` or `nan` is reported under the setting that holds it
     )
 
     queue_url: str | None = Field(
@@ -85,6 +102,13 @@ class QWorkerSettings(BaseSettings):
     )
     handler_timeout_s: float | None = Field(
         default=None, gt=0, description="Fail a handler that runs longer than this."
+    )
+    startup_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Give up (exit 2) when the queue server cannot be reached for this long at "
+        "start-up (keep below the ECS health-check grace period).",
     )
     shutdown_grace_s: float = Field(
         default=25.0,
@@ -195,6 +219,31 @@ class QWorkerSettings(BaseSettings):
         default=300.0, gt=0, description="Rolling window of the quarantine failure rate."
     )
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_a_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_url(value)
+        return value
+
+    @field_validator("queue_url")
+    @classmethod
+    def _queue_url_is_a_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_url(value)
+            if not urlsplit(value).path.strip("/"):
+                raise ValueError(
+                    f"{value!r} names no queue (e.g. https://sqs.<region>.amazonaws.com/<account>/<queue>)"
+                )
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region_format(cls, value: str) -> str:
+        if not _REGION.fullmatch(value):
+            raise ValueError(f"{value!r} is not a region name (e.g. us-east-1)")
+        return value
+
     @field_validator("retry_max_s")
     @classmethod
     def _retry_max_at_least_base(cls, value: float, info: ValidationInfo) -> float:
@@ -229,12 +278,24 @@ def _env_name(field: str) -> str:
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     loc = first.get("loc") or ("?",)
-    field = str(loc[0])
+    field = _field_of(str(loc[0]))
+    message = str(first["msg"]).removeprefix("Value error, ")
     if field in QWorkerSettings.model_fields:
         description = QWorkerSettings.model_fields[field].description or ""
         where = f"{_env_name(field)} (--{field.replace('_', '-')})"
-        return f"invalid setting {where}: {first['msg']}; expected: {description}"
-    return f"invalid settings: {first['msg']}"
+        return f"invalid setting {where}: {message}; expected: {description}"
+    return f"invalid settings: {message}"
+
+
+def _field_of(name: str) -> str:
+    """The field an error location names: itself, or the field one of whose aliases it is."""
+    for field, info in QWorkerSettings.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices) and any(
+            str(choice).lower() == name.lower() for choice in alias.choices
+        ):
+            return field
+    return name
 
 
 def load_settings(**overrides: Any) -> QWorkerSettings:  # noqa: ANN401 (values are validated here)

@@ -102,9 +102,9 @@ def test_settings_are_frozen() -> None:
     ("given", "expected"),
     [
         ({}, True),
-        ({"queue_url": "http://q"}, False),
+        ({"queue_url": "http://q/000000000000/q"}, False),
         ({"endpoint_url": "http://localhost:4566"}, False),
-        ({"queue_url": "http://q", "embedded": True}, True),
+        ({"queue_url": "http://q/000000000000/q", "embedded": True}, True),
         ({"embedded": False}, False),
         # A queue named by name only is a real queue: the Dockerfile runs the image with just
         # QWORKER_QUEUE_NAME and AWS_REGION.
