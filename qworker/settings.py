@@ -123,9 +123,9 @@ class QWorkerSettings(BaseSettings):
         description="Make failed messages visible at once (default: on for a canary).",
     )
     canary_max_hops: int = Field(
-        default=10,
+        default=50,
         ge=0,
-        le=100,
+        le=1000,
         description="A canary on a standard queue hands a message it did not succeed on back as a "
         "fresh copy (full receive budget for the primary) at most this many times (0: release).",
     )
@@ -187,7 +187,7 @@ class QWorkerSettings(BaseSettings):
     health_file: str | None = Field(
         default=None,
         description="Health file the worker writes and `qworker health` reads "
-        "(default: qworker-health-<role>.json in the temp directory).",
+        "(default: qworker-health/<role>-<pid>.json in the temp directory, one per worker).",
     )
     health_interval_s: float = Field(
         default=5.0, gt=0, le=60, description="Seconds between health file writes."
@@ -202,6 +202,13 @@ class QWorkerSettings(BaseSettings):
         ge=0,
         le=65_535,
         description="Serve /health and /ready on 127.0.0.1 at this port (default: off).",
+    )
+    health_loop_lag_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="An event loop blocked longer than this is logged (naming the handler) and "
+        "reported unhealthy while it lasts.",
     )
     canary_quarantine_failure_rate: float | None = Field(
         default=None,

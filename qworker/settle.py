@@ -9,19 +9,23 @@
 |             | dead-letter queue the message is hidden for the longest backoff, for redrive     |
 | `released`  | ChangeMessageVisibility to 0                                                    |
 
-A canary on a standard queue (`max_hops` > 0) hands every `failed`, `retried` and `rejected`
+A canary on a standard queue (`max_hops` > 0) hands a `failed`, `retried` or `rejected` first
 delivery back instead: it sends a fresh copy of the message to the same queue (same body, the
 message's attributes and trace header, `qworker.hops` one higher, `qworker.original_message_id`
 kept), and deletes the original only once the copy is confirmed. The copy starts with a full
 receive budget, so a failing canary costs the message latency, never its `maxReceiveCount`, and
-only the primary ever dead-letters. A failed delete after the send leaves a duplicate, which
-at-least-once delivery allows; nothing is ever lost. It is bounded: a message that already made
-`max_hops` hops, or one that cannot be copied (no room for the hop attribute among SQS's 10
-message attributes, a copy over the size limit, a refused or failed send, a `Retry` delay above
-SendMessage's 900 s), falls back to the release (a canary's `Reject` included: it is released for
-the primary, not dead-lettered). FIFO queues never hand back: a copy would get a new place at the
-end of its group and a new deduplication id, breaking the order and exactly-once processing that
-FIFO promises, so a FIFO canary releases as before.
+only the primary ever dead-letters. A copy the canary gets again is its first delivery too, and is
+handed back again: an idle canary may take a copy several times in a row, and releasing it would
+spend the copy's budget just the same. A failed delete after the send leaves a duplicate, which
+at-least-once delivery allows; nothing is ever lost. A later delivery (the primary failed it
+before) is not handed back: the canary releases it, a `Reject` included.
+
+It is bounded: a message that already made `max_hops` hops, or one that cannot be copied (no room
+for the hop attribute among SQS's 10 message attributes, a copy over the size limit, a refused or
+failed send, a `Retry` delay above SendMessage's 900 s), falls back to the release (a canary's
+`Reject` included: it is released for the primary, not dead-lettered). FIFO queues never hand
+back: a copy would get a new place at the end of its group and a new deduplication id, breaking
+the order and exactly-once processing that FIFO promises, so a FIFO canary releases as before.
 
 Every action runs shielded from cancellation with its own timeout (a late cancel during shutdown
 must not lose a finished message's delete), and a failed action is logged and reported, never
@@ -160,9 +164,10 @@ class Settler:
     async def _act(self, message: Message, record: OutcomeRecord) -> bool:
         try:
             if self.max_hops and record.outcome in _HANDED_BACK:
-                handed = await self._hand_back(message, record)
-                if handed is not None:
-                    return handed
+                if message.receive_count <= 1:
+                    handed = await self._hand_back(message, record)
+                    if handed is not None:
+                        return handed
                 if record.outcome is Outcome.REJECTED:
                     # The canary's verdict may be wrong: the primary gives its own.
                     await self._transport.change_visibility(message.receipt_handle, 0)

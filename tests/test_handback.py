@@ -15,10 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
+from accounting import Journal, send_tagged
 from pydantic import BaseModel
+from test_faults import (
+    STOP_S,
+    TESTS,
+    WorkerProcess,
+    account_for,
+    job,
+    make_queues,
+    scenario,
+    wait_journal,
+    wait_settled,
+)
 
 from qworker.consumer import Consumer
 from qworker.dispatch import Dispatcher
@@ -213,3 +232,132 @@ def test_metrics_and_quarantine_do_not_count_copies_as_first_attempts() -> None:
     assert aggregate.counts[MetricName.FIRST_ATTEMPT_FAILED] == 0
     assert quarantine.counts == (1, 2)  # the reject counts; the copies do not
     assert not quarantine.quarantined  # 1 of 2 is not above 50 %
+
+
+# -- LocalStack: a healthy primary and a failing canary, real worker processes -------------------
+
+
+class Start(Protocol):
+    def __call__(
+        self, queue_name: str, journal: Path, role: str, *flags: str, defect: str = ""
+    ) -> WorkerProcess: ...
+
+
+@pytest.fixture
+def start(localstack_server: Any, tmp_path: Path) -> Iterator[Start]:
+    """Start `qworker run handback_handlers` processes; any still running at the end is killed."""
+    started: list[WorkerProcess] = []
+
+    def run(
+        queue_name: str, journal: Path, role: str, *flags: str, defect: str = ""
+    ) -> WorkerProcess:
+        label = f"{role}-{len(started) + 1}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QWORKER_")}
+        env.update(
+            {
+                "PYTHONPATH": str(TESTS),
+                "QWORKER_TEST_JOURNAL": str(journal),
+                "QWORKER_DEPLOYMENT_ROLE": role,
+                "HANDBACK_DEFECT": defect,
+                "AWS_ACCESS_KEY_ID": "test",
+                "AWS_SECRET_ACCESS_KEY": "test",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }
+        )
+        log_path = tmp_path / f"worker-{label}.log"
+        command = [
+            sys.executable, "-m", "qworker", "run", "handback_handlers",
+            "--endpoint-url", localstack_server.endpoint_url,
+            "--queue-name", queue_name,
+            "--wait-time-s", "1",
+            "--log-level", "DEBUG",
+            "--health-file", str(tmp_path / f"health-{label}.json"),
+            "--retry-base-s", "0",
+            "--retry-max-s", "1",
+            *flags,
+        ]  # fmt: skip
+        with log_path.open("wb") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log
+            )
+        worker = WorkerProcess(proc, log_path, time.monotonic())
+        started.append(worker)
+        return worker
+
+    yield run
+    for worker in started:
+        if worker.alive:
+            worker.proc.kill()
+        worker.proc.wait(STOP_S)
+
+
+async def wait_started(workers: list[WorkerProcess]) -> None:
+    """Wait until every worker's consumer runs (its log says so)."""
+    deadline = time.monotonic() + STOP_S
+    while not all(w.actions("consumer_started") for w in workers):
+        for worker in workers:
+            assert worker.alive, worker.tail()
+        assert time.monotonic() < deadline, [w.tail() for w in workers]
+        # Other processes: their log file is the only way to watch them start.
+        await asyncio.sleep(0.05)
+
+
+@scenario
+@pytest.mark.parametrize("defect", ["fail", "reject", "retry"])
+async def test_a_failing_canary_leaves_the_dead_letter_queue_empty(
+    sqs_client: Any,
+    tmp_path: Path,
+    start: Start,
+    defect: str,
+) -> None:
+    """A primary and a canary that fails (rejects, retries) every message, maxReceiveCount 2.
+
+    Without the hand-back, a message the canary released went straight back to the idle canary
+    and used up its receive budget. With it, the canary hands each one back as a fresh copy: the
+    DLQ stays empty and every message succeeds once, on the primary.
+    """
+    queues = await make_queues(sqs_client, f"handback-{defect}", max_receive_count=2)
+    total = 60
+    journal = tmp_path / "journal.txt"
+    primary = start(queues.name, journal, "primary", "--concurrency", "4")
+    canary = start(queues.name, journal, "canary", defect=defect)
+    await wait_started([primary, canary])
+    began = time.monotonic()
+    sent = await send_tagged(sqs_client, queues.url, {n: job(n) for n in range(total)})
+    await wait_journal(
+        journal, lambda j: len(j.count("done")) >= total, "every message done", [primary, canary]
+    )
+    await wait_settled(queues, [primary, canary])
+    settled_s = time.monotonic() - began
+    codes = [(await w.stop())[0] for w in (primary, canary)]
+    ran = Journal.read(journal)
+    canary_runs = [e for e in ran.of("start") if e.pid == canary.pid]
+    handed = canary.actions("handed_back")
+    hops = Counter(e["hops"] for e in handed)
+    report = await account_for(
+        f"hand-back: canary {defect}s every message (maxReceiveCount 2)",
+        queues,
+        sent=sent,
+        journal=journal,
+        timings={"queue empty": settled_s},
+        notes=[
+            (
+                f"canary ran {len(canary_runs)} deliveries of {len({e.n for e in canary_runs})} "
+                f"messages; handed back {len(handed)} (by hop: {dict(sorted(hops.items()))})"
+            ),
+        ],
+    )
+
+    assert codes == [0, 0], (primary.tail(), canary.tail())
+    assert report.balanced, report
+    assert not report.dead_letters, report
+    assert report.deleted_after_success == list(range(total)), report
+    assert {e.pid for e in ran.of("done")} == {primary.pid}, report  # only the primary succeeds
+    assert canary_runs, report  # the canary took its share: the scenario is not vacuous
+    # Every delivery the canary ran was handed back, none released or dead-lettered.
+    assert len(handed) == len(canary_runs), report
+    assert not canary.actions("hand_back_skipped"), report
+    assert not canary.actions("message_rejected") or defect == "reject", report
+    # A duplicate only where a copy was sent but the original's delete failed.
+    duplicated = {e["message_id"] for e in canary.actions("hand_back_duplicate")}
+    assert len(report.duplicates) <= len(duplicated), report

@@ -523,6 +523,23 @@ async def test_fifo_messages_are_never_handed_back(queues: Queues) -> None:
     assert source.deleted == []
 
 
+@pytest.mark.parametrize("outcome", [Outcome.FAILED, Outcome.REJECTED])
+async def test_a_later_delivery_is_released_by_the_canary_not_handed_back(
+    queues: Queues, canary: Settler, outcome: Outcome
+) -> None:
+    await queues.queue.send("{}")
+    [first] = await queues.queue.receive(1, wait_time_s=0)
+    await queues.queue.change_visibility(first.receipt_handle, 0)  # the primary let it go
+    [second] = await queues.queue.receive(1, wait_time_s=0)
+    assert second.receive_count == 2
+
+    assert await canary.settle(second, record(second, outcome, error="bad"))
+
+    assert ids(queues.queue.visible) == [second.message_id]  # the same message, released
+    assert queues.dlq.messages == []
+    assert canary.handed_back == 0
+
+
 async def test_success_and_release_are_not_handed_back(queues: Queues, canary: Settler) -> None:
     done = await receive_one(queues.queue)
     assert await canary.settle(done, record(done, Outcome.SUCCEEDED))
