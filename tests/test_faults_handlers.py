@@ -72,7 +72,7 @@ NOT_EXCEPTIONS: Final = frozenset(
 """Crashes outside `Exception`: they are logged as `handler_crashed`, with the traceback."""
 
 
-def error_type(kind: str, module: str) -> str:
+def error_type(kind: str) -> str:
     """The exception a crash of `kind` ends as: invalid arguments fail where they are built."""
     built = {
         "Retry(nan)": "ValueError",
@@ -81,8 +81,9 @@ def error_type(kind: str, module: str) -> str:
         "Retry('soon')": "TypeError",
         "Reject('')": "ValueError",
         "Reject(object)": "TypeError",
-        # Out of a coroutine, Python turns StopIteration into RuntimeError (PEP 479).
-        "StopIteration": "RuntimeError" if module == "fault_handlers" else "StopIteration",
+        # Out of a coroutine (the handler's, or the call that raises a thread's result again),
+        # Python turns StopIteration into RuntimeError (PEP 479).
+        "StopIteration": "RuntimeError",
     }
     return built.get(kind, kind)
 
@@ -192,7 +193,7 @@ async def test_whatever_a_handler_raises_is_a_failed_outcome_of_its_message_only
     assert not worker.actions("message_released"), worker.tail()
     for entry in worker.actions("message_failed"):
         kind = crashed_ids[entry["message_id"]]
-        assert entry["error"].startswith(error_type(kind, module)), entry
+        assert entry["error"].startswith(error_type(kind)), entry
     # Those outside `Exception` are logged with the traceback and the message id.
     crashed = worker.actions("handler_crashed")
     outside = {sent[n] for n, kind in (always | once).items() if kind in NOT_EXCEPTIONS}
