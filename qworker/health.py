@@ -1,15 +1,24 @@
 """Health: is the worker alive (its poll loops make progress) and ready (consuming, not draining)?
 
-`HealthMonitor` looks at the watched consumers' counters. A poll loop makes progress when it
-receives (empty long polls count), fails a receive and backs off, or settles a message; a consumer
-whose every slot is busy is waiting on its handlers, not stalled. A loop without progress for longer
-than `wait_time_s` plus a margin is stalled: the event loop is blocked, or a receive hangs.
-`live` is false then; `ready` means started, not stopping and not quarantined.
+`HealthMonitor` looks at the watched consumers' counters. A poll loop makes progress when a receive
+completes (a message, or an empty long poll); a failed receive is not progress, so a worker cut off
+from its server turns unhealthy once no receive completed for `wait_time_s` plus a margin, however
+often it retries. A consumer whose every slot is busy is waiting on its handlers, not stalled. A
+worker that has not reached its server (queues not resolved) within the same allowance after start
+is not live either: a mistyped endpoint does not look healthy. `ready` means started, not stopping
+and not quarantined.
 
-The worker writes the report to a small JSON file every few seconds; `qworker health` reads it and
-exits 0 (healthy) or 1 (unhealthy), which makes it the ECS container health check command. A file
-that stopped changing is stale, and so unhealthy too: whatever stopped the writer stopped the
-worker. Optionally the same report is served over HTTP on 127.0.0.1 (`/health`, `/ready`).
+`LoopLagWatch` watches the event loop from a thread: when the loop is blocked (a sync call inside an
+async handler) for longer than `health_loop_lag_s`, it logs a warning naming the handler, the
+message and where the loop is stuck (`event_loop_blocked`), reports the worker not live, and writes
+the health file itself, since the loop that normally writes it cannot.
+
+The worker writes the report to a small JSON file every few seconds, one file per worker process
+(by default `<temp dir>/qworker-health/<role>-<pid>.json`). `qworker health` reads it (without a
+file named, every running worker's file in that directory) and exits 0 (healthy) or 1 (unhealthy),
+which makes it the ECS container health check command. A file that stopped changing is stale, and
+so unhealthy too: whatever stopped the writer stopped the worker. Optionally the same report is
+served over HTTP on 127.0.0.1 (`/health`, `/ready`).
 """
 
 from __future__ import annotations
@@ -18,13 +27,17 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sys
+import sysconfig
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Final, final
 
 from qworker.consumer import Consumer, ConsumerStatistics
@@ -33,10 +46,13 @@ from qworker.settings import load_settings
 __all__ = [
     "HealthMonitor",
     "HealthReport",
+    "LoopLagWatch",
+    "default_health_dir",
     "default_health_file",
     "evaluate",
     "read_report",
     "register",
+    "running_workers_files",
     "serve_http",
     "write_report",
 ]
@@ -48,9 +64,20 @@ STALE_INTERVALS: Final = 3
 HTTP_READ_TIMEOUT_S: Final = 5.0
 
 
-def default_health_file(role: str) -> Path:
-    """The health file of a worker of `role` when the settings name none."""
-    return Path(tempfile.gettempdir()) / f"qworker-health-{role}.json"
+log = logging.getLogger(__name__)
+
+
+def default_health_dir() -> Path:
+    """Where workers write their health files when the settings name none."""
+    return Path(tempfile.gettempdir()) / "qworker-health"
+
+
+def default_health_file(role: str, pid: int | None = None) -> Path:
+    """The health file of this worker process (of `role`) when the settings name none.
+
+    One file per process: two workers on one host never overwrite each other's health.
+    """
+    return default_health_dir() / f"{role}-{os.getpid() if pid is None else pid}.json"
 
 
 @final
@@ -125,6 +152,7 @@ class HealthMonitor:
         stall_margin_s: float = 30.0,
         stale_after_s: float = 30.0,
         quarantined: Callable[[], bool] | None = None,
+        startup_allowance_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -135,10 +163,17 @@ class HealthMonitor:
             stall_margin_s: Allowed on top of `wait_time_s` before a loop counts as stalled.
             stale_after_s: Written into reports, for readers.
             quarantined: Tells whether the worker quarantined itself.
+            startup_allowance_s: How long the worker may take to reach its server (default: as
+                long as a poll loop may go without progress).
             clock: Monotonic seconds.
             wall_clock: Epoch seconds, for report times.
         """
         self.stall_after_s = wait_time_s + stall_margin_s
+        self.startup_allowance_s = (
+            self.stall_after_s if startup_allowance_s is None else startup_allowance_s
+        )
+        self.blocked: str | None = None
+        """Set by `LoopLagWatch` while the event loop is blocked: what blocks it."""
         self.stale_after_s = stale_after_s
         self._quarantined = quarantined or (lambda: False)
         self._clock = clock
@@ -147,6 +182,11 @@ class HealthMonitor:
         self._ready: Callable[[], bool] = lambda: False
         self._stopping: Callable[[], bool] = lambda: False
         self._progress: dict[int, _Progress] = {}
+        self._created_at = clock()
+
+    def consumers(self) -> Sequence[Consumer]:
+        """The consumers watched now."""
+        return self._consumers()
 
     def watch(
         self,
@@ -182,7 +222,18 @@ class HealthMonitor:
                 "idle_s": round(idle_s, 3),
             }
             if not stopping and idle_s > self.stall_after_s:
-                problems.append(f"poll loop of {name} made no progress for {idle_s:.0f} s")
+                problems.append(
+                    f"poll loop of {name} completed no receive for {idle_s:.0f} s "
+                    f"({stats.receive_errors} receive errors so far)"
+                )
+        started_s = now - self._created_at
+        if not self._ready() and not stopping and started_s > self.startup_allowance_s:
+            problems.append(
+                f"has not reached the queue server in {started_s:.0f} s since start "
+                f"(allowance {self.startup_allowance_s:g} s)"
+            )
+        if self.blocked is not None:
+            problems.append(self.blocked)
         live = not problems
         quarantined = self._quarantined()
         if quarantined:
@@ -203,12 +254,167 @@ class HealthMonitor:
         )
 
     def _idle_s(self, consumer: Consumer, stats: ConsumerStatistics, now: float) -> float:
-        settled = stats.acked + stats.failed + stats.retried + stats.rejected + stats.released
-        marker = (stats.receives, stats.receive_errors, settled)
+        # Only a completed receive is progress: failed receives and their backoff are not.
+        marker = (stats.receives,)
         seen = self._progress.get(id(consumer))
         if seen is None or seen.marker != marker or stats.in_flight >= consumer.concurrency:
             seen = self._progress[id(consumer)] = _Progress(marker, now)
         return now - seen.at
+
+
+@final
+class LoopLagWatch:
+    """Notices, from a thread, an event loop blocked for longer than `threshold_s`.
+
+    A task on the loop stamps the time every `tick_s`; a thread looks at the stamp. When it is
+    older than `threshold_s` (beyond the tick), the loop is blocked: the thread logs
+    `event_loop_blocked` at WARNING, naming the running task's handler and message and the line
+    the loop is stuck on, sets `HealthMonitor.blocked` (the worker is not live) and calls
+    `on_blocked` (which writes the health file) every tick while the block lasts. When the loop runs
+    again, `event_loop_unblocked` says for how long it was blocked.
+    """
+
+    def __init__(
+        self,
+        monitor: HealthMonitor,
+        *,
+        threshold_s: float,
+        on_blocked: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Watch the loop that will `run()` this.
+
+        Args:
+            monitor: Gets the block (`blocked`) and names handlers from its consumers.
+            threshold_s: A block longer than this is reported.
+            on_blocked: Called from the thread while the loop is blocked.
+            clock: Monotonic seconds (shared by the thread and the loop).
+        """
+        self.monitor = monitor
+        self.threshold_s = threshold_s
+        self.tick_s = min(threshold_s / 4, 1.0)
+        self._on_blocked = on_blocked
+        self._clock = clock
+        self._stamp = clock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = threading.get_ident()
+        self._blocked_since: float | None = None
+        self.blocks = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stamp the time on the loop until `stop` is set, while the thread watches."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._stamp = self._clock()
+        ended = threading.Event()
+        thread = threading.Thread(
+            target=self._watch, args=(ended,), name="qworker-loop-lag", daemon=True
+        )
+        thread.start()
+        try:
+            while not stop.is_set():
+                self._stamp = self._clock()
+                self._recovered()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.tick_s):
+                        await stop.wait()
+        finally:
+            ended.set()
+
+    def _recovered(self) -> None:
+        since = self._blocked_since
+        if since is None:
+            return
+        self._blocked_since = None
+        self.monitor.blocked = None
+        log.warning(
+            "event loop ran again after being blocked",
+            extra={"action": "event_loop_unblocked", "blocked_s": round(self._stamp - since, 3)},
+        )
+
+    def _watch(self, ended: threading.Event) -> None:
+        while not ended.wait(self.tick_s):
+            stamp = self._stamp
+            blocked_s = self._clock() - stamp - self.tick_s
+            if blocked_s <= self.threshold_s:
+                continue
+            first = self._blocked_since is None
+            if first:
+                self._blocked_since = stamp
+                self.blocks += 1
+            handler, message_id, where = self.culprit()
+            self.monitor.blocked = (
+                f"event loop blocked for {blocked_s:.1f} s by handler {handler or '?'} "
+                f"(message {message_id or '?'}) at {where}"
+            )
+            if first:
+                log.warning(
+                    "event loop blocked for %.1f s by handler %s",
+                    blocked_s,
+                    handler or "?",
+                    extra={
+                        "action": "event_loop_blocked",
+                        "handler": handler,
+                        "message_id": message_id,
+                        "where": where,
+                        "blocked_s": round(blocked_s, 3),
+                        "threshold_s": self.threshold_s,
+                    },
+                )
+            if self._on_blocked is not None:
+                self._on_blocked()
+
+    def culprit(self) -> tuple[str | None, str | None, str]:
+        """The running task's handler and message, and the line the loop thread is on.
+
+        Read from the watching thread while the loop is stuck, so everything is looked up once.
+        """
+        task = asyncio.current_task(self._loop) if self._loop is not None else None
+        handler: str | None = None
+        message_id: str | None = None
+        name = task.get_name() if task is not None else ""
+        if name.startswith("handle ") and name.endswith("]") and "[" in name:
+            queue, _, inner = name.removeprefix("handle ").partition("[")
+            inner = inner.removesuffix("]")
+            for consumer in list(self.monitor.consumers()):
+                if consumer.transport.queue_name == queue:
+                    handler = consumer.dispatcher.spec.name
+                    message_id = _running_message(consumer, inner)
+        frame = sys._current_frames().get(self._loop_thread)  # noqa: SLF001 (the only way to see it)
+        return handler, message_id, _where(frame)
+
+
+_STDLIB: Final = sysconfig.get_paths()["stdlib"]
+
+
+def _in_stdlib(filename: str) -> bool:
+    return filename.startswith(_STDLIB) and "site-packages" not in filename
+
+
+def _where(frame: FrameType | None) -> str:
+    """The innermost line outside the standard library (a handler's), and what it calls."""
+    if frame is None:
+        return "?"
+    inner = frame
+    while frame is not None and _in_stdlib(frame.f_code.co_filename):
+        frame = frame.f_back
+    if frame is None:
+        frame = inner
+    where = f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+    if frame is not inner:
+        where += f" (calling {inner.f_code.co_name})"
+    return where
+
+
+def _running_message(consumer: Consumer, inner: str) -> str | None:
+    """The message a handler task named `handle <queue>[<inner>]` runs."""
+    if not inner.startswith("group "):
+        return inner
+    group = inner.removeprefix("group ")
+    for held in consumer.heartbeat:
+        if held.started and held.message.group_id == group and not held.claimed:
+            return held.message.message_id
+    return None
 
 
 # -- the file ---------------------------------------------------------------------------------
@@ -305,8 +511,9 @@ def register(subparsers: Any) -> None:  # noqa: ANN401 (argparse's subparsers ac
     """Add `qworker health` to the CLI."""
     parser = subparsers.add_parser(
         "health",
-        help="exit 0 if the worker on this host is healthy, 1 if not (the ECS health check)",
-        description="Read the worker's health file; exit 0 when healthy, 1 when not.",
+        help="exit 0 if the worker(s) on this host are healthy, 1 if not (the ECS health check)",
+        description="Read the worker's health file; exit 0 when healthy, 1 when not. Without a "
+        "file named, every running worker's file in the default directory is read.",
     )
     parser.add_argument("--health-file", help="the file (default: from QWORKER_HEALTH_FILE)")
     parser.add_argument("--ready", action="store_true", help="also require readiness")
@@ -314,19 +521,55 @@ def register(subparsers: Any) -> None:  # noqa: ANN401 (argparse's subparsers ac
     parser.set_defaults(func=_cmd_health)
 
 
+def running_workers_files(directory: Path | None = None) -> list[Path]:
+    """The health files in `directory` (default: `default_health_dir()`) of running processes.
+
+    A worker that exited leaves its last file behind; its process id no longer runs.
+    """
+    found: list[Path] = []
+    for path in sorted((directory or default_health_dir()).glob("*-*.json")):
+        pid = path.stem.rsplit("-", 1)[-1]
+        if pid.isdigit() and _running(int(pid)):
+            found.append(path)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: it runs
+    return True
+
+
 def _cmd_health(args: argparse.Namespace) -> int:
     settings = load_settings(health_file=args.health_file)
-    path = Path(settings.health_file or default_health_file(settings.deployment_role.value))
-    try:
-        report = read_report(path)
-    except (OSError, ValueError) as exc:
-        sys.stdout.write(f"unhealthy: no readable health file at {path}: {exc}\n")
-        return EXIT_UNHEALTHY
-    problems = evaluate(
-        report, now_s=time.time(), require_ready=args.ready, max_age_s=args.max_age_s
-    )
-    if problems:
-        sys.stdout.write(f"unhealthy: {'; '.join(problems)}\n")
-        return EXIT_UNHEALTHY
-    sys.stdout.write("healthy\n")
-    return EXIT_HEALTHY
+    if settings.health_file:
+        paths = [Path(settings.health_file)]
+    else:
+        paths = running_workers_files()
+        if not paths:
+            sys.stdout.write(
+                f"unhealthy: no running worker's health file in {default_health_dir()}\n"
+            )
+            return EXIT_UNHEALTHY
+    unhealthy = 0
+    for path in paths:
+        label = f"{path}: " if len(paths) > 1 else ""
+        try:
+            report = read_report(path)
+        except (OSError, ValueError) as exc:
+            sys.stdout.write(f"unhealthy: no readable health file at {path}: {exc}\n")
+            unhealthy += 1
+            continue
+        problems = evaluate(
+            report, now_s=time.time(), require_ready=args.ready, max_age_s=args.max_age_s
+        )
+        if problems:
+            sys.stdout.write(f"unhealthy: {label}{'; '.join(problems)}\n")
+            unhealthy += 1
+        else:
+            sys.stdout.write(f"healthy{': ' + str(path) if label else ''}\n")
+    return EXIT_UNHEALTHY if unhealthy else EXIT_HEALTHY

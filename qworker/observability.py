@@ -228,6 +228,12 @@ async def _write_health(
             return
 
 
+def _write_health_now(monitor: health.HealthMonitor, path: Path) -> None:
+    """Write the report from the loop-lag thread while the loop (and its writer) is blocked."""
+    with contextlib.suppress(OSError):
+        health.write_report(path, monitor.check())
+
+
 def _quarantine(settings: QWorkerSettings, identity: Identity) -> CanaryQuarantine | None:
     if not identity.is_canary or settings.canary_quarantine_failure_rate is None:
         return None
@@ -344,6 +350,12 @@ async def build(
                     ),
                     name="write health",
                 )
+                lag = health.LoopLagWatch(
+                    monitor,
+                    threshold_s=settings.health_loop_lag_s,
+                    on_blocked=lambda: _write_health_now(monitor, path),
+                )
+                group.create_task(lag.run(stop), name="watch loop lag")
                 try:
                     yield observability
                 finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -14,11 +15,15 @@ import pytest
 from qworker.cli import main
 from qworker.consumer import Consumer
 from qworker.emf import MetricsAggregator
+from qworker.exceptions import QueueUnavailable
 from qworker.health import (
     HealthMonitor,
     HealthReport,
+    LoopLagWatch,
+    default_health_file,
     evaluate,
     read_report,
+    running_workers_files,
     serve_http,
     write_report,
 )
@@ -79,7 +84,9 @@ async def test_a_poll_loop_without_progress_is_reported_stalled_then_recovers() 
         report = monitor.check()
         assert not report.live
         assert not report.healthy
-        assert report.problems == ("poll loop of orders made no progress for 31 s",)
+        assert report.problems == (
+            "poll loop of orders completed no receive for 31 s (0 receive errors so far)",
+        )
         await fill(queue, 1)  # the long poll returns: progress
         await until(lambda: consumer.statistics().acked == 1)
         assert monitor.check().live
@@ -125,6 +132,49 @@ def test_a_worker_that_has_not_started_is_live_but_not_ready() -> None:
     report = monitor.check()
     assert report.live
     assert not report.ready
+
+
+def test_a_worker_that_never_reached_its_server_is_not_live_after_the_allowance() -> None:
+    clock = ManualClock()
+    monitor = HealthMonitor(wait_time_s=20, stall_margin_s=10, clock=clock)
+    monitor.watch(list, ready=lambda: False, stopping=lambda: False)
+    assert monitor.startup_allowance_s == 30
+    clock.advance(30)
+    assert monitor.check().healthy  # within the allowance: still starting
+    clock.advance(1)
+    report = monitor.check()
+    assert not report.healthy
+    assert report.problems[0] == (
+        "has not reached the queue server in 31 s since start (allowance 30 s)"
+    )
+
+
+async def test_failed_receives_are_not_progress() -> None:
+    clock = ManualClock()
+    queue = FakeSqs().create_queue("orders")
+    queue.fail_next("receive", QueueUnavailable("cut off"), times=1_000_000)
+    parked = asyncio.Event()
+
+    async def sleep(_: float) -> None:  # the receive backoff's (and the heartbeat's)
+        await asyncio.sleep(0)
+        if consumer.statistics().receive_errors >= 5:  # enough failed receives to count
+            parked.set()
+            await asyncio.Event().wait()
+
+    consumer = consumer_for(queue, handle_ok, wait_time_s=20, pollers=1, sleep=sleep)
+    monitor = monitor_of(consumer, clock)
+    async with asyncio.timeout(5), asyncio.TaskGroup() as group:
+        group.create_task(consumer.run())
+        monitor.check()
+        await parked.wait()
+        clock.advance(31)
+        report = monitor.check()
+        assert consumer.statistics().receive_errors == 5  # the five above
+        assert not report.live  # retrying all the time, yet cut off from the server
+        assert report.problems == (
+            "poll loop of orders completed no receive for 31 s (5 receive errors so far)",
+        )
+        consumer.stop()
 
 
 # -- the file and `qworker health` --------------------------------------------------------------
@@ -194,6 +244,86 @@ def test_health_command_finds_the_file_from_the_environment(
     write_report(path, HealthReport(time_s=0.0, live=True, ready=True))
     assert main(["health"]) == 1
     assert "old" in capsys.readouterr().out
+
+
+def test_health_command_reads_every_running_workers_own_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os  # noqa: PLC0415 (only this test needs process ids)
+    import tempfile  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    monkeypatch.delenv("QWORKER_HEALTH_FILE", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    mine = default_health_file("primary")
+    assert mine == tmp_path / "qworker-health" / f"primary-{os.getpid()}.json"
+    assert main(["health"]) == 1
+    assert "no running worker's health file" in capsys.readouterr().out
+
+    now = time.time()
+    write_report(mine, HealthReport(time_s=now, live=True, ready=True))
+    # A worker that exited long ago left an unhealthy file: it is not read (its pid is gone).
+    dead = default_health_file("primary", pid=2**22 + 1)
+    write_report(dead, HealthReport(time_s=0.0, live=False, ready=False, problems=("x",)))
+    assert running_workers_files() == [mine]
+    assert main(["health"]) == 0
+    assert capsys.readouterr().out == "healthy\n"
+
+    # Two running workers of one host: each has its own file, and both must be healthy.
+    other = default_health_file("canary", pid=os.getppid())
+    write_report(other, HealthReport(time_s=now, live=False, ready=True, problems=("stalled",)))
+    assert main(["health"]) == 1
+    out = capsys.readouterr().out
+    assert f"unhealthy: {other}: stalled" in out
+    assert f"healthy: {mine}" in out
+
+
+# -- the event loop lag watch -------------------------------------------------------------------
+
+
+async def test_a_blocked_event_loop_is_logged_naming_the_handler_and_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    queue = FakeSqs().create_queue("orders")
+    consumer = consumer_for(queue, handle_ok)
+    monitor = monitor_of(consumer, ManualClock())
+    reported = threading.Event()
+    seen: list[HealthReport] = []
+
+    def on_blocked() -> None:
+        seen.append(monitor.check())  # what the health file gets while the loop is stuck
+        reported.set()
+
+    watch = LoopLagWatch(monitor, threshold_s=0.2, on_blocked=on_blocked)
+
+    async def blocking_handler() -> None:
+        # A sync call inside an async handler: the loop is stuck until the watch reports it.
+        assert reported.wait(timeout=10)
+
+    stop = asyncio.Event()
+    with caplog.at_level(logging.WARNING, logger="qworker.health"):
+        async with asyncio.timeout(15), asyncio.TaskGroup() as group:
+            group.create_task(watch.run(stop))
+            await asyncio.sleep(0)  # the watch's thread is up
+            await group.create_task(blocking_handler(), name="handle orders[msg-1]")
+            assert monitor.blocked is not None
+            await until(lambda: monitor.blocked is None)  # the loop runs again
+            stop.set()
+
+    (line,) = [r for r in caplog.records if r.action == "event_loop_blocked"]  # type: ignore[attr-defined]
+    assert line.levelname == "WARNING"
+    assert line.handler == consumer.dispatcher.spec.name  # type: ignore[attr-defined]
+    assert line.message_id == "msg-1"  # type: ignore[attr-defined]
+    assert "blocking_handler" in line.where  # type: ignore[attr-defined]
+    assert f"by handler {consumer.dispatcher.spec.name}" in line.getMessage()
+    assert not seen[0].live
+    assert seen[0].problems[0].startswith("event loop blocked for")
+    assert "(message msg-1)" in seen[0].problems[0]
+    assert [r.action for r in caplog.records if r.action.startswith("event_loop")] == [  # type: ignore[attr-defined]
+        "event_loop_blocked",
+        "event_loop_unblocked",
+    ]
+    assert monitor.check().live
 
 
 # -- HTTP ---------------------------------------------------------------------------------------
