@@ -7,8 +7,9 @@ The drill plays the pipeline's canary stage on one machine, with real processes 
    (`--embedded`);
 2. one queue and its dead-letter queue (redrive policy, `maxReceiveCount` 5);
 3. two `qworker run handlers.drill` subprocesses on that queue: the PRIMARY on the good version
-   `v1` with many pollers, and the CANARY on `v2` (or the defective `v2-defect` with `--defect`)
-   with one poller and a few slots, so it receives about a tenth of the traffic;
+   `v1` with many pollers, and the CANARY on `v2` (or a defective version with `--defect KIND`:
+   `bug` fails yen payments, `rejects` rejects GBP payments, `slow` is six times slower) with one
+   poller and a few slots, so it receives about a tenth of the traffic;
 4. a producer sending a steady mix of orders, payments and e-mails;
 5. the canary judge (`qworker.canary.judge.run_bake`, the pipeline's code) reading the two roles'
    first-attempt counts from the server's CloudWatch, where both workers publish every 2 s,
@@ -18,7 +19,8 @@ The drill plays the pipeline's canary stage on one machine, with real processes 
    the canary's version);
 7. a drain and an audit: every message sent must have succeeded and been deleted, none may be in
    the dead-letter queue (a failing canary releases its failures at once, so the primary retries
-   them), and every worker must exit 0.
+   them, and hands a rejected first attempt back instead of dead-lettering it), and every worker
+   must exit 0.
 
 It prints the evidence (a table per role with the p-value, decision and reasons), the measured
 traffic share, the audit, and writes a PNG chart of both roles' failure rates over the bake; the
@@ -40,8 +42,11 @@ from qworker.drill.config import (
     GOOD_VERSION,
     NEW_VERSION,
     RATE_EMBEDDED,
+    REJECTS_VERSION,
+    SLOW_VERSION,
     Action,
     Capacity,
+    Defect,
     DrillConfig,
     DrillError,
 )
@@ -58,9 +63,12 @@ __all__ = [
     "MIX",
     "NEW_VERSION",
     "RATE_EMBEDDED",
+    "REJECTS_VERSION",
+    "SLOW_VERSION",
     "Accounting",
     "Action",
     "Capacity",
+    "Defect",
     "DrillConfig",
     "DrillError",
     "DrillReport",

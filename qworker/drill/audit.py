@@ -21,7 +21,7 @@ class WorkerTally:
     version: str
     attempts: int = 0
     first_attempts: int = 0
-    first_attempt_failed: int = 0
+    first_attempt_failed: int = 0  # every first attempt that did not succeed
     succeeded: int = 0
 
     @property
@@ -41,7 +41,7 @@ class Accounting:
     succeeded_twice: int  # at-least-once: events that succeeded more than once
     left_on_queue: int
     dead_lettered: int
-    canary_failed: int  # distinct events a canary failed at least once
+    canary_failed: int  # distinct events a canary did not succeed at least once (failed, rejected)
     canary_failures_recovered_by: dict[str, int]  # who then succeeded them ("primary v1": n)
     tallies: tuple[WorkerTally, ...]
 
@@ -81,9 +81,9 @@ def account(
         tally["succeeded"] += a["outcome"] == "succeeded"
         if a["receive_count"] == 1:
             tally["first"] += 1
-            tally["first_failed"] += a["outcome"] == "failed"
+            tally["first_failed"] += a["outcome"] != "succeeded"
     canary_failed = {
-        a["event_id"] for a in attempts if a["role"] == "canary" and a["outcome"] == "failed"
+        a["event_id"] for a in attempts if a["role"] == "canary" and a["outcome"] != "succeeded"
     }
     recovered = Counter(
         f"{a['role']} {a['version']}"

@@ -20,7 +20,10 @@ from qworker.drill.config import (
     NEW_VERSION,
     RATE_EMBEDDED,
     RATE_LOCALSTACK,
+    REJECTS_VERSION,
+    SLOW_VERSION,
     Capacity,
+    Defect,
     DrillConfig,
     DrillError,
 )
@@ -42,8 +45,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--defect",
-        action="store_true",
-        help=f"the canary runs {DEFECT_VERSION}, which fails yen payments (default: {NEW_VERSION})",
+        nargs="?",
+        const=Defect.BUG.value,
+        choices=[d.value for d in Defect],
+        help=(
+            f"the canary runs a defective version instead of {NEW_VERSION}: bug ({DEFECT_VERSION}, "
+            f"the default kind: fails yen payments), rejects ({REJECTS_VERSION}: rejects GBP "
+            f"payments, which must be handed back, not dead-lettered) or slow ({SLOW_VERSION}: "
+            "six times slower)"
+        ),
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--endpoint-url", help="a running LocalStack (default: start one)")
@@ -102,7 +112,7 @@ def _config(args: argparse.Namespace) -> DrillConfig:
         alpha=args.alpha,
     )
     return DrillConfig(
-        defect=args.defect,
+        defect=Defect(args.defect) if args.defect else None,
         endpoint_url=args.endpoint_url,
         embedded=args.embedded,
         rate=args.rate,

@@ -13,6 +13,8 @@ from qworker.exceptions import ConfigError
 GOOD_VERSION: Final = "v1"
 NEW_VERSION: Final = "v2"
 DEFECT_VERSION: Final = "v2-defect"
+REJECTS_VERSION: Final = "v2-rejects"
+SLOW_VERSION: Final = "v2-slow"
 SERVICE: Final = "qworker-drill"
 REGION: Final = "us-east-1"
 HANDLER_MODULE: Final = "handlers.drill"
@@ -43,6 +45,23 @@ class DrillError(RuntimeError):
     """The drill could not run to the end (a worker died, the server failed, ...)."""
 
 
+class Defect(enum.StrEnum):
+    """What is wrong with the canary's version (`--defect KIND`)."""
+
+    BUG = "bug"  # fails every yen payment
+    REJECTS = "rejects"  # rejects (`Reject`) every GBP payment: a verdict the canary is wrong about
+    SLOW = "slow"  # six times slower on every event
+
+    @property
+    def version(self) -> str:
+        """The handler version (`handlers.drill`) with this defect."""
+        return {
+            Defect.BUG: DEFECT_VERSION,
+            Defect.REJECTS: REJECTS_VERSION,
+            Defect.SLOW: SLOW_VERSION,
+        }[self]
+
+
 class Action(enum.StrEnum):
     """What the drill did with the verdict."""
 
@@ -64,7 +83,7 @@ class Capacity:
 class DrillConfig:
     """Everything a drill needs; the defaults are the documented drill."""
 
-    defect: bool = False
+    defect: Defect | bool | None = None  # True: Defect.BUG
     endpoint_url: str | None = None
     embedded: bool = False
     rate: float | None = None  # messages per second; None: per backend
@@ -85,6 +104,12 @@ class DrillConfig:
         Raises:
             ConfigError: Naming the setting.
         """
+        if self.defect is True:
+            object.__setattr__(self, "defect", Defect.BUG)
+        elif self.defect is False:
+            object.__setattr__(self, "defect", None)
+        elif self.defect is not None:
+            object.__setattr__(self, "defect", Defect(self.defect))
         if self.endpoint_url is not None and self.embedded:
             raise ConfigError("give --endpoint-url or --embedded, not both")
         checks = {
@@ -100,7 +125,7 @@ class DrillConfig:
     @property
     def canary_version(self) -> str:
         """The version the canary starts on."""
-        return DEFECT_VERSION if self.defect else NEW_VERSION
+        return self.defect.version if isinstance(self.defect, Defect) else NEW_VERSION
 
     @property
     def send_rate(self) -> float:

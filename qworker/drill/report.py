@@ -29,9 +29,9 @@ def progress(verdict: Verdict) -> str:
     c, p = ev.canary, ev.primary
     z = "-" if ev.z is None or ev.critical_z is None else f"{ev.z:.2f} (needs {ev.critical_z:.2f})"
     return (
-        f"[{ev.elapsed_s:5.0f} s] {verdict.decision.value}: canary {c.first_attempt_failed}/"
+        f"[{ev.elapsed_s:5.0f} s] {verdict.decision.value}: canary {c.first_attempt_unsucceeded}/"
         f"{c.first_attempt_processed} failed ({_pct(ev.canary_rate)}), primary "
-        f"{p.first_attempt_failed}/{p.first_attempt_processed} ({_pct(ev.primary_rate)}), "
+        f"{p.first_attempt_unsucceeded}/{p.first_attempt_processed} ({_pct(ev.primary_rate)}), "
         f"canary share {_pct(_share(verdict), '.1%')}, z {z}"
     )
 
@@ -118,7 +118,7 @@ def _evidence_table(report: DrillReport) -> list[str]:
             "canary",
             report.canary_version,
             str(ev.canary.first_attempt_processed),
-            str(ev.canary.first_attempt_failed),
+            str(ev.canary.first_attempt_unsucceeded),
             _pct(ev.canary_rate),
             "-" if ev.p_value is None else f"{ev.p_value:.2g}",
             verdict,
@@ -127,7 +127,7 @@ def _evidence_table(report: DrillReport) -> list[str]:
             "primary",
             report.primary_version,
             str(ev.primary.first_attempt_processed),
-            str(ev.primary.first_attempt_failed),
+            str(ev.primary.first_attempt_unsucceeded),
             _pct(ev.primary_rate),
             "(baseline)",
             "(baseline)",
