@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
-from qworker import dlq, drill, health, observability, shutdown, tracing
+from qworker import dlq, drill, health, observability, queue_cli, shutdown, tracing
 from qworker.app import QWorker
 from qworker.canary import cli as canary_cli
 from qworker.concurrency import leaves
@@ -265,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     canary_cli.register(sub)
     health.register(sub)
     dlq.register(sub)
+    queue_cli.register(sub)
     drill.register(sub)
     return parser
 
