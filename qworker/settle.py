@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from typing import Final, final
 
 from qworker.batch import Batcher
-from qworker.exceptions import TransientTransportError, TransportError
+from qworker.exceptions import QueueDoesNotExist, TransientTransportError, TransportError
 from qworker.message import HOPS_ATTRIBUTE, ORIGINAL_ID_ATTRIBUTE
 from qworker.outcome import SQS_MAX_VISIBILITY_S, Outcome, OutcomeRecord, RetryPolicy
 from qworker.transport import Message, MessageAttribute, QueueTransport, SendEntry
@@ -286,7 +286,14 @@ class Settler:
             # No dead-letter queue we may write to.
             await self._leave_for_redrive(message)
             return True
-        if await self._send_dead_letter(message, dead_letter_attributes(message, record)):
+        try:
+            sent = await self._send_dead_letter(message, dead_letter_attributes(message, record))
+        except QueueDoesNotExist as exc:
+            # Deleted while the worker ran: say so, not "refused", and leave it to the policy.
+            self._dead_letter_missing(message, record, str(exc))
+            await self._leave_for_redrive(message)
+            return True
+        if sent:
             return await self._acknowledge(message, record)
         # Refused with our attributes (a body near the size limit leaves no room for them): the
         # message as it was sent always fits, so it goes without them, its reason in the log.
@@ -313,6 +320,19 @@ class Settler:
         await self._leave_for_redrive(message)
         return True
 
+    def _dead_letter_missing(self, message: Message, record: OutcomeRecord, error: str) -> None:
+        assert self._dead_letter is not None  # noqa: S101 (checked by the caller)
+        log.error(
+            "dead-letter queue does not exist; leaving the rejected message for the redrive policy",
+            extra={
+                "action": "dead_letter_missing",
+                "queue": record.queue,
+                "dead_letter_queue": self._dead_letter.queue_name,
+                "message_id": message.message_id,
+                "error": error,
+            },
+        )
+
     async def _leave_for_redrive(self, message: Message) -> None:
         """Hide a rejected message for the longest backoff, never to be retried blindly.
 
@@ -335,7 +355,7 @@ class Settler:
         )
         try:
             failures = await self._dead_letter.send_batch([entry])
-        except TransientTransportError:
+        except (TransientTransportError, QueueDoesNotExist):
             raise
         except TransportError:
             return False  # e.g. the batch request too long: the request's fault

@@ -237,6 +237,9 @@ def test_metrics_and_quarantine_do_not_count_copies_as_first_attempts() -> None:
 # -- LocalStack: a healthy primary and a failing canary, real worker processes -------------------
 
 
+VERBS = {"fail": "fails", "reject": "rejects", "retry": "retries"}
+
+
 class Start(Protocol):
     def __call__(
         self, queue_name: str, journal: Path, role: str, *flags: str, defect: str = ""
@@ -335,7 +338,7 @@ async def test_a_failing_canary_leaves_the_dead_letter_queue_empty(
     handed = canary.actions("handed_back")
     hops = Counter(e["hops"] for e in handed)
     report = await account_for(
-        f"hand-back: canary {defect}s every message (maxReceiveCount 2)",
+        f"hand-back: the canary {VERBS[defect]} every message (maxReceiveCount 2)",
         queues,
         sent=sent,
         journal=journal,
