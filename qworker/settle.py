@@ -12,13 +12,14 @@
 A canary on a standard queue (`max_hops` > 0) hands a `failed`, `retried` or `rejected` first
 delivery back instead: it sends a fresh copy of the message to the same queue (same body, the
 message's attributes and trace header, `qworker.hops` one higher, `qworker.original_message_id`
-kept), and deletes the original only once the copy is confirmed. The copy starts with a full
-receive budget, so a failing canary costs the message latency, never its `maxReceiveCount`, and
-only the primary ever dead-letters. A copy the canary gets again is its first delivery too, and is
-handed back again: an idle canary may take a copy several times in a row, and releasing it would
-spend the copy's budget just the same. A failed delete after the send leaves a duplicate, which
-at-least-once delivery allows; nothing is ever lost. A later delivery (the primary failed it
-before) is not handed back: the canary releases it, a `Reject` included.
+kept; a `Retry`'s copy is delayed by the asked delay, jittered), and deletes the original only once
+the copy is confirmed. The copy starts with a full receive budget, so a failing canary costs the
+message latency, never its `maxReceiveCount`, and only the primary ever dead-letters. A copy the
+canary gets again is its first delivery too, and is handed back again: an idle canary may take a
+copy several times in a row, and releasing it would spend the copy's budget just the same. A failed
+delete after the send leaves a duplicate, which at-least-once delivery allows; nothing is ever lost.
+A later delivery (the primary failed it before) is not handed back: the canary releases it, a
+`Reject` included.
 
 It is bounded: a message that already made `max_hops` hops, or one that cannot be copied (no room
 for the hop attribute among SQS's 10 message attributes, a copy over the size limit, a refused or
@@ -38,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import random
 from collections.abc import Mapping
 from typing import Final, final
 
@@ -204,7 +206,7 @@ class Settler:
         elif record.outcome is Outcome.RETRIED and (record.delay_s or 0) > SQS_MAX_DELAY_S:
             why = f"retry delay {record.delay_s:g} s is above SendMessage's {SQS_MAX_DELAY_S} s"
         else:
-            delay = math.ceil(record.delay_s or 0) if record.outcome is Outcome.RETRIED else 0
+            delay = _copy_delay(record.delay_s) if record.outcome is Outcome.RETRIED else 0
             entry = hand_back_entry(message, hops, delay)
             if entry is None:
                 why = (
@@ -397,6 +399,18 @@ def dead_letter_attributes(
             break
         attributes[name] = MessageAttribute("String", value)
     return attributes
+
+
+def _copy_delay(asked_s: float | None) -> int:
+    """The DelaySeconds of a retried message's copy: the asked delay, jittered up by half (>= 1 s).
+
+    Without jitter a copy delayed by a whole number of seconds can come back in step with the idle
+    canary's long polls, and find the canary first every time.
+    """
+    delay = math.ceil(asked_s or 0)
+    if delay == 0:
+        return 0
+    return min(delay + random.randint(0, max(1, delay // 2)), SQS_MAX_DELAY_S)  # noqa: S311 (jitter)
 
 
 def hand_back_entry(message: Message, hops: int, delay_s: int = 0) -> SendEntry | None:
