@@ -34,6 +34,7 @@ from test_faults import (
     FAST_RETRY,
     STOP_S,
     TESTS,
+    WAIT_S,
     Queues,
     WorkerProcess,
     account_for,
@@ -43,6 +44,10 @@ from test_faults import (
     wait_journal,
     wait_settled,
 )
+
+from qworker.local import dead_letter_name
+
+EXIT_CONFIG: Final = 2
 
 BYSTANDERS: Final = 12
 """Ordinary messages sent around the crashing ones: all must succeed, once each."""
@@ -279,3 +284,53 @@ async def test_sighup_drains_like_sigterm(
     assert sorted([*finished, *report.left_queued]) == list(range(total)), report
     assert set(report.left_queued), report  # it stopped mid-work: some were never started
     assert [e["signal"] for e in worker.actions("signal")] == [signum.name], worker.tail()
+
+
+@scenario
+async def test_dlq_deleted_at_run_time_is_reported_as_such(
+    sqs_client: Any, tmp_path: Path, spawn_module: SpawnModule
+) -> None:
+    """The dead-letter queue is deleted under a running worker. A rejected message is logged as
+    `dead_letter_missing` naming the DLQ (not "refused") and left for the redrive policy; when the
+    server then refuses receives (LocalStack cannot redrive a message past maxReceiveCount into
+    a missing DLQ, and answers ReceiveMessage with NonExistentQueue), the worker exits 2 naming
+    the dead-letter queue, not saying that the source queue does not exist.
+
+    The message the server tried to redrive is gone: LocalStack 4.13.1 drops it from the source
+    queue when its redrive target is missing, before the worker ever sees it (the journal shows
+    it failed maxReceiveCount times in this worker; the receive that would have moved it failed).
+    That loss is the server's, and the reason a missing DLQ must stop start-up; the accounting
+    pins it to that one message: every other one is deleted after success or still queued."""
+    queues = await make_queues(sqs_client, "faults-dlqgone", max_receive_count=2)
+    sent = await send_tagged(sqs_client, queues.url, {n: job(n) for n in range(5)})
+    journal = tmp_path / "journal.txt"
+    worker = spawn_module("fault_handlers", queues, journal, *FAST_RETRY)
+    await wait_settled(queues, [worker])
+    await sqs_client.delete_queue(QueueUrl=queues.dlq_url)
+    sent |= await send_tagged(sqs_client, queues.url, {10: job(10, reject=True)})
+    await wait_journal(journal, lambda j: 10 in j.count("reject"), "the reject", [worker])
+    sent |= await send_tagged(sqs_client, queues.url, {11: job(11, fail=True)})
+    code = await worker.wait(WAIT_S)
+    # The DLQ is back for the accounting: both queues are drained and every message found.
+    dlq_name = dead_letter_name(queues.name)
+    await sqs_client.create_queue(QueueName=dlq_name)
+    report = await account_for(
+        "DLQ deleted at run time", queues, sent=sent, journal=journal, timings={}
+    )
+
+    assert code == EXIT_CONFIG, worker.tail()
+    lines = worker.log_path.read_text(encoding="utf-8").splitlines()
+    (error,) = [line for line in lines if not line.startswith("{")]
+    assert error.startswith(f"qworker: error: dead-letter queue {dlq_name!r}"), error
+    assert "was deleted while the worker ran" in error, error
+    assert not [e for e in worker.logs() if "exception" in e], worker.tail()
+    missing = worker.actions("dead_letter_missing")
+    assert missing, worker.tail()
+    assert {e["dead_letter_queue"] for e in missing} == {dlq_name}, missing
+    assert {e["message_id"] for e in missing} == {sent[10]}, missing
+    assert not worker.actions("dead_letter_refused"), worker.tail()
+    assert not report.duplicates, report
+    assert report.deleted_after_success == list(range(5)), report
+    assert report.left_queued == [10], report  # rejected, left for the redrive policy
+    assert report.journal.count("fail") == {11: queues.max_receive_count}, report
+    assert report.lost == [11], report  # dropped by the server's failed redrive (see above)
