@@ -1,9 +1,9 @@
 """A small CloudWatch metric-math evaluator, to check the alarms in deploy/alarms.yaml offline.
 
 It implements exactly what those alarms use: numbers, query ids, `+ - * /`, unary minus, the
-comparisons `== != < <= > >=`, `AND`/`&&`, `OR`/`||`, parentheses, `IF(condition, a, b)` and
-`FILL(series, value)`. Anything else raises `MetricMathError`, so an alarm that starts using a new
-function fails its test until the evaluator learns it.
+comparisons `== != < <= > >=`, `AND`/`&&`, `OR`/`||`, parentheses, `IF(condition, a, b)`,
+`FILL(series, value)` and `DIFF(series)`. Anything else raises `MetricMathError`, so an alarm
+that starts using a new function fails its test until the evaluator learns it.
 
 Missing values follow the CloudWatch documentation ("Using metric math", sections on arithmetic,
 comparison operators and IF):
@@ -13,6 +13,9 @@ comparison operators and IF):
 - A division by zero drops the point.
 - `IF(c, a, b)`: where `c` is missing, missing; where true, `a` (0 if `a` is a series missing
   there); where false, `b` (missing if `b` is a series missing there).
+- `DIFF(ts)` is each value minus the preceding value of the series ("Metric math functions"); the
+  first point has no preceding value and is missing, a missing point stays missing, and the point
+  after a gap is compared with the last value before it.
 - `FILL(ts, v)` gives every period of the queried range a value, which is why a FILL'ed alarm
   never has missing data and why its newest, not yet reported period reads as the fill value.
 
@@ -44,7 +47,7 @@ Series = tuple[float | None, ...]
 Value = float | Series
 AlarmState = Literal["OK", "ALARM"]
 
-FUNCTIONS: Final = frozenset({"IF", "FILL"})
+FUNCTIONS: Final = frozenset({"IF", "FILL", "DIFF"})
 
 _TOKEN: Final = re.compile(
     r"\s*(?:(?P<number>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+)"
@@ -244,7 +247,21 @@ class _Parser:
         arguments = self._arguments()
         if name == "FILL":
             return _fill(arguments, self.expression)
+        if name == "DIFF":
+            return _diff(arguments, self.expression)
         return _if(arguments, self.expression)
+
+
+def _diff(arguments: Sequence[Value], expression: str) -> Series:
+    if len(arguments) != 1 or not isinstance(arguments[0], tuple):
+        raise MetricMathError(f"DIFF takes one series: {expression!r}")
+    result: list[float | None] = []
+    previous: float | None = None
+    for value in arguments[0]:
+        result.append(None if value is None or previous is None else value - previous)
+        if value is not None:
+            previous = value
+    return tuple(result)
 
 
 def _fill(arguments: Sequence[Value], expression: str) -> Series:

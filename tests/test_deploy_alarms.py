@@ -9,6 +9,7 @@ it is not, when there is too little traffic to tell, and when data is missing.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -24,7 +25,7 @@ from metric_math import (
     evaluate_alarm,
     functions_used,
 )
-from test_deploy_templates import ALARM_PARAMS, Renderer, render
+from test_deploy_templates import ALARM_PARAMS, SERVICE_PARAMS, Renderer, render
 
 from qworker.metrics import DEFAULT_NAMESPACE
 
@@ -33,11 +34,16 @@ MINUTES: Final = 30
 
 @dataclass(frozen=True)
 class Traffic:
-    """One role's minute: first attempts (all processed), failures, mean processing time."""
+    """One role's minute: first attempts (all processed), failures, mean processing time.
+
+    `failures` raised or timed out (FirstAttemptFailed); `retried` asked for a retry instead of
+    succeeding. Both are FirstAttemptUnsucceeded, which the alarms watch.
+    """
 
     attempts: float
     failures: float = 0
     latency_ms: float = 100
+    retried: float = 0
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Minute:
     canary: Traffic | None
     primary: Traffic | None
     backlog: float | None = 0
+    dlq: float | None = 0
 
 
 HEALTHY: Final = Minute(canary=Traffic(40, 0.4), primary=Traffic(800, 8))
@@ -59,7 +66,9 @@ def steady(minute: Minute, count: int = MINUTES) -> list[Minute]:
 def _minute_value(minute: Minute, metric: Mapping[str, Any]) -> tuple[float, float] | None:
     """(value, weight) of one metric in one minute, or None when nothing was published."""
     if metric["Namespace"] == "AWS/SQS":
-        return None if minute.backlog is None else (minute.backlog, 1)
+        queue = {d["Name"]: d["Value"] for d in metric["Dimensions"]}["QueueName"]
+        visible = minute.dlq if queue == ALARM_PARAMS["DeadLetterQueueName"] else minute.backlog
+        return None if visible is None else (visible, 1)
     assert metric["Namespace"] == DEFAULT_NAMESPACE
     role = {d["Name"]: d["Value"] for d in metric["Dimensions"]}["DeploymentRole"]
     traffic = minute.canary if role == "canary" else minute.primary
@@ -69,6 +78,7 @@ def _minute_value(minute: Minute, metric: Mapping[str, Any]) -> tuple[float, flo
         "FirstAttemptProcessed": traffic.attempts,
         "Processed": traffic.attempts,
         "FirstAttemptFailed": traffic.failures,
+        "FirstAttemptUnsucceeded": traffic.failures + traffic.retried,
         "ProcessingTime": traffic.latency_ms,
     }
     return values[metric["MetricName"]], traffic.attempts
@@ -82,6 +92,8 @@ def _aggregate(points: Sequence[tuple[float, float] | None], stat: str) -> float
         return sum(value for value, _ in present)
     if stat == "Minimum":
         return min(value for value, _ in present)
+    if stat == "Maximum":
+        return max(value for value, _ in present)
     assert stat == "Average"
     weight = sum(w for _, w in present)
     return sum(v * w for v, w in present) / weight if weight else None
@@ -268,6 +280,7 @@ def test_every_alarm_evaluates_on_a_healthy_fleet(alarms: AlarmSet) -> None:
         "canary-silent",
         "canary-latency",
         "fleet-failure-rate",
+        "dlq-arrivals",
         "canary",
     }
     assert firing(states) == set()
@@ -297,6 +310,50 @@ def test_a_canary_that_stops_taking_messages_under_backlog_fires(alarms: AlarmSe
     assert firing(alarms.states(steady(idle))) == {"canary-silent", "canary"}
     gone = replace(idle, canary=None)  # not even the idle zeros: the canary is not running
     assert firing(alarms.states(steady(gone))) == {"canary-silent", "canary"}
+
+
+def test_a_canary_that_turns_successes_into_retries_fires(alarms: AlarmSet) -> None:
+    # Nothing raised (FirstAttemptFailed stays at the primary's 1%), but 10% of the canary's first
+    # attempts asked for a retry: FirstAttemptUnsucceeded sees it.
+    retrying = replace(HEALTHY, canary=Traffic(40, 0.4, retried=4))
+    assert firing(alarms.states(steady(retrying))) == {
+        "canary-failure-rate",
+        "canary-vs-primary",
+        "canary",
+    }
+
+
+def test_the_alarms_watch_first_attempts_that_did_not_succeed(alarms: AlarmSet) -> None:
+    for name in ("canary-failure-rate", "canary-vs-primary", "fleet-failure-rate"):
+        metrics = {
+            q["MetricStat"]["Metric"]["MetricName"]
+            for q in alarms.alarms[name].properties["Metrics"]
+            if "MetricStat" in q
+        }
+        assert metrics == {"FirstAttemptProcessed", "FirstAttemptUnsucceeded"}, name
+
+
+def test_messages_arriving_in_the_dlq_notify(alarms: AlarmSet) -> None:
+    quiet = steady(HEALTHY)
+    arriving = [*steady(HEALTHY, MINUTES - 1), replace(HEALTHY, dlq=3)]
+    assert firing(alarms.states(quiet)) == set()
+    # Only the DLQ alarm: it notifies, nothing gates or rolls back on it.
+    assert firing(alarms.states(arriving)) == {"dlq-arrivals"}
+    # Messages that stay in the DLQ are not new arrivals; a drained DLQ is not either.
+    resting = [replace(HEALTHY, dlq=3)] * MINUTES
+    draining = [*resting[:-1], replace(HEALTHY, dlq=0)]
+    assert alarms.alarms["dlq-arrivals"].state(resting) == "OK"
+    assert alarms.alarms["dlq-arrivals"].state(draining) == "OK"
+    # A minute without SQS data is no arrival, and the next one compares with the last value.
+    gap = [*resting[:-2], replace(HEALTHY, dlq=None), replace(HEALTHY, dlq=3)]
+    assert alarms.alarms["dlq-arrivals"].state(gap) == "OK"
+
+
+def test_diff_follows_the_documented_definition() -> None:
+    env = {"a": (1.0, 3.0, None, 2.0, 2.0)}
+    assert evaluate("DIFF(a)", env, 5) == (None, 2.0, None, -1.0, 0.0)
+    with pytest.raises(MetricMathError):
+        evaluate("DIFF(a, 1)", env, 5)
 
 
 def test_a_slow_canary_fires(alarms: AlarmSet) -> None:
@@ -369,3 +426,71 @@ def test_sub_millisecond_latencies_are_not_a_ratio(alarms: AlarmSet) -> None:
     assert alarms.alarms["canary-latency"].state(steady(fast)) == "OK"
     close = replace(HEALTHY, canary=Traffic(40, 0.4, latency_ms=110))
     assert alarms.alarms["canary-latency"].state(steady(close)) == "OK"
+
+
+# -- the canary's share: its scaling policy on modelled running task counts ----------------------
+
+
+def _canary_tasks_after_scaling(
+    primary_tasks: int | None, *, share: int, primary_pollers: int
+) -> int:
+    """Where target tracking settles the canary: capacity x metric / target, rounded up."""
+    canary = render(
+        "service.yaml",
+        {
+            **SERVICE_PARAMS,
+            "DeploymentRole": "canary",
+            "Pollers": 1,
+            "PrimaryPollers": primary_pollers,
+            "CanarySharePercent": share,
+            "MinCapacity": 1,
+            "MaxCapacity": 200,
+        },
+    )
+    (policy,) = canary.resources("AWS::ApplicationAutoScaling::ScalingPolicy").values()
+    configuration = policy["Properties"]["TargetTrackingScalingPolicyConfiguration"]
+    queries = configuration["CustomizedMetricSpecification"]["Metrics"]
+    (expression,) = (q["Expression"] for q in queries if q["ReturnData"])
+    target = float(configuration["TargetValue"])
+    (target_properties,) = canary.resources("AWS::ApplicationAutoScaling::ScalableTarget").values()
+    low = int(target_properties["Properties"]["MinCapacity"])
+    high = int(target_properties["Properties"]["MaxCapacity"])
+    tasks = low
+    for _ in range(20):
+        primary = None if primary_tasks is None else float(primary_tasks)
+        env = {"primaryTasks": (primary,), "canaryTasks": (float(tasks),)}
+        (metric,) = evaluate(expression, env, 1)  # type: ignore[misc]
+        if metric is None:  # no datapoint: target tracking does nothing
+            return tasks
+        wanted = max(low, min(high, math.ceil(round(tasks * metric / target, 9))))
+        if wanted == tasks:
+            return tasks
+        tasks = wanted
+    raise AssertionError("target tracking did not settle")
+
+
+@pytest.mark.parametrize("primary_tasks", [2, 3, 5, 9, 20, 50, 100])
+def test_the_canary_share_stays_near_its_setting_as_the_primary_scales(primary_tasks: int) -> None:
+    pollers = 4
+    canary = _canary_tasks_after_scaling(primary_tasks, share=10, primary_pollers=pollers)
+    # The fewest whole canary tasks whose single pollers are at least 10% of all loops: at two
+    # primary tasks that is one canary task, 1 / (1 + 2 x 4) = 11%; rounding up to a whole task
+    # matters less the larger the fleet.
+    assert canary == max(1, math.ceil(primary_tasks * pollers * 10 / 90))
+    share = canary / (canary + primary_tasks * pollers)
+    assert share >= 0.10 - 1e-9
+    if primary_tasks >= 20:
+        assert share < 0.115
+
+
+def test_the_canary_share_setting_moves_the_canary() -> None:
+    assert _canary_tasks_after_scaling(20, share=5, primary_pollers=4) == 5  # 5 / 85 = 5.9%
+    assert _canary_tasks_after_scaling(20, share=20, primary_pollers=4) == 20  # 20 / 100
+    assert _canary_tasks_after_scaling(20, share=10, primary_pollers=1) == 3  # 3 / 23 = 13%
+
+
+def test_without_a_primary_the_canary_stays_at_its_minimum() -> None:
+    # No RunningTaskCount for a primary that does not exist: metric math reads the missing side as
+    # 0, so the canary is asked for no tasks and target tracking keeps it at MinCapacity.
+    assert _canary_tasks_after_scaling(None, share=10, primary_pollers=4) == 1
+    assert _canary_tasks_after_scaling(0, share=10, primary_pollers=4) == 1

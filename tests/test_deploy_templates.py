@@ -13,6 +13,7 @@ import fnmatch
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -26,6 +27,7 @@ from qworker.metrics import DEFAULT_NAMESPACE, DIMENSION_SETS, MetricName
 
 DEPLOY: Final = Path(__file__).resolve().parent.parent / "deploy"
 TEMPLATES: Final = sorted(DEPLOY.glob("*.yaml"))
+BUILDSPECS: Final = sorted(DEPLOY.glob("*.yml"))
 
 ACCOUNT: Final = "123456789012"
 REGION: Final = "eu-central-1"
@@ -62,7 +64,11 @@ PIPELINE_PARAMS: Final[dict[str, Any]] = {
     "QueueName": "orders",
     "DeadLetterQueueName": "orders-dlq",
 }
-ALARM_PARAMS: Final[dict[str, Any]] = {"ServiceName": "orders", "QueueName": "orders"}
+ALARM_PARAMS: Final[dict[str, Any]] = {
+    "ServiceName": "orders",
+    "QueueName": "orders",
+    "DeadLetterQueueName": "orders-dlq",
+}
 
 # AWS metrics the templates may use besides the framework's own: the backlog and the task count.
 AWS_METRICS: Final[dict[tuple[str, str], frozenset[str]]] = {
@@ -76,11 +82,13 @@ RESOURCE_STAR_ONLY: Final = frozenset(
         "ecr:GetAuthorizationToken",
         "cloudwatch:PutMetricData",  # scoped by a cloudwatch:namespace condition instead
         "cloudwatch:GetMetricData",
-        "cloudwatch:DescribeAlarms",  # composite alarms are only returned for "*"
+        "cloudwatch:DescribeAlarms",  # read-only; composite alarms are only returned for "*"
+        "cloudformation:ValidateTemplate",
         "ecs:RegisterTaskDefinition",
         "ecs:DeregisterTaskDefinition",
         "ecs:DescribeTaskDefinition",
         "logs:DescribeLogGroups",
+        "logs:DescribeResourcePolicies",
         "application-autoscaling:DescribeScalableTargets",
         "application-autoscaling:DescribeScalingPolicies",
         "application-autoscaling:DescribeScheduledActions",
@@ -405,15 +413,28 @@ def test_pipeline_is_v2_queued_without_manual_approval(pipeline: Renderer) -> No
     properties = resource["Properties"]
     assert properties["PipelineType"] == "V2"
     assert properties["ExecutionMode"] == "QUEUED"
-    assert [s["Name"] for s in properties["Stages"]] == ["Source", "Build", "Canary", "Primary"]
+    assert [s["Name"] for s in properties["Stages"]] == [
+        "Source",
+        "Build",
+        "Baseline",
+        "Canary",
+        "Primary",
+    ]
     categories = {a["ActionTypeId"]["Category"] for s in properties["Stages"] for a in s["Actions"]}
     assert "Approval" not in categories
 
 
-def test_manual_approval_is_only_an_option() -> None:
+def test_manual_approval_is_its_own_stage_before_primary() -> None:
     renderer = render("pipeline.yaml", {**PIPELINE_PARAMS, "RequireManualApproval": "true"})
-    actions = pipeline_stage(renderer, "Primary")["Actions"]
-    assert actions[0]["ActionTypeId"]["Category"] == "Approval"
+    (resource,) = renderer.resources("AWS::CodePipeline::Pipeline").values()
+    names = [s["Name"] for s in resource["Properties"]["Stages"]]
+    assert names[names.index("Canary") + 1 :] == ["Approve", "Primary"]
+    (approval,) = pipeline_stage(renderer, "Approve")["Actions"]
+    assert approval["ActionTypeId"]["Category"] == "Approval"
+    categories = {
+        a["ActionTypeId"]["Category"] for a in pipeline_stage(renderer, "Primary")["Actions"]
+    }
+    assert "Approval" not in categories
 
 
 def test_source_is_a_connection_or_codecommit(pipeline: Renderer) -> None:
@@ -436,36 +457,143 @@ def test_source_is_a_connection_or_codecommit(pipeline: Renderer) -> None:
     assert "SourceEventRule" not in pipeline.resources()
 
 
+ALARM_RULE: Final = {
+    "Category": "Rule",
+    "Owner": "AWS",
+    "Provider": "CloudWatchAlarm",
+    "Version": "1",
+}
+VARIABLE_RULE: Final = {
+    "Category": "Rule",
+    "Owner": "AWS",
+    "Provider": "VariableCheck",
+    "Version": "1",
+}
+
+
+def _condition(conditions: Mapping[str, Any], result: str) -> list[dict[str, Any]]:
+    """The rules of the one condition with this result."""
+    (condition,) = (c for c in conditions["Conditions"] if c["Result"] == result)
+    rules: list[dict[str, Any]] = condition["Rules"]
+    return rules
+
+
 def _alarm_rule_names(conditions: Mapping[str, Any], result: str) -> list[str]:
-    return [
-        rule["Configuration"]["AlarmName"]
-        for condition in conditions["Conditions"]
-        if condition["Result"] == result
-        for rule in condition["Rules"]
-        if rule["RuleTypeId"]
-        == {
-            "Category": "Rule",
-            "Owner": "AWS",
-            "Provider": "CloudWatchAlarm",
-            "Version": "1",
-        }
-    ]
+    rules = _condition(conditions, result)
+    assert all(rule["RuleTypeId"] == ALARM_RULE for rule in rules)
+    assert all(rule["Configuration"]["AlarmStates"] == "ALARM" for rule in rules)
+    return [rule["Configuration"]["AlarmName"] for rule in rules]
 
 
-def test_rollback_is_wired_on_canary_and_primary(pipeline: Renderer) -> None:
+def _alarm_outputs() -> dict[str, str]:
     alarms = render("alarms.yaml", ALARM_PARAMS)
-    (composite,) = alarms.resources("AWS::CloudWatch::CompositeAlarm").values()
-    canary_alarm = composite["Properties"]["AlarmName"]
-    fleet_alarm = alarms.ref("FleetFailureRateAlarm")
+    return {
+        name: alarms.resolve(output["Value"])
+        for name, output in alarms.template["Outputs"].items()
+        if "Condition" not in output or alarms.condition(output["Condition"])
+    }
 
+
+def _stages(renderer: Renderer) -> list[dict[str, Any]]:
+    (resource,) = renderer.resources("AWS::CodePipeline::Pipeline").values()
+    stages: list[dict[str, Any]] = resource["Properties"]["Stages"]
+    return stages
+
+
+def test_every_condition_is_one_to_five_rules_on_metric_alarms_or_variables() -> None:
+    renderer = render("pipeline.yaml", {**PIPELINE_PARAMS, "RequireManualApproval": "true"})
+    alarms = render("alarms.yaml", ALARM_PARAMS)
+    metric_alarms = {
+        a["Properties"]["AlarmName"] for a in alarms.resources("AWS::CloudWatch::Alarm").values()
+    }
+    seen = 0
+    for stage in _stages(renderer):
+        # CodePipeline's BeforeEntry takes exactly one condition (API: "Fixed number of 1 item").
+        if "BeforeEntry" in stage:
+            assert len(stage["BeforeEntry"]["Conditions"]) == 1, stage["Name"]
+            assert stage["BeforeEntry"]["Conditions"][0]["Result"] in {"FAIL", "SKIP"}
+        if "OnSuccess" in stage:
+            assert {c["Result"] for c in stage["OnSuccess"]["Conditions"]} == {"ROLLBACK"}
+        for key in ("BeforeEntry", "OnSuccess", "OnFailure"):
+            for condition in stage.get(key, {}).get("Conditions", []):
+                assert 1 <= len(condition["Rules"]) <= 5, stage["Name"]
+                names = [rule["Name"] for rule in condition["Rules"]]
+                assert len(set(names)) == len(names)
+                for rule in condition["Rules"]:
+                    seen += 1
+                    assert rule["RuleTypeId"] in (ALARM_RULE, VARIABLE_RULE)
+                    if rule["RuleTypeId"] == ALARM_RULE:
+                        # Members only: the rule is documented for metric alarms; the composite
+                        # alarm is for notification.
+                        assert rule["Configuration"]["AlarmName"] in metric_alarms
+    assert seen == 8
+
+
+def test_entry_gates_do_not_block_the_fix_for_a_crashed_canary(pipeline: Renderer) -> None:
+    outputs = _alarm_outputs()
+    gate = _alarm_rule_names(pipeline_stage(pipeline, "Baseline")["BeforeEntry"], "FAIL")
+    assert gate == outputs["CanaryComparisonAlarmNames"].split(",")
+    # The silent and absolute-rate alarms fire exactly when a crashed canary must be replaced.
+    assert not [name for name in gate if name.endswith(("-silent", "-failure-rate"))]
+    assert pipeline_stage(pipeline, "Baseline")["BeforeEntry"]["Conditions"][0]["Result"] == "FAIL"
+
+
+def test_the_first_release_skips_the_canary_and_creates_it_from_the_primary(
+    pipeline: Renderer,
+) -> None:
+    baseline = pipeline_stage(pipeline, "Baseline")
+    (check,) = baseline["Actions"]
+    assert check["Namespace"] == "BaselineVariables"
+    spec = load("baseline-buildspec.yml")
+    assert spec["env"]["exported-variables"] == ["BOOTSTRAP", "PRIMARY_IMAGE_TAG"]
     canary = pipeline_stage(pipeline, "Canary")
-    assert canary["OnFailure"]["Result"] == "ROLLBACK"
-    assert _alarm_rule_names(canary["BeforeEntry"], "FAIL") == [canary_alarm]
-    assert _alarm_rule_names(canary["OnSuccess"], "ROLLBACK") == [canary_alarm]
+    (rule,) = _condition(canary["BeforeEntry"], "SKIP")
+    assert rule["RuleTypeId"] == VARIABLE_RULE
+    # The rule passes (stage entered) only when a primary exists; on bootstrap it fails: SKIP.
+    assert rule["Configuration"] == {
+        "Variable": "#{BaselineVariables.BOOTSTRAP}",
+        "Operator": "EQ",
+        "Value": "false",
+    }
+    primary = sorted(pipeline_stage(pipeline, "Primary")["Actions"], key=lambda a: a["RunOrder"])
+    stacks = [a["Configuration"].get("StackName") for a in primary]
+    assert stacks[:2] == ["qworker-orders-primary", "qworker-orders-canary"]
 
+
+def test_the_canary_never_rolls_back_to_its_own_stage_history(pipeline: Renderer) -> None:
+    canary = pipeline_stage(pipeline, "Canary")
+    # A stage rollback would return the canary to the Canary stage's last success, which can be a
+    # version the Primary stage rejected; the judge's post_build restores the primary's version.
+    assert "OnFailure" not in canary
+    assert "OnSuccess" not in canary
+    spec = load("judge-buildspec.yml")
+    (restore,) = spec["phases"]["post_build"]["commands"]
+    assert '"$CODEBUILD_BUILD_SUCCEEDING" = "0"' in restore
+    assert 'release.py" restore-canary' in restore or 'release.py" restore-canary' in restore
+
+
+def test_primary_rolls_back_both_stacks_and_is_gated_on_every_canary_alarm(
+    pipeline: Renderer,
+) -> None:
+    outputs = _alarm_outputs()
     primary = pipeline_stage(pipeline, "Primary")
     assert primary["OnFailure"]["Result"] == "ROLLBACK"
-    assert _alarm_rule_names(primary["OnSuccess"], "ROLLBACK") == [fleet_alarm]
+    assert _alarm_rule_names(primary["OnSuccess"], "ROLLBACK") == [outputs["FleetAlarmName"]]
+    gate = _alarm_rule_names(primary["BeforeEntry"], "FAIL")
+    assert gate == outputs["CanaryDeploymentAlarmNames"].split(",")
+    actions = sorted(primary["Actions"], key=lambda a: a["RunOrder"])
+    assert [a["Name"] for a in actions] == ["DeployPrimary", "AlignCanary", "WatchFleet"]
+    watch = pipeline.resources("AWS::CodeBuild::Project")["WatchProject"]["Properties"]
+    variables = {v["Name"]: v["Value"] for v in watch["Environment"]["EnvironmentVariables"]}
+    assert variables == {"WATCH_ALARMS": outputs["FleetAlarmName"], "WATCH_MINUTES": "10"}
+    (command,) = load("watch-buildspec.yml")["phases"]["build"]["commands"]
+    assert '--alarms "$WATCH_ALARMS" --minutes "$WATCH_MINUTES"' in command
+
+
+def _judge_command() -> str:
+    spec = load("judge-buildspec.yml")
+    (command,) = (c for c in spec["phases"]["build"]["commands"] if c.startswith("qworker"))
+    return str(command)
 
 
 def test_canary_is_judged_after_it_is_deployed(pipeline: Renderer) -> None:
@@ -475,19 +603,55 @@ def test_canary_is_judged_after_it_is_deployed(pipeline: Renderer) -> None:
     assert actions[1]["Configuration"]["ProjectName"] == "<JudgeProject>"
     assert judge["Source"]["BuildSpec"] == "deploy/judge-buildspec.yml"
     variables = {v["Name"]: v["Value"] for v in judge["Environment"]["EnvironmentVariables"]}
-    assert variables == {"SERVICE": "orders", "QUEUE": "orders", "MAX_BAKE_S": "1800"}
-    spec = load("judge-buildspec.yml")
-    judge_command = (
-        'qworker canary judge --service "$SERVICE" --queue "$QUEUE" --wait'
-        ' --max-bake-s "$MAX_BAKE_S"'
-    )
-    assert spec["phases"]["build"]["commands"] == [judge_command]
+    outputs = _alarm_outputs()
+    assert variables["CANARY_ALARMS"] == outputs["CanaryDeploymentAlarmNames"]
+    assert variables["CANARY_ECS_SERVICE"] == "orders-canary"
+    assert variables["PRIMARY_ECS_SERVICE"] == "orders-primary"
+    command = _judge_command()
+    # Every variable the command reads is set by the project.
+    assert set(re.findall(r"\$([A-Z_]+)", command)) <= set(variables)
+    assert command.endswith(" $JUDGE_ARGS")  # last, so that its flags win
+
+
+def test_pipeline_parameters_reach_the_judge() -> None:
+    given = {
+        **PIPELINE_PARAMS,
+        "MaxBakeSeconds": "420",
+        "JudgeArgs": "--min-canary-messages 400 --on-inconclusive pass",
+        "MetricsNamespace": "Payments/Workers",
+    }
+    renderer = render("pipeline.yaml", given)
+    judge = renderer.resources("AWS::CodeBuild::Project")["JudgeProject"]["Properties"]
+    env = {v["Name"]: v["Value"] for v in judge["Environment"]["EnvironmentVariables"]}
+    command = _judge_command()
+    for name, value in env.items():
+        command = command.replace(f'"${name}"', shlex.quote(value)).replace(f"${name}", value)
+    argv = shlex.split(command)
+    assert argv[:3] == ["qworker", "canary", "judge"]
+    assert argv[argv.index("--max-bake-s") + 1] == "420"
+    assert argv[argv.index("--namespace") + 1] == "Payments/Workers"
+    assert argv[argv.index("--ecs-cluster") + 1] == "qworker"
+    assert argv[-4:] == ["--min-canary-messages", "400", "--on-inconclusive", "pass"]
+    # One namespace everywhere: both services publish where the judge reads.
+    for action in deploy_actions(renderer):
+        overrides = json.loads(action["Configuration"]["ParameterOverrides"])
+        assert overrides["MetricsNamespace"] == "Payments/Workers"
+    # The bake fits the action: CodePipeline's one-hour default limit and CodeBuild's timeout.
+    maximum = int(load("pipeline.yaml")["Parameters"]["MaxBakeSeconds"]["MaxValue"])
+    assert maximum + 15 * 60 <= int(judge["TimeoutInMinutes"]) * 60 <= 60 * 60
+
+
+def test_judge_args_cannot_reach_the_shell() -> None:
+    pattern = load("pipeline.yaml")["Parameters"]["JudgeArgs"]["AllowedPattern"]
+    assert re.fullmatch(pattern, "--min-canary-messages 400 --alpha 0.01")
+    for hostile in ("; rm -rf /", "$(id)", "`id`", "a | b", "a > b", "*", "a\nb", "'x'"):
+        assert not re.fullmatch(pattern, hostile), hostile
 
 
 @pytest.mark.parametrize(
     ("command", "flags"),
     [
-        (("canary", "judge"), ("--service", "--queue", "--wait", "--max-bake-s")),
+        (("canary", "judge"), tuple(re.findall(r"(--[a-z][a-z-]*)", _judge_command()))),
         (("health",), ()),
     ],
     ids=["judge", "health"],
@@ -508,6 +672,38 @@ def test_the_commands_the_deployment_runs_exist(
     assert result.returncode == 0, result.stderr
     for flag in flags:
         assert flag in result.stdout
+
+
+def _release_commands() -> Iterator[tuple[str, list[str]]]:
+    for path in BUILDSPECS:
+        spec = load(path.name)
+        for phase in spec["phases"].values():
+            for command in phase.get("commands", []):
+                for line in str(command).splitlines():
+                    if "deploy/release.py" in line:
+                        inner = line.split("$(", 1)[-1].strip()
+                        if "$(" in line:  # x="$(python .../release.py ...)"
+                            inner = inner.removesuffix(')"')
+                        words = shlex.split(inner)
+                        start = next(i for i, w in enumerate(words) if w.endswith("release.py"))
+                        yield path.name, words[start + 1 :]
+
+
+def test_the_release_steps_the_buildspecs_run_exist() -> None:
+    steps = list(_release_commands())
+    assert {args[0] for _, args in steps} == {"baseline", "restore-canary", "watch"}
+    for where, args in steps:
+        flags = [a for a in args if a.startswith("--")]
+        result = subprocess.run(
+            [sys.executable, str(DEPLOY / "release.py"), args[0], "--help"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        for flag in flags:
+            assert flag in result.stdout, f"{where}: {flag}"
 
 
 def test_service_template_is_deployed_for_both_roles(pipeline: Renderer) -> None:
@@ -555,7 +751,21 @@ def test_buildspec_writes_the_image_tag_as_a_template_configuration(tmp_path: Pa
     assert configuration == {"Parameters": {"ImageTag": tag}}
     pattern = load("service.yaml")["Parameters"]["ImageTag"]["AllowedPattern"]
     assert re.fullmatch(pattern, tag)
-    assert any('IMAGE_TAG="$COMMIT_ID"' in c for c in spec["phases"]["pre_build"]["commands"])
+    pre_build = spec["phases"]["pre_build"]["commands"]
+    assert any('IMAGE_TAG="$COMMIT_ID"' in c for c in pre_build)
+    # The pushed tag names the architecture, and the service pulls its own architecture's tag.
+    assert any('IMAGE_REFERENCE="$IMAGE_TAG-$IMAGE_ARCH"' in c for c in pre_build)
+    assert any(
+        '"$IMAGE_REPOSITORY_URI:$IMAGE_REFERENCE"' in c for c in spec["phases"]["build"]["commands"]
+    )
+    for architecture, suffix in (("ARM64", "arm64"), ("X86_64", "x86_64")):
+        container = _container(_service("canary", ImageTag=tag, CpuArchitecture=architecture))
+        assert container["Image"].endswith(f"/qworker/orders:{tag}-{suffix}")
+    for architecture, suffix in (("ARM64", "arm64"), ("X86_64", "x86_64")):
+        build = render("pipeline.yaml", {**PIPELINE_PARAMS, "CpuArchitecture": architecture})
+        project = build.resources("AWS::CodeBuild::Project")["BuildProject"]["Properties"]
+        env = {v["Name"]: v["Value"] for v in project["Environment"]["EnvironmentVariables"]}
+        assert env["IMAGE_ARCH"] == suffix
 
 
 def test_parameter_overrides_stay_under_the_1_kb_limit() -> None:
@@ -578,17 +788,23 @@ def test_parameter_overrides_stay_under_the_1_kb_limit() -> None:
 def test_pipeline_and_services_name_the_alarms_the_alarms_template_creates(
     pipeline: Renderer,
 ) -> None:
-    alarms = render("alarms.yaml", ALARM_PARAMS)
-    outputs = {name: alarms.resolve(o["Value"]) for name, o in alarms.template["Outputs"].items()}
+    outputs = _alarm_outputs()
     by_role = {}
     for action in deploy_actions(pipeline):
         overrides = json.loads(action["Configuration"]["ParameterOverrides"])
-        by_role[overrides["DeploymentRole"]] = overrides["DeploymentAlarmNames"]
+        assert overrides["AlarmNamePrefix"] == "qworker"
+        service = render("service.yaml", {**overrides, "ImageTag": "abc"})
+        (ecs_service,) = service.resources("AWS::ECS::Service").values()
+        alarms = ecs_service["Properties"]["DeploymentConfiguration"]["Alarms"]["AlarmNames"]
+        by_role[overrides["DeploymentRole"]] = ",".join(alarms)
     assert by_role == {
         "canary": outputs["CanaryDeploymentAlarmNames"],
         "primary": outputs["FleetAlarmName"],
     }
-    existing = {a["Properties"]["AlarmName"] for a in alarms.resources().values()}
+    existing = {
+        a["Properties"]["AlarmName"]
+        for a in render("alarms.yaml", ALARM_PARAMS).resources().values()
+    }
     assert set(by_role["canary"].split(",")) <= existing
 
 
@@ -607,10 +823,13 @@ def _renderings() -> Iterator[Renderer]:
                 **SERVICE_PARAMS,
                 "DeploymentRole": role,
                 "QueueKmsKeyArn": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0123abcd",
-                "DeploymentAlarmNames": "a,b",
+                "AlarmNamePrefix": "qworker",
             },
         )
-    yield render("pipeline.yaml", PIPELINE_PARAMS)
+    yield render(
+        "pipeline.yaml",
+        {**PIPELINE_PARAMS, "QueueKmsKeyArn": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0123abcd"},
+    )
     yield render(
         "pipeline.yaml",
         {**PIPELINE_PARAMS, "SourceProvider": "CodeCommit", "CodeCommitRepositoryName": "orders"},
@@ -727,7 +946,8 @@ def test_container_runs_the_worker_with_its_identity() -> None:
     environment = {e["Name"]: e["Value"] for e in container["Environment"]}
     assert environment["QWORKER_DEPLOYMENT_ROLE"] == "canary"
     assert environment["QWORKER_VERSION"] == SERVICE_PARAMS["ImageTag"]
-    assert container["Image"].endswith(f"/qworker/orders:{SERVICE_PARAMS['ImageTag']}")
+    assert container["Image"].endswith(f"/qworker/orders:{SERVICE_PARAMS['ImageTag']}-arm64")
+    assert environment["QWORKER_POLLERS"] == "2"
     assert (
         environment["QWORKER_QUEUE_URL"] == f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/orders"
     )
@@ -777,21 +997,30 @@ def test_shutdown_grace_always_ends_before_the_stop_timeout() -> None:
 
 
 def test_circuit_breaker_and_deployment_alarms_roll_back() -> None:
-    for role, alarm in (("canary", "qworker-orders-canary"), ("primary", "qworker-orders-fleet")):
+    outputs = _alarm_outputs()
+    expected = {
+        "canary": outputs["CanaryDeploymentAlarmNames"].split(","),
+        "primary": [outputs["FleetAlarmName"]],
+    }
+    for role, alarms in expected.items():
         (service,) = (
-            _service(role, DeploymentAlarmNames=alarm).resources("AWS::ECS::Service").values()
+            _service(role, AlarmNamePrefix="qworker").resources("AWS::ECS::Service").values()
         )
         configuration = service["Properties"]["DeploymentConfiguration"]
         assert configuration["DeploymentCircuitBreaker"] == {"Enable": True, "Rollback": True}
-        assert configuration["Alarms"] == {"AlarmNames": [alarm], "Enable": True, "Rollback": True}
+        assert configuration["Alarms"] == {"AlarmNames": alarms, "Enable": True, "Rollback": True}
         assert "LoadBalancers" not in service["Properties"]
+        (service,) = _service(role).resources("AWS::ECS::Service").values()
+        assert "Alarms" not in service["Properties"]["DeploymentConfiguration"]
 
 
 def test_only_the_primary_scales_on_backlog_per_task() -> None:
     canary = _service("canary")
-    assert "ScalableTarget" not in canary.resources()
     (service,) = canary.resources("AWS::ECS::Service").values()
-    assert service["Properties"]["DesiredCount"] == "1"
+    assert "DesiredCount" not in service["Properties"]  # auto scaling owns it
+    assert list(canary.resources("AWS::ApplicationAutoScaling::ScalingPolicy")) == [
+        "CanaryShareScaling"
+    ]
 
     primary = _service("primary")
     (service,) = primary.resources("AWS::ECS::Service").values()
