@@ -1,4 +1,4 @@
-"""Signals: SIGTERM/SIGINT call stop() inside the block, and nothing else changes."""
+"""Signals: SIGTERM/SIGINT/SIGHUP call stop() inside the block, and nothing else changes."""
 
 from __future__ import annotations
 
@@ -46,6 +46,21 @@ async def test_real_sigint_calls_stop_instead_of_interrupting() -> None:
             await stop.stopped.wait()
 
     assert stop.calls == 1
+
+
+async def test_real_sighup_calls_stop_instead_of_killing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SIGHUP's default action ends the process at once; inside the block it drains instead."""
+    stop = Stopper()
+
+    with caplog.at_level(logging.INFO, logger="qworker.signals"), handle_signals(stop):
+        os.kill(os.getpid(), signal.SIGHUP)
+        async with asyncio.timeout(5):
+            await stop.stopped.wait()
+
+    assert stop.calls == 1
+    assert [getattr(r, "signal", None) for r in caplog.records] == ["SIGHUP"]
 
 
 async def test_second_signal_calls_stop_again_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
