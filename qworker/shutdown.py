@@ -8,8 +8,9 @@ event loop may be blocked. `run()` bounds all of them:
 
 - A stop signal arms a watchdog thread (armed from the signal's own Python-level handler, so even a
   blocked event loop cannot delay it). If the process is still there `shutdown_grace_s` +
-  `SHUTDOWN_FLUSH_S` after the signal, the watchdog logs `shutdown_abandoned` naming every message
-  still held, flushes the logs and ends the process with `os._exit(EXIT_ABANDONED)`.
+  `SHUTDOWN_FLUSH_S` (less `EXIT_MARGIN_S`, the time the exit itself may take) after the signal,
+  the watchdog logs `shutdown_abandoned` naming every message still held, flushes the logs and
+  ends the process with `os._exit(EXIT_ABANDONED)`.
 - When the worker returned but a handler thread still runs, the process does not wait for it: it
   logs `shutdown_abandoned` naming the messages cut short and exits with `EXIT_ABANDONED` at once.
   The thread's late result is never acted on: its message was released when its task was
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_FLUSH_S: Final = 5.0
 """Budget after the grace period for releases, the last deletes, metrics and logs."""
+
+EXIT_MARGIN_S: Final = 0.5
+"""The watchdog fires this long before the bound, so the process is gone by the bound."""
 
 EXIT_ABANDONED: Final = 3
 """Exit code of a shutdown that had to abandon work (a message not released, a thread left)."""
@@ -154,7 +158,7 @@ class ShutdownGuard:
         self._armed.wait()
         if self._done.is_set() or self.stop_at is None:
             return
-        remaining = self.stop_at + self.bound_s - self._clock()
+        remaining = self.stop_at + self.bound_s - EXIT_MARGIN_S - self._clock()
         if self._done.wait(max(0.0, remaining)):
             return
         self.fired = True

@@ -2,8 +2,15 @@
 
 Modes: `pass` forwards bytes both ways; `down` closes the listener and every connection (clients get
 connection refused, as when the server is down); `error` and `throttle` answer every HTTP request
-with a canned 503 or throttling error in SQS's JSON protocol. Switching mode drops open connections,
-so keep-alive clients see the change at once. The port stays the same across modes.
+with a canned 503 or throttling error in SQS's JSON protocol; `blackhole` accepts connections and
+never answers (a network partition: nothing is refused, nothing comes back), and every connection
+open when it starts goes silent too. Switching between the other modes drops open connections, so
+keep-alive clients see the change at once. The port stays the same across modes.
+
+`drop_silently()` kills the connections open right now without telling either side (a NAT or load
+balancer that forgot them): they stay open, bytes sent on them vanish, nothing ever comes back, and
+new connections work. A short `blackhole` followed by `pass` is a silent loss: the pooled
+connections in use during it stay dead afterwards, until the client gives up on them.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import json
 from typing import Final, Literal
 
 HOST: Final = "127.0.0.1"
-Mode = Literal["pass", "down", "error", "throttle"]
+Mode = Literal["pass", "down", "error", "throttle", "blackhole"]
 
 _ERRORS: Final[dict[str, tuple[str, str]]] = {
     "error": ("503 Service Unavailable", "ServiceUnavailable"),
@@ -43,13 +50,31 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._links: set[_Link] = set()
+        self.connections = 0
+        self.silenced = 0
 
     @property
     def endpoint_url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
+    def drop_silently(self) -> int:
+        """Kill every open connection silently; return how many."""
+        live = [link for link in self._links if not link.dead]
+        for link in live:
+            link.dead = True
+        self.silenced += len(live)
+        return len(live)
+
     async def set_mode(self, mode: Mode) -> None:
-        self.mode = mode
+        previous, self.mode = self.mode, mode
+        if mode == "blackhole":
+            self.drop_silently()
+            if self._server is None:
+                self._server = await asyncio.start_server(self._accept, HOST, self.port)
+            return
+        if previous == "blackhole" and mode == "pass":
+            return  # what went silent stays silent; new connections pass again
         for writer in list(self._writers):
             writer.close()
         self._writers.clear()
@@ -74,9 +99,12 @@ class FaultProxy:
         assert task is not None
         self._tasks.add(task)
         self._writers.add(writer)
+        self.connections += 1
         try:
             if self.mode == "pass":
                 await self._forward(reader, writer)
+            elif self.mode == "blackhole":
+                await _swallow(reader)
             else:
                 await self._fault(reader, writer)
         except Exception:  # noqa: BLE001, S110 (a dropped connection is what this proxy is for)
@@ -91,11 +119,14 @@ class FaultProxy:
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         self._writers.add(up_writer)
+        link = _Link()
+        self._links.add(link)
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(_pipe(reader, up_writer))
-                group.create_task(_pipe(up_reader, writer))
+                group.create_task(_pipe(reader, up_writer, link))
+                group.create_task(_pipe(up_reader, writer, link))
         finally:
+            self._links.discard(link)
             self._writers.discard(up_writer)
             up_writer.close()
             with contextlib.suppress(ConnectionError):
@@ -117,10 +148,30 @@ class FaultProxy:
             await writer.drain()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+class _Link:
+    """One forwarded connection; a dead one forwards nothing, in either direction, for ever."""
+
+    __slots__ = ("dead",)
+
+    def __init__(self) -> None:
+        self.dead = False
+
+
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link | None = None
+) -> None:
     try:
         while data := await reader.read(65536):
+            if link is not None and link.dead:
+                continue  # silently lost: read (so the sender never blocks) and drop
             writer.write(data)
             await writer.drain()
     finally:
-        writer.close()
+        if link is None or not link.dead:
+            writer.close()
+
+
+async def _swallow(reader: asyncio.StreamReader) -> None:
+    """Read and drop everything until the client gives up: a black hole never answers."""
+    while await reader.read(65536):
+        pass
