@@ -28,7 +28,7 @@ from typing import Final, Protocol, final
 from qworker.concurrency import Capacity, first, leaves
 from qworker.dispatch import Dispatcher
 from qworker.exceptions import TransientTransportError
-from qworker.groups import GroupChains
+from qworker.groups import GroupChains, GroupRetry
 from qworker.heartbeat import Heartbeat, Held
 from qworker.outcome import Outcome, OutcomeRecord
 from qworker.settle import Settler
@@ -103,6 +103,7 @@ class Consumer:
         fifo: bool = False,
         shutdown_grace_s: float = 25.0,
         max_hold_s: float = 3600.0,
+        max_receive_count: int | None = None,
         settler: Settler | None = None,
         sinks: Sequence[OutcomeSink] = (),
         clock: Callable[[], float] = time.monotonic,
@@ -121,6 +122,8 @@ class Consumer:
             fifo: Run each message group's messages in order.
             shutdown_grace_s: Time running handlers get after `stop()`.
             max_hold_s: The heartbeat's limit.
+            max_receive_count: The queue's redrive budget: a FIFO head that fails this often is
+                dead-lettered in place (None: no redrive policy).
             settler: Records outcomes on the queue (default: one over `transport`).
             sinks: Receive every outcome record.
             clock: Monotonic seconds.
@@ -150,7 +153,10 @@ class Consumer:
         self._capacity = Capacity(concurrency)
         self._running: set[asyncio.Task[None]] = set()
         self._groups = GroupChains(
-            process=self._process, release=self._release, stopping=lambda: self.stopping
+            process=self._process,
+            release=self._release,
+            stopping=lambda: self.stopping,
+            retry=None if self.settler.release_failed else self._group_retry(max_receive_count),
         )
         self._deleting: Counter[str] = Counter()  # ids whose success is being deleted
         self._duplicates = 0
@@ -391,21 +397,55 @@ class Consumer:
     # -- one message -----------------------------------------------------------------------------
 
     async def _process(self, held: Held) -> Outcome:
+        record = await self._attempt(held)
+        await self._finish(held, record)
+        return record.outcome
+
+    async def _attempt(self, held: Held) -> OutcomeRecord:
+        """Run the handler; on a cancel, release the message and re-raise."""
         try:
             held.started = True
-            record = await self.dispatcher(held.message)
+            return await self.dispatcher(held.message)
         except asyncio.CancelledError:
             await self._release(held, error="cancelled at shutdown")
             raise
-        await self._finish(held, record)
-        return record.outcome
+
+    def _group_retry(self, max_receive_count: int | None) -> GroupRetry:
+        """How FIFO chains retry a failed head in place (qworker.groups)."""
+        policy = self.settler.retry_policy
+        heartbeat = self.heartbeat
+
+        def delay_s(record: OutcomeRecord) -> float:
+            if record.outcome is Outcome.RETRIED:
+                return record.delay_s or 0.0
+            return policy.delay_s(record.receive_count)
+
+        def can_hold(held: Held, delay: float) -> bool:
+            held_s = self._clock() - held.received_at
+            return held_s + delay + heartbeat.visibility_timeout_s < heartbeat.max_hold_s
+
+        async def wait(delay: float) -> None:
+            await first(self._stopping.wait(), self._sleep(delay))
+
+        return GroupRetry(
+            attempt=self._attempt,
+            finish=self._finish,
+            note=self._note,
+            wait=wait,
+            delay_s=delay_s,
+            can_hold=can_hold,
+            max_receive_count=max_receive_count,
+            can_dead_letter=self.settler.can_dead_letter,
+        )
 
     async def _release(self, held: Held, error: str | None = None) -> None:
         record = self.dispatcher.record(held.message, Outcome.RELEASED, error=error)
         await self._finish(held, record)
 
-    async def _finish(self, held: Held, record: OutcomeRecord) -> None:
-        """Settle the outcome on the queue, count it, log it, tell the sinks, free the slot."""
+    async def _finish(
+        self, held: Held, record: OutcomeRecord, settle_as: OutcomeRecord | None = None
+    ) -> None:
+        """Settle the outcome (or `settle_as`) on the queue, count it, log it, free the slot."""
         message_id = held.message.message_id
         succeeded = record.outcome is Outcome.SUCCEEDED
         try:
@@ -416,7 +456,7 @@ class Consumer:
                 self._deleting[message_id] += 1
             else:
                 await self.heartbeat.claim(held)
-            settled = await self.settler.settle(held.message, record)
+            settled = await self.settler.settle(held.message, settle_as or record)
         finally:
             if succeeded:
                 self._deleting[message_id] -= 1
@@ -430,6 +470,10 @@ class Consumer:
                 self.unreleased.append(message_id)
         if not settled or record.outcome in _COMES_BACK or len(self.heartbeat) == 0:
             self._may_return.set()
+        self._note(record)
+
+    def _note(self, record: OutcomeRecord) -> None:
+        """Count an outcome, log it, tell the sinks."""
         self._counts[record.outcome] += 1
         self._log(record)
         for sink in self._sinks:

@@ -115,6 +115,11 @@ class Settler:
             transport.change_visibility_batch, name="release", max_wait_s=batch_wait_s
         )
 
+    @property
+    def can_dead_letter(self) -> bool:
+        """Whether rejected messages can be sent to a dead-letter queue."""
+        return self._dead_letter is not None
+
     async def run(self) -> None:
         """Run the batchers until cancelled."""
         async with asyncio.TaskGroup() as group:

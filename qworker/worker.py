@@ -337,6 +337,7 @@ class Worker:
         settings = self.settings
         spec = resolved.spec
         visibility = settings.visibility_timeout_s or resolved.attributes.visibility_timeout_s
+        policy = resolved.attributes.redrive_policy
         dispatcher = Dispatcher(
             spec,
             queue=resolved.transport.queue_name,
@@ -367,6 +368,7 @@ class Worker:
             fifo=resolved.attributes.fifo,
             shutdown_grace_s=settings.shutdown_grace_s,
             max_hold_s=settings.max_hold_s,
+            max_receive_count=policy.max_receive_count if policy else None,
             settler=settler,
             sinks=self._sinks,
             sleep=self._sleep,

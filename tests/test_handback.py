@@ -151,7 +151,7 @@ async def test_canary_hands_every_unsucceeded_message_back_to_the_primary(defect
     # The canary stops once it settled every original (copies it took by then are released).
 
     def stop_after_the_originals() -> None:
-        if len(canary_sink.records) >= MESSAGES:
+        if sum(r.first_attempt for r in canary_sink.records) >= MESSAGES:
             canary.stop()
 
     canary_sink.then = stop_after_the_originals
@@ -165,10 +165,14 @@ async def test_canary_hands_every_unsucceeded_message_back_to_the_primary(defect
         primary = worker(queue, primary_handler, PRIMARY, primary_sink)
         await primary.run_until_empty()
 
-    handed = canary_sink.records[:MESSAGES]
-    assert all(r.outcome is not Outcome.SUCCEEDED and r.first_attempt for r in handed), handed
-    assert all(r.outcome is Outcome.RELEASED for r in canary_sink.records[MESSAGES:])
-    assert canary.statistics().handed_back == MESSAGES
+    # Copies handed back may come to the canary again before it stops: handed back again.
+    firsts = [r for r in canary_sink.records if r.first_attempt]
+    assert len(firsts) == MESSAGES
+    assert all(r.outcome not in {Outcome.SUCCEEDED, Outcome.RELEASED} for r in firsts), firsts
+    again = [r for r in canary_sink.records if not r.first_attempt]
+    assert all(r.hops >= 1 for r in again), again
+    handed_again = sum(r.outcome is not Outcome.RELEASED for r in again)
+    assert canary.statistics().handed_back == MESSAGES + handed_again
     assert sorted(done) == list(range(MESSAGES))  # each once, on the primary
     assert dlq.messages == []
     assert queue.messages == []
@@ -176,7 +180,7 @@ async def test_canary_hands_every_unsucceeded_message_back_to_the_primary(defect
     # The primary ran copies: never first attempts, whatever their receive count.
     succeeded = [r for r in primary_sink.records if r.outcome is Outcome.SUCCEEDED]
     assert len(succeeded) == MESSAGES
-    assert all(r.hops == 1 and r.receive_count == 1 and not r.first_attempt for r in succeeded)
+    assert all(r.hops >= 1 and r.receive_count == 1 and not r.first_attempt for r in succeeded)
 
 
 async def test_hand_back_is_bounded_by_the_hop_limit() -> None:
