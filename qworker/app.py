@@ -151,6 +151,10 @@ class QWorker(Router):
 
 def _import(module_name: str) -> types.ModuleType:
     """Import a handler module; any failure becomes one line naming the module, file and line."""
+    if not all(part.isidentifier() for part in module_name.split(".")):
+        raise HandlerNotFound(
+            f"{module_name!r} is not a module name: give a dotted import path, e.g. handlers.orders"
+        )
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -11,10 +11,13 @@ import argparse
 import asyncio
 import contextlib
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Final
+
+from botocore.exceptions import ProfileNotFound
 
 from qworker import dlq, drill, health, observability, queue_cli, shutdown, tracing
 from qworker.app import QWorker
@@ -79,6 +82,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     app = QWorker.from_module(args.module)
     identity = _identity(settings, app.name)
     _check_health_file(settings, identity)
+    _check_health_port(settings)
     configure_logging(identity, level=settings.log_level, fmt=settings.log_format)
     return shutdown.run(
         lambda guard: serve(app, settings, identity, guard=guard),
@@ -109,6 +113,26 @@ def _check_health_file(settings: QWorkerSettings, identity: Identity) -> None:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError(f"invalid setting {where}: cannot write {path} ({reason})") from None
+
+
+def _check_health_port(settings: QWorkerSettings) -> None:
+    """Fail at start-up when the health endpoint's port is taken (0 picks a free one).
+
+    Raises:
+        ConfigError: It is; the message names the setting.
+    """
+    port = settings.health_port
+    if not port:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConfigError(
+                f"invalid setting QWORKER_HEALTH_PORT (--health-port): cannot listen on "
+                f"127.0.0.1:{port} ({reason})"
+            ) from None
 
 
 async def serve(
@@ -287,6 +311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise (found[0] if len(found) == 1 else group) from None
     except ConfigError as exc:
         print(f"qworker: error: {_one_line(exc)}", file=sys.stderr)  # noqa: T201 (the answer)
+        return EXIT_CONFIG
+    except ProfileNotFound as exc:
+        print(  # noqa: T201 (the command's answer)
+            f"qworker: error: invalid setting AWS_PROFILE: {_one_line(exc)}", file=sys.stderr
+        )
         return EXIT_CONFIG
     except TransportError as exc:
         print(f"qworker: error: {_one_line(exc)}", file=sys.stderr)  # noqa: T201 (the answer)

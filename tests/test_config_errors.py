@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -168,6 +169,12 @@ MODULE_CASES: Final = [
         module="imports_raising",
     ),
     Case("module not found", ("no_such_module_xyz",), module="no_such_module_xyz"),
+    Case("module in a non-package", ("'good_handler.sub'",), module="good_handler.sub"),
+    Case("empty module name", ("'' is not a module name",), module=""),
+    Case("relative module name", ("'.orders' is not a module name",), module=".orders"),
+    Case("module path with a space", ("'my handlers' is not",), module="my handlers"),
+    Case("module path with a trailing dot", ("'handlers.' is not",), module="handlers."),
+    Case("module given as a file", ("'good_handler.py'",), module="good_handler.py"),
     Case("no handler", ("no_handler", "handle()"), module="no_handler"),
     Case("unannotated handler", ("unannotated.handle", "annotate"), module="unannotated"),
     Case("two apps", ("two_apps", "2 QWorker apps"), module="two_apps"),
@@ -199,7 +206,15 @@ HEALTH_CASES: Final = [
     ),
 ]
 
-OFFLINE_CASES: Final = SETTINGS_CASES + MODULE_CASES + HEALTH_CASES
+CREDENTIAL_CASES: Final = [
+    Case(
+        "AWS_PROFILE names no profile",
+        ("AWS_PROFILE", "no-such-profile-xyz"),
+        env={"AWS_PROFILE": "no-such-profile-xyz"},
+    ),
+]
+
+OFFLINE_CASES: Final = SETTINGS_CASES + MODULE_CASES + HEALTH_CASES + CREDENTIAL_CASES
 
 
 @pytest.fixture
@@ -275,6 +290,22 @@ def test_bad_configuration_exits_2_with_one_line_naming_it(workdir: Path, case: 
         "--startup-timeout-s",
         "1",
     )
+
+    assert_one_line(proc, case)
+
+
+def test_health_port_in_use_is_refused(workdir: Path) -> None:
+    """Another process holds the port: one line naming the setting, not an OSError traceback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        case = Case(
+            "health port taken",
+            ("QWORKER_HEALTH_PORT", "--health-port", f"127.0.0.1:{port}"),
+            flags=("--health-port", port),
+        )
+        proc = run_qworker(workdir, case, "--queue-name", "orders", "--startup-timeout-s", "1")
 
     assert_one_line(proc, case)
 
