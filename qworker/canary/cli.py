@@ -1,8 +1,14 @@
 """`qworker canary judge`: judge the canary from CloudWatch, print the evidence, exit by verdict.
 
-The pipeline's judge action runs `qworker canary judge --service S --queue Q --wait --max-bake-s N`:
-it bakes from now, looking every `--interval-s`, until the judge decides. Without `--wait` it looks
-once at the window given by `--since-minutes` or `--start`.
+The pipeline's judge action runs `qworker canary judge --service S --queue Q --wait --max-bake-s N`
+followed by any extra flags (the pipeline's JudgeArgs): it bakes from now, looking every
+`--interval-s`, until the judge decides. Without `--wait` it looks once at the window given by
+`--since-minutes` or `--start`. Every policy field has a flag (`--help` lists them with their
+defaults); a flag given twice takes its last value, so extra flags override earlier ones. A
+`--max-bake-s` below the default minimum bake clamps the minimum bake to it.
+
+The expected canary share (the dead-canary guard) is `--expected-canary-share`, or is read once at
+the start from ECS with `--ecs-cluster`, `--canary-ecs-service` and `--primary-ecs-service`.
 
 Exit codes: 0 pass, 1 fail, 2 bad arguments, 3 undecided (a one-shot look that says keep baking,
 or an inconclusive bake under `--on-inconclusive report`), 4 the metrics could not be read.
@@ -20,20 +26,32 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final, TextIO
 
+import boto3
+import botocore.config
 import botocore.exceptions
 
 from qworker.canary.judge import (
     DEFAULT_POLICY,
     Decision,
+    Evidence,
     InconclusivePolicy,
     JudgePolicy,
     Reading,
     Verdict,
-    judge,
+    judge_reading,
     resolve,
     run_bake,
 )
-from qworker.canary.reader import CloudWatchSource, MetricsQuery, make_clients, queue_name_of
+from qworker.canary.reader import (
+    CloudWatchClient,
+    CloudWatchSource,
+    EcsClient,
+    LatencyStats,
+    MetricsQuery,
+    expected_share_from_ecs,
+    make_clients,
+    queue_name_of,
+)
 from qworker.exceptions import ConfigError
 from qworker.metrics import DEFAULT_NAMESPACE
 from qworker.settings import load_settings
@@ -59,18 +77,27 @@ EXIT_CODES: Final[dict[Decision, int]] = {
 }
 """Exit code of each decision, after the inconclusive policy has been applied."""
 
-# Flags that override one JudgePolicy field each: (flag, field, type, help).
-_POLICY_FLAGS: Final = (
-    ("--min-bake-s", "min_bake_s", float, "least bake time before a pass"),
-    ("--max-bake-s", "max_bake_s", float, "bake time after which no decision is inconclusive"),
-    ("--min-canary-messages", "min_canary_messages", int, "canary first attempts to pass"),
-    ("--min-primary-messages", "min_primary_messages", int, "primary first attempts to pass"),
-    ("--alpha", "alpha", float, "false-alarm rate of the whole bake (all looks)"),
-    ("--abs-margin", "abs_margin", float, "allowed absolute failure-rate increase"),
-    ("--rel-margin", "rel_margin", float, "allowed failure-rate increase relative to the primary"),
-    ("--failure-ceiling", "absolute_failure_ceiling", float, "canary failure-rate ceiling"),
-    ("--latency-ratio-limit", "latency_ratio_limit", float, "allowed mean ProcessingTime ratio"),
-)
+_ALIASES: Final = {"absolute_failure_ceiling": ("--failure-ceiling",)}
+_TYPES: Final[dict[str, Callable[[str], object]]] = {"int": int, "float": float}
+_POLICY_HELP: Final = {
+    "min_canary_messages": "planned sample of the fail test; least canary first attempts to pass",
+    "min_primary_messages": "least primary first attempts to pass",
+    "min_bake_s": "least bake time before a pass (clamped to --max-bake-s unless given)",
+    "max_bake_s": "bake time after which no decision is inconclusive",
+    "alpha": "false-alarm rate of the whole bake (all looks)",
+    "pass_alpha": "how often a canary worse by the margin may pass",
+    "pass_power": "bake sizing: how often an equal-rate canary passes by the planned sample",
+    "abs_margin": "allowed absolute increase of the first-attempt non-success rate",
+    "rel_margin": "allowed increase relative to the primary's rate",
+    "expected_canary_share": "the canary's expected share of first attempts (dead-canary guard)",
+    "latency_percentile": "the primary's percentile that defines a slow message",
+    "latency_rel_margin": "allowed increase of the slow share, relative to the primary's",
+    "latency_fallback_ratio": "fallback latency limit: median per-minute trimmed-mean ratio",
+}
+
+
+def _policy_fields() -> list[dataclasses.Field[object]]:
+    return [f for f in dataclasses.fields(JudgePolicy) if f.name != "inconclusive_policy"]
 
 
 def _iso_time(text: str) -> datetime:
@@ -97,12 +124,30 @@ def _add_judge_arguments(parser: argparse.ArgumentParser) -> None:
         "--wait", action="store_true", help="bake until a decision (default: look once)"
     )
     bake.add_argument("--interval-s", type=float, default=60.0, help="seconds between looks")
-    for flag, name, kind, text in _POLICY_FLAGS:
-        default = getattr(DEFAULT_POLICY, name)
-        metavar = flag.removeprefix("--").upper().replace("-", "_")
-        bake.add_argument(
-            flag, dest=name, type=kind, metavar=metavar, help=f"{text} (default {default:g})"
-        )
+    bake.add_argument(
+        "--latency-stats",
+        choices=[m.value for m in LatencyStats],
+        default=LatencyStats.AUTO.value,
+        help="latency statistics: percentiles, falling back once the server refuses them (auto)",
+    )
+    ecs = parser.add_argument_group("expected canary share from ECS (instead of the flag)")
+    ecs.add_argument("--ecs-cluster", help="the ECS cluster of both services")
+    ecs.add_argument("--canary-ecs-service", help="the canary's ECS service")
+    ecs.add_argument("--primary-ecs-service", help="the primary's ECS service")
+    policy = parser.add_argument_group("judge policy (defaults: the measured policy)")
+    for field in _policy_fields():
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default
+        text = f"{_POLICY_HELP.get(field.name, field.name.replace('_', ' '))} (default {default})"
+        flags = (flag, *_ALIASES.get(field.name, ()))
+        if field.type == "bool":
+            policy.add_argument(
+                *flags, dest=field.name, action=argparse.BooleanOptionalAction, help=text
+            )
+            continue
+        kind = _TYPES[str(field.type).split(" ", 1)[0]]
+        metavar = field.name.upper()
+        policy.add_argument(*flags, dest=field.name, type=kind, metavar=metavar, help=text)
     inconclusive = bake.add_mutually_exclusive_group()
     inconclusive.add_argument(
         "--on-inconclusive",
@@ -162,10 +207,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _policy(args: argparse.Namespace) -> JudgePolicy:
-    given = {name: getattr(args, name) for _, name, _, _ in _POLICY_FLAGS}
-    overrides = {name: value for name, value in given.items() if value is not None}
+    overrides = {
+        f.name: value for f in _policy_fields() if (value := getattr(args, f.name)) is not None
+    }
+    max_bake = overrides.get("max_bake_s", DEFAULT_POLICY.max_bake_s)
+    if "min_bake_s" not in overrides and isinstance(max_bake, float):
+        overrides["min_bake_s"] = min(DEFAULT_POLICY.min_bake_s, max_bake)
     policy = InconclusivePolicy(args.on_inconclusive)
     return dataclasses.replace(DEFAULT_POLICY, inconclusive_policy=policy, **overrides)
+
+
+def _with_ecs_share(
+    args: argparse.Namespace, policy: JudgePolicy, ecs: EcsClient | None
+) -> JudgePolicy:
+    names = (args.ecs_cluster, args.canary_ecs_service, args.primary_ecs_service)
+    if all(name is None for name in names):
+        return policy
+    if any(name is None for name in names):
+        raise ConfigError("give all of --ecs-cluster, --canary-ecs-service, --primary-ecs-service")
+    if policy.expected_canary_share is not None:
+        return policy  # the flag wins
+    settings = load_settings(region=args.region, endpoint_url=args.endpoint_url)
+    if ecs is None:
+        session = boto3.session.Session(region_name=settings.region)
+        ecs = session.client("ecs", endpoint_url=settings.endpoint_url)
+    share = expected_share_from_ecs(
+        ecs, args.ecs_cluster, args.canary_ecs_service, args.primary_ecs_service, settings.pollers
+    )
+    return dataclasses.replace(policy, expected_canary_share=share)
 
 
 def _bake_start(args: argparse.Namespace, now: datetime) -> datetime:
@@ -187,10 +256,16 @@ def _bake_start(args: argparse.Namespace, now: datetime) -> datetime:
 
 
 def _source(
-    args: argparse.Namespace, start: datetime, clock: Callable[[], float]
+    args: argparse.Namespace, start: datetime, clock: Callable[[], float], policy: JudgePolicy
 ) -> CloudWatchSource:
     settings = load_settings(region=args.region, endpoint_url=args.endpoint_url)
     cloudwatch, sqs = make_clients(settings.region, settings.endpoint_url)
+    # One attempt for the percentile calls: a server that refuses them says so at once.
+    session = boto3.session.Session(region_name=settings.region)
+    once = botocore.config.Config(retries={"mode": "standard", "max_attempts": 1})
+    percentiles: CloudWatchClient = session.client(
+        "cloudwatch", endpoint_url=settings.endpoint_url, config=once
+    )
     queue = queue_name_of(args.queue) if args.queue else None
     return CloudWatchSource(
         cloudwatch,
@@ -199,6 +274,9 @@ def _source(
         sqs=None if args.no_backlog else sqs,
         backlog_queue=args.queue,
         now=lambda: datetime.fromtimestamp(clock(), UTC),
+        latency=LatencyStats(args.latency_stats),
+        latency_percentile=policy.latency_percentile,
+        percentile_cloudwatch=percentiles,
     )
 
 
@@ -206,6 +284,7 @@ def judge_command(
     args: argparse.Namespace,
     *,
     source: Callable[[], Reading] | None = None,
+    ecs: EcsClient | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], object] = time.sleep,
     stdout: TextIO | None = None,
@@ -216,6 +295,7 @@ def judge_command(
     Args:
         args: The parsed arguments.
         source: Reads the counts since the start (default: CloudWatch and SQS per the arguments).
+        ecs: The ECS client for the expected share (default: one per the arguments).
         clock: Wall-clock seconds since the epoch.
         sleep: Sleeps between looks.
         stdout: Where the verdict goes (default: `sys.stdout`).
@@ -229,10 +309,18 @@ def judge_command(
         policy = _policy(args)
         now = datetime.fromtimestamp(clock(), UTC)
         start = _bake_start(args, now)
-        read = source or _source(args, start, clock)
+        read = source or _source(args, start, clock, policy)
     except ConfigError as exc:
         err.write(f"qworker canary judge: error: {exc}\n")
         return EXIT_USAGE
+    try:
+        policy = _with_ecs_share(args, policy, ecs)
+    except ConfigError as exc:
+        err.write(f"qworker canary judge: error: {exc}\n")
+        return EXIT_USAGE
+    except (LookupError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        err.write(f"qworker canary judge: cannot read the expected share from ECS: {exc}\n")
+        return EXIT_ERROR
     try:
         if args.wait:
             verdict = run_bake(
@@ -245,9 +333,7 @@ def judge_command(
                 on_look=lambda v: _progress(v, err),
             )
         else:
-            reading = read()
-            elapsed_s = (now - start).total_seconds()
-            verdict = judge(reading.canary, reading.primary, elapsed_s, reading.backlog, policy)
+            verdict = judge_reading(read(), (now - start).total_seconds(), policy)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         err.write(f"qworker canary judge: cannot read the metrics: {exc}\n")
         return EXIT_ERROR
@@ -263,11 +349,13 @@ def judge_command(
 def _progress(verdict: Verdict, err: TextIO) -> None:
     ev = verdict.evidence
     z = "-" if ev.z is None or ev.critical_z is None else f"{ev.z:.2f} (needs {ev.critical_z:.2f})"
+    bound = "-" if ev.upper_bound is None else f"{ev.upper_bound:+.2%}"
     err.write(
         f"[{ev.elapsed_s:6.0f} s] {verdict.decision.value}: canary "
-        f"{ev.canary.first_attempt_failed}/{ev.canary.first_attempt_processed} failed "
-        f"({_pct(ev.canary_rate)}), primary {ev.primary.first_attempt_failed}/"
-        f"{ev.primary.first_attempt_processed} ({_pct(ev.primary_rate)}), z {z}\n"
+        f"{ev.canary.first_attempt_unsucceeded}/{ev.canary.first_attempt_processed} unsucceeded "
+        f"({_pct(ev.canary_rate)}), primary {ev.primary.first_attempt_unsucceeded}/"
+        f"{ev.primary.first_attempt_processed} ({_pct(ev.primary_rate)}), z {z}, upper bound "
+        f"{bound} (margin {_pct(ev.margin)})\n"
     )
     err.flush()
 
@@ -283,12 +371,28 @@ def _as_json(verdict: Verdict, final: Decision, policy: JudgePolicy) -> dict[str
     }
 
 
-def _pct(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate:.2%}"
+def _pct(rate: float | None, spec: str = ".2%") -> str:
+    return "-" if rate is None else format(rate, spec)
 
 
 def _num(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _latency_fact(ev: Evidence, policy: JudgePolicy) -> str:
+    if ev.latency_method == "percentile":
+        return (
+            f"{_pct(ev.canary_slow_rate, '.1%')} vs {_pct(ev.primary_slow_rate, '.1%')} slower "
+            f"than the primary's p{policy.latency_percentile:g} "
+            f"({_num(ev.latency_threshold_ms, '.1f')} ms); z {_num(ev.latency_z, '.2f')} / "
+            f"{_num(ev.latency_critical_z, '.2f')}, margin {_pct(ev.latency_margin, '.1%')}"
+        )
+    if ev.latency_method == "fallback":
+        return (
+            f"median per-minute trimmed-mean ratio {_num(ev.latency_ratio, '.2f')} over "
+            f"{ev.latency_minutes} min (limit {policy.latency_fallback_ratio:g}; no percentiles)"
+        )
+    return "-"
 
 
 def format_verdict(verdict: Verdict, final: Decision, policy: JudgePolicy) -> str:
@@ -307,8 +411,12 @@ def format_verdict(verdict: Verdict, final: Decision, policy: JudgePolicy) -> st
     rows = [
         ("", "canary", "primary"),
         ("first-attempt processed", str(c.first_attempt_processed), str(p.first_attempt_processed)),
-        ("first-attempt failed", str(c.first_attempt_failed), str(p.first_attempt_failed)),
-        ("first-attempt failure rate", _pct(ev.canary_rate), _pct(ev.primary_rate)),
+        (
+            "first-attempt unsucceeded",
+            str(c.first_attempt_unsucceeded),
+            str(p.first_attempt_unsucceeded),
+        ),
+        ("first-attempt non-success rate", _pct(ev.canary_rate), _pct(ev.primary_rate)),
         ("processed (all attempts)", str(c.processed), str(p.processed)),
         (
             "mean processing time (ms)",
@@ -321,22 +429,22 @@ def format_verdict(verdict: Verdict, final: Decision, policy: JudgePolicy) -> st
     title = verdict.decision.value.upper()
     if final is not verdict.decision:
         title += f" -> {final.value.upper()} (inconclusive policy: {policy.inconclusive_policy})"
+    expected = _pct(ev.expected_canary_share, ".1%")
     facts = [
         ("difference", f"{_num(ev.difference, '+.2%')} (margin {_pct(ev.margin)})"),
         ("z / critical z", f"{_num(ev.z, '.2f')} / {_num(ev.critical_z, '.2f')}"),
         ("p-value / look alpha", f"{_num(ev.p_value, '.3g')} / {_num(ev.look_alpha, '.3g')}"),
-        ("information fraction", f"{ev.information_fraction:.2f} of {policy.min_canary_messages}"),
+        ("upper bound", f"{_num(ev.upper_bound, '+.2%')} (pass below the margin)"),
+        ("dispersion", f"{_num(ev.dispersion, '.2f')} over {ev.strata} strata"),
         (
-            "canary rate bounds",
+            "canary sample",
             (
-                f"{_pct(ev.canary_rate_lower)} .. {_pct(ev.canary_rate_upper)} "
-                f"(ceiling {policy.absolute_failure_ceiling:.2%})"
+                f"{c.first_attempt_processed} of N = {ev.planned_canary_messages or '-'} "
+                f"(reachable by max bake: {_num(ev.reachable_canary_messages, '.0f')})"
             ),
         ),
-        (
-            "latency ratio",
-            f"{_num(ev.latency_ratio, '.2f')} (limit {policy.latency_ratio_limit:g})",
-        ),
+        ("canary share", f"{_pct(ev.canary_share, '.1%')} (expected {expected})"),
+        ("latency", _latency_fact(ev, policy)),
         ("backlog", "-" if ev.backlog is None else str(ev.backlog)),
         ("baked", f"{ev.elapsed_s:.0f} s (min {policy.min_bake_s:g}, max {policy.max_bake_s:g})"),
     ]

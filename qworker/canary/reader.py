@@ -1,12 +1,21 @@
-"""The canary judge's reader: cumulative per-role counts from CloudWatch, the backlog from SQS.
+"""The canary judge's reader: per-minute per-role counts from CloudWatch, the backlog from SQS.
 
-One `GetMetricData` call (paginated) reads, for the canary and the primary, the Sums of
-`FirstAttemptProcessed`, `FirstAttemptFailed` and `Processed` and the Sum and SampleCount of
-`ProcessingTime` (their ratio is the exact mean over the window; averaging per-minute Averages would
-weight a quiet minute like a busy one), over [start, now] under the dimensions
-`[Service, DeploymentRole]`, or `[Service, DeploymentRole, Queue]` when a queue is given. The worker
-emits every metric under both dimension sets, so reading exactly one never double counts. Missing
-data (a role that processed nothing, a metric not emitted yet) reads as zero.
+One `GetMetricData` call (paginated) reads, for the canary and the primary, per 60 s period,
+the Sums of `FirstAttemptProcessed`, `FirstAttemptUnsucceeded` and `Processed` and the Sum,
+SampleCount and Maximum of `ProcessingTime`, over [start, now] under the dimensions
+`[Service, DeploymentRole]`, or `[Service, DeploymentRole, Queue]` when a queue is given. The
+worker emits every metric under both dimension sets, so reading exactly one never double counts.
+The per-minute values are kept (the judge's dispersion-robust test needs them) and summed for the
+totals; missing data (a role that processed nothing, a metric not emitted yet) reads as zero. The
+last minute is usually partial.
+
+Latency, where the server serves percentile statistics (CloudWatch does): a second call reads the
+primary's `p90` (the policy's percentile) of `ProcessingTime` over the whole window, and a third
+each role's per-minute `PR(:threshold)`, the percentage of messages at or below it; the messages
+slower than the threshold are SampleCount x (1 - PR/100). LocalStack 4 and moto answer percentile
+statistics with an error (InternalError); the first such answer is logged once
+(`action=canary_latency_fallback`) and the source then reads no percentiles, leaving the judge its
+fallback on the per-minute Sum, SampleCount and Maximum, which every server serves.
 
 The clients are plain boto3 clients passed in, so the same reader runs against AWS, LocalStack or
 moto: `make_clients(region, endpoint_url)` builds them.
@@ -15,7 +24,9 @@ moto: `make_clients(region, endpoint_url)` builds them.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol, final
@@ -24,20 +35,26 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from qworker.canary.judge import Reading, RoleCounts
+from qworker.canary.judge import Minute, Reading, RoleCounts, TimeSummary
 from qworker.metrics import DEFAULT_NAMESPACE, Dimension, MetricName
 from qworker.settings import DeploymentRole
 
 __all__ = [
     "CloudWatchClient",
     "CloudWatchSource",
+    "EcsClient",
+    "LatencyStats",
     "MetricsQuery",
     "SqsClient",
+    "expected_share_from_ecs",
     "make_clients",
     "metric_data_queries",
     "queue_name_of",
     "read_backlog",
+    "read_minutes",
     "read_role_counts",
+    "read_slow_counts",
+    "read_threshold",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,13 +64,34 @@ PERIOD_S: Final = 60
 
 _SUMS: Final = (
     MetricName.FIRST_ATTEMPT_PROCESSED,
-    MetricName.FIRST_ATTEMPT_FAILED,
+    MetricName.FIRST_ATTEMPT_UNSUCCEEDED,
     MetricName.PROCESSED,
 )
-_TIME_STATS: Final = ("Sum", "SampleCount")
+_TIME_STATS: Final = ("Sum", "SampleCount", "Maximum")
 _ROLES: Final = (DeploymentRole.CANARY, DeploymentRole.PRIMARY)
 _BACKLOG_ATTRIBUTE: Final = "ApproximateNumberOfMessages"
 """Visible messages: the attribute behind CloudWatch's ApproximateNumberOfMessagesVisible."""
+_UNSUPPORTED_CODES: Final = frozenset(
+    {
+        "InternalError",
+        "InternalFailure",
+        "InternalServiceError",
+        "InvalidParameterValue",
+        "InvalidParameterCombination",
+        "ValidationError",
+        "NotImplemented",
+        "UnsupportedOperation",
+    }
+)
+"""How a server says it does not serve a statistic (LocalStack's: InternalError)."""
+
+
+class LatencyStats(enum.StrEnum):
+    """Which latency statistics the reader asks for."""
+
+    AUTO = "auto"  # percentiles; the fallback once the server refuses them
+    PERCENTILE = "percentile"  # percentiles; an error if the server refuses them
+    FALLBACK = "fallback"  # Sum, SampleCount and Maximum only
 
 
 class CloudWatchClient(Protocol):
@@ -73,6 +111,18 @@ class SqsClient(Protocol):
 
     def get_queue_attributes(self, **kwargs: object) -> Mapping[str, object]:
         """GetQueueAttributes."""
+        ...
+
+
+class EcsClient(Protocol):
+    """The ECS calls the expected-share read makes (a boto3 `ecs` client has them)."""
+
+    def describe_services(self, **kwargs: object) -> Mapping[str, object]:
+        """DescribeServices."""
+        ...
+
+    def describe_task_definition(self, **kwargs: object) -> Mapping[str, object]:
+        """DescribeTaskDefinition."""
         ...
 
 
@@ -117,30 +167,36 @@ def _query_id(role: str, metric: MetricName, stat: str) -> str:
     return f"{role}_{metric.value}_{stat}".lower()
 
 
+def _stat_query(  # noqa: PLR0917 (one query's parts)
+    query: MetricsQuery, query_id: str, role: str, metric: MetricName, stat: str, period: int
+) -> dict[str, object]:
+    return {
+        "Id": query_id,
+        "MetricStat": {
+            "Metric": {
+                "Namespace": query.namespace,
+                "MetricName": metric.value,
+                "Dimensions": query.dimensions(role),
+            },
+            "Period": period,
+            "Stat": stat,
+        },
+        "ReturnData": True,
+    }
+
+
 def metric_data_queries(query: MetricsQuery) -> list[dict[str, object]]:
-    """The `MetricDataQueries` of one read: per role, the three Sums and ProcessingTime's two stats.
+    """The `MetricDataQueries` of one read: per role, three Sums and ProcessingTime's three stats.
 
     Args:
         query: Which series.
 
     Returns:
-        Ten queries, with Ids like `canary_firstattemptfailed_sum`.
+        Twelve queries, with Ids like `canary_firstattemptunsucceeded_sum`.
     """
     wanted = [(m, "Sum") for m in _SUMS] + [(MetricName.PROCESSING_TIME, s) for s in _TIME_STATS]
     return [
-        {
-            "Id": _query_id(role, metric, stat),
-            "MetricStat": {
-                "Metric": {
-                    "Namespace": query.namespace,
-                    "MetricName": metric.value,
-                    "Dimensions": query.dimensions(role),
-                },
-                "Period": PERIOD_S,
-                "Stat": stat,
-            },
-            "ReturnData": True,
-        }
+        _stat_query(query, _query_id(role, metric, stat), role, metric, stat, PERIOD_S)
         for role in _ROLES
         for metric, stat in wanted
     ]
@@ -155,6 +211,7 @@ def _pages(
             "MetricDataQueries": queries,
             "StartTime": start,
             "EndTime": end,
+            "ScanBy": "TimestampAscending",
         }
         if token:
             kwargs["NextToken"] = token
@@ -165,49 +222,99 @@ def _pages(
             return
 
 
-def _sum_values(pages: Iterator[Mapping[str, object]]) -> dict[str, float]:
-    totals: dict[str, float] = {}
+def _series(pages: Iterator[Mapping[str, object]]) -> dict[str, dict[datetime, float]]:
+    """Every query's values by timestamp (summed if a timestamp comes twice)."""
+    series: dict[str, dict[datetime, float]] = {}
     for page in pages:
         results = page.get("MetricDataResults")
         for result in results if isinstance(results, Sequence) else ():
             if not isinstance(result, Mapping):
                 continue
-            values = result.get("Values")
-            total = sum(v for v in values if isinstance(v, int | float)) if values else 0.0
-            key = str(result.get("Id"))
-            totals[key] = totals.get(key, 0.0) + total
-    return totals
+            values = result.get("Values") or []
+            stamps = result.get("Timestamps") or []
+            points = series.setdefault(str(result.get("Id")), {})
+            for index, value in enumerate(values if isinstance(values, Sequence) else ()):
+                if not isinstance(value, int | float):
+                    continue
+                stamp = (
+                    stamps[index] if isinstance(stamps, Sequence) and index < len(stamps) else None
+                )
+                key = stamp if isinstance(stamp, datetime) else datetime.min.replace(tzinfo=UTC)
+                points[key] = points.get(key, 0.0) + float(value)
+    return series
 
 
-def _role_counts(role: str, totals: Mapping[str, float]) -> RoleCounts:
-    def total(metric: MetricName, stat: str = "Sum") -> float:
-        return totals.get(_query_id(role, metric, stat), 0.0)
+def _role_minute(
+    role: str, stamp: datetime, series: Mapping[str, Mapping[datetime, float]]
+) -> tuple[RoleCounts, TimeSummary | None]:
+    def value(metric: MetricName, stat: str = "Sum") -> float:
+        return series.get(_query_id(role, metric, stat), {}).get(stamp, 0.0)
 
-    first = round(total(MetricName.FIRST_ATTEMPT_PROCESSED))
-    failed = round(total(MetricName.FIRST_ATTEMPT_FAILED))
-    if failed > first:
+    first = round(value(MetricName.FIRST_ATTEMPT_PROCESSED))
+    unsucceeded = round(value(MetricName.FIRST_ATTEMPT_UNSUCCEEDED))
+    if unsucceeded > first:
         # Both are written in one EMF document, so this only happens when a window edge splits
-        # them across minutes; never report more failures than attempts.
+        # them across minutes; never report more non-successes than attempts.
         log.warning(
-            "first-attempt failures above first attempts",
-            extra={"action": "canary_read", "role": role, "failed": failed, "processed": first},
+            "first-attempt non-successes above first attempts",
+            extra={"action": "canary_read", "role": role, "unsucceeded": unsucceeded},
         )
-        failed = first
-    samples = total(MetricName.PROCESSING_TIME, "SampleCount")
-    return RoleCounts(
+        unsucceeded = first
+    samples = round(value(MetricName.PROCESSING_TIME, "SampleCount"))
+    time_sum = value(MetricName.PROCESSING_TIME)
+    counts = RoleCounts(
         first_attempt_processed=first,
-        first_attempt_failed=failed,
-        processed=round(total(MetricName.PROCESSED)),
-        processing_time_avg_ms=(
-            total(MetricName.PROCESSING_TIME) / samples if samples > 0 else None
-        ),
+        first_attempt_unsucceeded=unsucceeded,
+        processed=round(value(MetricName.PROCESSED)),
+        processing_time_avg_ms=time_sum / samples if samples > 0 else None,
+    )
+    summary = None
+    if samples > 0:
+        summary = TimeSummary(samples, time_sum, value(MetricName.PROCESSING_TIME, "Maximum"))
+    return counts, summary
+
+
+def read_minutes(
+    cloudwatch: CloudWatchClient, query: MetricsQuery, start: datetime, end: datetime
+) -> tuple[Minute, ...]:
+    """Read both roles' per-minute counts over [start, end], oldest first.
+
+    Args:
+        cloudwatch: A CloudWatch client.
+        query: Which series.
+        start: Start of the window (timezone-aware).
+        end: End of the window, after `start`.
+
+    Returns:
+        One `Minute` per period in which either role has data.
+    """
+    series = _series(_pages(cloudwatch, metric_data_queries(query), start, end))
+    stamps = sorted({stamp for points in series.values() for stamp in points})
+    minutes = []
+    for stamp in stamps:
+        canary, canary_time = _role_minute(DeploymentRole.CANARY, stamp, series)
+        primary, primary_time = _role_minute(DeploymentRole.PRIMARY, stamp, series)
+        minutes.append(Minute(canary, primary, canary_time, primary_time, at=stamp))
+    return tuple(minutes)
+
+
+def _total(minutes: Sequence[Minute], role: str) -> RoleCounts:
+    counts = [m.canary if role == DeploymentRole.CANARY else m.primary for m in minutes]
+    times = [m.canary_time if role == DeploymentRole.CANARY else m.primary_time for m in minutes]
+    samples = sum(t.count for t in times if t is not None)
+    time_sum = sum(t.sum_ms for t in times if t is not None)
+    return RoleCounts(
+        first_attempt_processed=sum(c.first_attempt_processed for c in counts),
+        first_attempt_unsucceeded=sum(c.first_attempt_unsucceeded for c in counts),
+        processed=sum(c.processed for c in counts),
+        processing_time_avg_ms=time_sum / samples if samples > 0 else None,
     )
 
 
 def read_role_counts(
     cloudwatch: CloudWatchClient, query: MetricsQuery, start: datetime, end: datetime
 ) -> tuple[RoleCounts, RoleCounts]:
-    """Read both roles' cumulative counts over [start, end].
+    """Read both roles' totals over [start, end].
 
     Args:
         cloudwatch: A CloudWatch client.
@@ -218,9 +325,84 @@ def read_role_counts(
     Returns:
         (canary, primary).
     """
-    totals = _sum_values(_pages(cloudwatch, metric_data_queries(query), start, end))
-    canary, primary = (_role_counts(role, totals) for role in _ROLES)
-    return canary, primary
+    minutes = read_minutes(cloudwatch, query, start, end)
+    return _total(minutes, DeploymentRole.CANARY), _total(minutes, DeploymentRole.PRIMARY)
+
+
+def read_threshold(
+    cloudwatch: CloudWatchClient,
+    query: MetricsQuery,
+    start: datetime,
+    end: datetime,
+    percentile: float,
+) -> float | None:
+    """The primary's ProcessingTime percentile over [start, end] (one period over the window).
+
+    Args:
+        cloudwatch: A CloudWatch client that serves percentile statistics.
+        query: Which series.
+        start: Start of the window (a whole minute).
+        end: End of the window.
+        percentile: e.g. 90 for p90.
+
+    Returns:
+        The threshold in ms, or None without primary data.
+
+    Raises:
+        botocore.exceptions.ClientError: The server refused the statistic.
+    """
+    period = max(PERIOD_S, math.ceil((end - start).total_seconds() / PERIOD_S) * PERIOD_S)
+    stat = f"p{percentile:g}"
+    role = DeploymentRole.PRIMARY
+    queries = [_stat_query(query, "threshold", role, MetricName.PROCESSING_TIME, stat, period)]
+    values = [
+        v
+        for points in _series(_pages(cloudwatch, queries, start, end)).values()
+        for v in points.values()
+    ]
+    return values[0] if values else None
+
+
+def read_slow_counts(
+    cloudwatch: CloudWatchClient,
+    query: MetricsQuery,
+    start: datetime,
+    end: datetime,
+    threshold_ms: float,
+) -> dict[str, dict[datetime, float]]:
+    """Per role and minute, the percentage of messages at or below `threshold_ms` (`PR(:x)`).
+
+    Args:
+        cloudwatch: A CloudWatch client that serves percentile statistics.
+        query: Which series.
+        start: Start of the window.
+        end: End of the window.
+        threshold_ms: The threshold.
+
+    Returns:
+        {role: {minute: percentage}}.
+
+    Raises:
+        botocore.exceptions.ClientError: The server refused the statistic.
+    """
+    stat = f"PR(:{threshold_ms:.6g})"
+    queries = [
+        _stat_query(query, f"{role}_pr", role, MetricName.PROCESSING_TIME, stat, PERIOD_S)
+        for role in _ROLES
+    ]
+    series = _series(_pages(cloudwatch, queries, start, end))
+    return {role: series.get(f"{role}_pr", {}) for role in _ROLES}
+
+
+def _with_slow(
+    summary: TimeSummary | None, percent_at_or_below: float | None
+) -> TimeSummary | None:
+    if summary is None:
+        return None
+    if percent_at_or_below is None:  # the statistic has no value for that minute: unknown
+        return summary
+    slow = round(summary.count * (100.0 - percent_at_or_below) / 100.0)
+    return dataclasses.replace(summary, slow=min(max(slow, 0), summary.count))
 
 
 def queue_name_of(queue: str) -> str:
@@ -269,6 +451,9 @@ class CloudWatchSource:
         sqs: SqsClient | None = None,
         backlog_queue: str | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        latency: LatencyStats = LatencyStats.AUTO,
+        latency_percentile: float = 90.0,
+        percentile_cloudwatch: CloudWatchClient | None = None,
     ) -> None:
         """Read `query` from `start`, and the backlog of `backlog_queue` if it and `sqs` are given.
 
@@ -279,25 +464,141 @@ class CloudWatchSource:
             sqs: An SQS client, for the backlog.
             backlog_queue: The queue's name or URL, for the backlog.
             now: The current time (injectable for tests).
+            latency: Which latency statistics to ask for.
+            latency_percentile: The primary's percentile that defines a slow message.
+            percentile_cloudwatch: The client for the percentile calls (default: `cloudwatch`);
+                one without retries learns at once that a server refuses them.
         """
         self._cloudwatch = cloudwatch
+        self._percentiles = percentile_cloudwatch or cloudwatch
         self._query = query
         self._start = _next_minute(start)
         self._sqs = sqs
         self._backlog_queue = backlog_queue
         self._now = now
+        self._latency = latency
+        self._percentile = latency_percentile
+
+    @property
+    def latency(self) -> LatencyStats:
+        """The latency statistics it reads now (AUTO turns FALLBACK when a server refuses them)."""
+        return self._latency
 
     def __call__(self) -> Reading:
         """Read the counts so far and the backlog now."""
         end = self._now()
+        minutes: tuple[Minute, ...] = ()
+        threshold = None
         if end > self._start:
-            canary, primary = read_role_counts(self._cloudwatch, self._query, self._start, end)
-        else:  # GetMetricData rejects an empty window, and there is no data in one anyway.
-            canary, primary = RoleCounts(), RoleCounts()
+            minutes = read_minutes(self._cloudwatch, self._query, self._start, end)
+            if minutes and self._latency is not LatencyStats.FALLBACK:
+                threshold, minutes = self._slow(minutes, end)
+        # else: GetMetricData rejects an empty window, and there is no data in one anyway.
         backlog = None
         if self._sqs is not None and self._backlog_queue is not None:
             backlog = read_backlog(self._sqs, self._backlog_queue)
-        return Reading(canary=canary, primary=primary, backlog=backlog)
+        return Reading(
+            canary=_total(minutes, DeploymentRole.CANARY),
+            primary=_total(minutes, DeploymentRole.PRIMARY),
+            backlog=backlog,
+            minutes=minutes,
+            latency_threshold_ms=threshold,
+        )
+
+    def _slow(
+        self, minutes: tuple[Minute, ...], end: datetime
+    ) -> tuple[float | None, tuple[Minute, ...]]:
+        try:
+            threshold = read_threshold(
+                self._percentiles, self._query, self._start, end, self._percentile
+            )
+            if threshold is None:
+                return None, minutes
+            shares = read_slow_counts(self._percentiles, self._query, self._start, end, threshold)
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if self._latency is LatencyStats.PERCENTILE or code not in _UNSUPPORTED_CODES:
+                raise
+            log.warning(
+                "percentile statistics unavailable; judging latency by per-minute trimmed means",
+                extra={"action": "canary_latency_fallback", "code": code, "error": str(exc)},
+            )
+            self._latency = LatencyStats.FALLBACK
+            return None, minutes
+        canary, primary = shares[DeploymentRole.CANARY], shares[DeploymentRole.PRIMARY]
+        return threshold, tuple(
+            dataclasses.replace(
+                minute,
+                canary_time=_with_slow(minute.canary_time, canary.get(_at(minute))),
+                primary_time=_with_slow(minute.primary_time, primary.get(_at(minute))),
+            )
+            for minute in minutes
+        )
+
+
+def _at(minute: Minute) -> datetime:
+    return minute.at or datetime.min.replace(tzinfo=UTC)
+
+
+def expected_share_from_ecs(
+    ecs: EcsClient,
+    cluster: str,
+    canary_service: str,
+    primary_service: str,
+    default_pollers: int,
+) -> float | None:
+    """The canary's expected share of receives: its running tasks x pollers over both services'.
+
+    Each service's running task count comes from DescribeServices and its pollers from the task
+    definition's `QWORKER_POLLERS` environment variable (default `default_pollers`, the settings'
+    default); every poller long-polls the same queue, so receives split by pollers.
+
+    Args:
+        ecs: An ECS client.
+        cluster: The cluster's name or ARN.
+        canary_service: The canary service's name or ARN.
+        primary_service: The primary service's name or ARN.
+        default_pollers: Pollers per task when the task definition does not set them.
+
+    Returns:
+        The expected share, or None when neither service runs a task.
+
+    Raises:
+        LookupError: A service was not found.
+    """
+    response = ecs.describe_services(cluster=cluster, services=[canary_service, primary_service])
+    services = response.get("services")
+    found = {
+        str(s.get("serviceName")): s
+        for s in (services if isinstance(services, Sequence) else ())
+        if isinstance(s, Mapping)
+    }
+    capacity: list[int] = []
+    for name in (canary_service, primary_service):
+        service = found.get(name.rsplit("/", 1)[-1])
+        if service is None:
+            raise LookupError(f"ECS service {name!r} not found in cluster {cluster!r}")
+        running = int(str(service.get("runningCount", 0)))
+        capacity.append(
+            running * _pollers(ecs, str(service.get("taskDefinition")), default_pollers)
+        )
+    total = sum(capacity)
+    return capacity[0] / total if total else None
+
+
+def _pollers(ecs: EcsClient, task_definition: str, default: int) -> int:
+    response = ecs.describe_task_definition(taskDefinition=task_definition)
+    definition = response.get("taskDefinition")
+    containers = definition.get("containerDefinitions") if isinstance(definition, Mapping) else None
+    for container in containers if isinstance(containers, Sequence) else ():
+        environment = container.get("environment") if isinstance(container, Mapping) else None
+        for variable in environment if isinstance(environment, Sequence) else ():
+            if isinstance(variable, Mapping) and variable.get("name") == "QWORKER_POLLERS":
+                try:
+                    return max(1, int(str(variable.get("value"))))
+                except ValueError:
+                    return default
+    return default
 
 
 def make_clients(

@@ -1,6 +1,6 @@
 """The canary judge's statistics: pure functions on counts, standard library only.
 
-Four tools, each small enough to check by hand:
+The tools, each small enough to check by hand:
 
 - `two_proportion_test`: a one-sided pooled two-proportion z-test (is the canary's first-attempt
   failure rate above the primary's?), with Yates' continuity correction so that small counts do not
@@ -11,10 +11,19 @@ Four tools, each small enough to check by hand:
 - `sequential_critical_z`: the z a look must reach when the bake peeks at the data again and again.
   Testing every minute at a fixed 5% would raise far more than 5% false alarms; this boundary keeps
   the false-alarm rate of the whole bake under `alpha` whatever the number and timing of the looks.
+  The same boundary, read the other way, gives a time-uniform (always-valid) confidence bound.
+- `stratified_difference`: the difference of two rates over many strata (one per minute, or a few
+  merged minutes), weighted by inverse variance so that minutes where both roles suffer alike (a
+  shared outage) weigh little, with a quasi-binomial dispersion factor from the strata's Pearson
+  chi-square (floor 1) so that failures clustered in time widen the standard error instead of
+  raising false alarms.
+- `planned_sample`: how many canary messages a pass needs at a given rate, margin and share.
+- `poisson_upper`: an upper bound on a Poisson count's mean (how fast traffic could really be).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -22,10 +31,16 @@ from typing import Final, final
 
 __all__ = [
     "ProportionTest",
+    "StratifiedDifference",
+    "Stratum",
+    "merge_strata",
     "normal_sf",
+    "planned_sample",
+    "poisson_upper",
     "practical_margin",
     "sequential_boundary_constant",
     "sequential_critical_z",
+    "stratified_difference",
     "two_proportion_test",
     "wilson_lower",
     "wilson_upper",
@@ -231,3 +246,239 @@ def sequential_critical_z(information_fraction: float, alpha: float) -> float:
         return math.inf
     root = math.sqrt(information_fraction)
     return c * max(1.0 / root, root)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Stratum:
+    """One stratum (a minute, or a few merged minutes): both groups' trials and failures."""
+
+    treatment_n: int
+    treatment_failed: int
+    control_n: int
+    control_failed: int
+
+    def __post_init__(self) -> None:
+        """Reject impossible counts."""
+        _check_counts(self.treatment_failed, self.treatment_n)
+        _check_counts(self.control_failed, self.control_n)
+
+    def __add__(self, other: Stratum) -> Stratum:
+        """Two strata merged into one."""
+        return Stratum(
+            self.treatment_n + other.treatment_n,
+            self.treatment_failed + other.treatment_failed,
+            self.control_n + other.control_n,
+            self.control_failed + other.control_failed,
+        )
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class StratifiedDifference:
+    """The stratified difference treatment - control and its standard errors."""
+
+    difference: float
+    """Inverse-variance weighted mean of the strata's differences."""
+    treatment_rate: float
+    control_rate: float
+    null_se: float
+    """Standard error under equal rates (the test's), dispersion included."""
+    alt_se: float
+    """Standard error at the estimated difference, or at the one asked for (the confidence
+    bound's), dispersion included."""
+    dispersion: float
+    """Quasi-binomial factor: Pearson chi-square of the strata / degrees of freedom, at least 1."""
+    strata: int
+    continuity: float
+    z: float
+    """(difference - continuity, towards zero) / null_se; 0 without variance."""
+
+
+SHRINK_MESSAGES: Final = 1000.0
+"""A stratum's pooled rate is shrunk towards the overall rate by this many pseudo-messages, so a
+stratum without failures still has a variance (and a finite weight)."""
+
+
+DISPERSION_PRIOR_DF: Final = 4.0
+"""The dispersion factor starts from 1 with this many degrees of freedom of weight: with a handful
+of strata one unlucky minute would otherwise set it, with an hour of minutes the data dominate."""
+
+
+def merge_strata(strata: list[Stratum], min_treatment: int) -> list[Stratum]:
+    """Merge consecutive strata until each has `min_treatment` treatment trials (the last may not).
+
+    Strata where either group has no trials carry no comparison and are dropped. A short remainder
+    is merged into the stratum before it.
+
+    Args:
+        strata: In time order.
+        min_treatment: Treatment trials a stratum needs (1: no merging).
+
+    Returns:
+        The merged strata.
+    """
+    merged: list[Stratum] = []
+    current: Stratum | None = None
+    for stratum in strata:
+        if stratum.treatment_n == 0 or stratum.control_n == 0:
+            continue
+        current = stratum if current is None else current + stratum
+        if current.treatment_n >= min_treatment:
+            merged.append(current)
+            current = None
+    if current is not None:
+        if merged:
+            merged[-1] += current
+        else:
+            merged.append(current)
+    return merged
+
+
+def stratified_difference(
+    strata: list[Stratum], *, continuity: bool = True, at: float | None = None
+) -> StratifiedDifference | None:
+    """Estimate treatment - control across strata, robust to a shared time-varying rate.
+
+    Each stratum i has the difference d_i of its two rates and, under equal rates, the variance
+    v_i = q_i (1 - q_i) (1/n_ti + 1/n_ci), with q_i the stratum's pooled rate shrunk towards the
+    overall pooled rate by `SHRINK_MESSAGES`. The estimate is D = sum(w_i d_i) / sum(w_i) with
+    w_i = 1 / v_i: a minute in which both roles fail at 30% has a large v_i and weighs little, and
+    its d_i is near 0 anyway. The dispersion factor
+    phi = max(1, (sum(w_i (d_i - D)^2) + nu) / (k - 1 + nu))
+    (Pearson chi-square over k strata, shrunk towards 1 by `DISPERSION_PRIOR_DF`) scales both
+    variances: failures clustered in some minutes (a
+    bad task, a bad minute) spread the d_i more than binomial sampling does and widen the error.
+    The null standard error is sqrt(phi / sum(w_i)); the alternative one uses, per stratum, the
+    two rates that keep the pooled rate q_i and differ by D. With one stratum this is the pooled
+    two-proportion z-test exactly (`two_proportion_test`).
+
+    Args:
+        strata: Strata with trials in both groups (others are ignored).
+        continuity: Take Yates' correction (1/N_t + 1/N_c) / 2 on the totals off the difference.
+        at: The difference at which to take `alt_se` (default: the estimate). An upper bound
+            checked against a margin is better taken at the margin (a score-type bound): at low
+            rates, a canary that happened to fail little would otherwise get too small an error.
+
+    Returns:
+        The estimate, or None when no stratum has trials in both groups.
+    """
+    used = [s for s in strata if s.treatment_n > 0 and s.control_n > 0]
+    if not used:
+        return None
+    n_t = sum(s.treatment_n for s in used)
+    f_t = sum(s.treatment_failed for s in used)
+    n_c = sum(s.control_n for s in used)
+    f_c = sum(s.control_failed for s in used)
+    pooled = (f_t + f_c) / (n_t + n_c)
+    cc = 0.5 * (1.0 / n_t + 1.0 / n_c) if continuity else 0.0
+    base = StratifiedDifference(
+        difference=f_t / n_t - f_c / n_c,
+        treatment_rate=f_t / n_t,
+        control_rate=f_c / n_c,
+        null_se=0.0,
+        alt_se=0.0,
+        dispersion=1.0,
+        strata=len(used),
+        continuity=cc,
+        z=0.0,
+    )
+    # No failure (or no success) at all still leaves doubt: half a failure's worth of variance.
+    half = 0.5 / (n_t + n_c)
+    pooled = min(max(pooled, half), 1.0 - half)
+    rows: list[tuple[float, float, float, float, float]] = []  # d, w, q, n_t, n_c
+    for s in used:
+        q = (s.treatment_failed + s.control_failed + SHRINK_MESSAGES * pooled) / (
+            s.treatment_n + s.control_n + SHRINK_MESSAGES
+        )
+        v = q * (1.0 - q) * (1.0 / s.treatment_n + 1.0 / s.control_n)
+        d = s.treatment_failed / s.treatment_n - s.control_failed / s.control_n
+        rows.append((d, 1.0 / v, q, s.treatment_n, s.control_n))
+    total_w = sum(w for _, w, _, _, _ in rows)
+    estimate = sum(d * w for d, w, _, _, _ in rows) / total_w
+
+    def variance(shift: float, q: float, nt: float, nc: float) -> float:
+        # The stratum's two rates that keep its pooled rate q and differ by `shift`.
+        share_t = nt / (nt + nc)
+        pt = min(max(q + shift * (1.0 - share_t), 0.0), 1.0)
+        pc = min(max(q - shift * share_t, 0.0), 1.0)
+        return pt * (1.0 - pt) / nt + pc * (1.0 - pc) / nc
+
+    # Pearson chi-square of the strata around the estimate, each with its variance AT the estimate
+    # (under a real difference the canary's failures are more variable than the pooled rate says).
+    chi2 = sum((d - estimate) ** 2 / variance(estimate, q, nt, nc) for d, _, q, nt, nc in rows)
+    df = len(rows) - 1
+    phi = max(1.0, (chi2 + DISPERSION_PRIOR_DF) / (df + DISPERSION_PRIOR_DF))
+    shift = estimate if at is None else at
+    alt_var = sum(w * w * variance(shift, q, nt, nc) for _, w, q, nt, nc in rows)
+    null_se = math.sqrt(phi / total_w)
+    corrected = math.copysign(max(abs(estimate) - cc, 0.0), estimate)
+    return dataclasses.replace(
+        base,
+        difference=estimate,
+        null_se=null_se,
+        alt_se=math.sqrt(phi * alt_var) / total_w,
+        dispersion=phi,
+        z=corrected / null_se,
+    )
+
+
+def planned_sample(  # noqa: PLR0917 (the sizing formula's parameters)
+    rate: float,
+    margin: float,
+    canary_share: float,
+    pass_alpha: float,
+    power: float,
+    dispersion: float = 1.0,
+) -> int:
+    """Canary messages after which an equal-rate canary passes with about `power`.
+
+    A pass needs the time-uniform upper bound D + c se_m below the margin m, with c the pass
+    boundary's constant at the planned sample and se_m the standard error with the two rates m
+    apart (pooled rate kept). For an equal-rate canary D ~ N(0, se_0^2), so the bound is below the
+    margin with probability `power` once c se_m + z_power se_0 <= m. Per canary message
+    (the primary sees (1 - s) / s as many): n se_0^2 = phi p (1 - p) / (1 - s) and
+    n se_m^2 = phi (p_c (1 - p_c) + p_p (1 - p_p) s / (1 - s)), p_c = p + m (1 - s),
+    p_p = p - m s, so n = phi (c sigma_m + z_power sigma_0)^2 / m^2.
+
+    Args:
+        rate: The failure rate both roles would share.
+        margin: The practical margin (positive).
+        canary_share: The canary's share of first attempts, in (0, 1).
+        pass_alpha: The pass bound's error rate (a canary worse by the margin passes at most
+            this often).
+        power: The chance an equal-rate canary passes by then, in (0.5, 1).
+        dispersion: The quasi-binomial factor (1: binomial).
+
+    Returns:
+        The planned canary sample, at least 1.
+
+    Raises:
+        ValueError: The margin is not positive or the share not in (0, 1).
+    """
+    if margin <= 0.0 or not 0.0 < canary_share < 1.0:
+        raise ValueError(f"need margin > 0 and 0 < share < 1, got {margin}, {canary_share}")
+    s = canary_share
+    ratio = s / (1.0 - s)
+    p_c = min(rate + margin * (1.0 - s), 1.0)
+    p_p = max(rate - margin * s, 0.0)
+    sigma_0 = math.sqrt(rate * (1.0 - rate) * (1.0 + ratio))
+    sigma_m = math.sqrt(p_c * (1.0 - p_c) + p_p * (1.0 - p_p) * ratio)
+    c = sequential_boundary_constant(pass_alpha)
+    z = _STANDARD_NORMAL.inv_cdf(power)
+    spread = c * sigma_m + z * sigma_0
+    return max(1, math.ceil(dispersion * spread * spread / (margin * margin)))
+
+
+def poisson_upper(count: int, confidence: float = 0.99) -> float:
+    """An upper confidence bound on a Poisson mean, given one count (Wilson-Hilferty style).
+
+    count + z sqrt(count) + z^2 with z the one-sided normal quantile: conservative for small counts
+    (0 gives z^2, about 5.4 at 99%; the exact bound is 4.6).
+
+    Args:
+        count: The observed count.
+        confidence: One-sided confidence.
+    """
+    z = _STANDARD_NORMAL.inv_cdf(confidence)
+    return count + z * math.sqrt(count) + z * z
