@@ -19,8 +19,14 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Final, TypeVar, overload
 
-from qworker.exceptions import ConfigError, HandlerAlreadyRegistered, HandlerNotFound
+from qworker.exceptions import (
+    ConfigError,
+    HandlerAlreadyRegistered,
+    HandlerNotFound,
+    HandlerSignatureError,
+)
 from qworker.handler import HandlerFunc, HandlerSpec
+from qworker.settings import QUEUE_NAME
 
 __all__ = ["DEFAULT_QUEUE", "QWorker", "Router"]
 
@@ -97,7 +103,13 @@ class Router:
 
         Raises:
             HandlerAlreadyRegistered: The queue has a handler already.
+            HandlerSignatureError: The queue's name is not one SQS allows.
         """
+        if spec.queue is not None and not QUEUE_NAME.fullmatch(spec.queue):
+            raise HandlerSignatureError(
+                f"handler {spec.name}: {spec.queue!r} is not a queue name (up to 80 letters, "
+                "digits, '-' and '_', ending '.fifo' for a FIFO queue)"
+            )
         existing = self._handlers.get(spec.queue)
         if existing is not None:
             where = spec.queue or "the configured queue"

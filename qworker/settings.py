@@ -25,6 +25,9 @@ __all__ = ["ENV_PREFIX", "DeploymentRole", "QWorkerSettings", "load_settings"]
 
 ENV_PREFIX: Final = "QWORKER_"
 
+QUEUE_NAME: Final = re.compile(r"(?=.{1,80}$)[A-Za-z0-9_-]+(\.fifo)?")
+"""SQS's rule for a queue name: up to 80 letters, digits, `-` and `_`, FIFO ones ending `.fifo`."""
+
 _REGION: Final = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 """botocore's own check of a region name (a bad one fails deep inside client creation)."""
 
@@ -242,6 +245,16 @@ class QWorkerSettings(BaseSettings):
                 raise ValueError(
                     f"{value!r} names no queue (e.g. https://sqs.<region>.amazonaws.com/<account>/<queue>)"
                 )
+        return value
+
+    @field_validator("queue_name")
+    @classmethod
+    def _queue_name_format(cls, value: str | None) -> str | None:
+        if value is not None and not QUEUE_NAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a queue name (up to 80 letters, digits, '-' and '_', "
+                "ending '.fifo' for a FIFO queue)"
+            )
         return value
 
     @field_validator("region")

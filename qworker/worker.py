@@ -30,6 +30,7 @@ from qworker.consumer import Consumer, ConsumerStatistics, OutcomeSink
 from qworker.dispatch import Dispatcher, Middleware
 from qworker.exceptions import (
     AccessDenied,
+    BadRequest,
     ConfigError,
     QueueDoesNotExist,
     TransientTransportError,
@@ -218,19 +219,22 @@ class Worker:
         """Run a start-up step, retrying transient errors until it works, `stop()` or `deadline`.
 
         Raises:
-            ConfigError: The server could not be reached before `deadline` (loop time).
+            ConfigError: The server could not be reached before `deadline` (loop time), or
+                refused the worker in a way no retry mends (e.g. TLS to a plain-HTTP port).
         """
         failures = 0
+        last_error = "no answer in time"
         loop = asyncio.get_running_loop()
         while not self.stopping:
             try:
                 async with asyncio.timeout_at(deadline):
                     return await attempt()
             except TimeoutError:
-                raise self._unreachable(endpoint, "no answer") from None
+                raise self._unreachable(endpoint, last_error) from None
             except TransientTransportError as exc:
+                last_error = str(exc)
                 if loop.time() >= deadline:
-                    raise self._unreachable(endpoint, str(exc)) from None
+                    raise self._unreachable(endpoint, last_error) from None
                 failures += 1
                 delay = random.uniform(0.5, min(STARTUP_BACKOFF_MAX_S, 0.5 * 2**failures))  # noqa: S311 (jitter)
                 log.warning(
@@ -266,6 +270,19 @@ class Worker:
             raise ConfigError(
                 f"access denied to queue {name or url!r} ({exc}); "
                 "check the task role's SQS permissions"
+            ) from None
+        except BadRequest as exc:
+            raise ConfigError(
+                f"the server refused queue {name or url!r} ({exc}); fix "
+                "QWORKER_QUEUE_NAME / QWORKER_QUEUE_URL (--queue-name / --queue-url)"
+            ) from None
+        except TransientTransportError:
+            raise
+        except TransportError as exc:
+            endpoint = str(client.meta.endpoint_url)
+            raise ConfigError(
+                f"queue server {endpoint} cannot be used ({exc}); check QWORKER_ENDPOINT_URL "
+                "(--endpoint-url) and the region"
             ) from None
         dead_letter = await self._dead_letter(client, transport.queue_name, attributes)
         self._report(transport, attributes, dead_letter)

@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -58,6 +59,10 @@ MODULES: Final = {
     ),
     "extra_param": "async def handle(body: str, other: int) -> None:\n    pass\n",
     "bad_body_type": "async def handle(body: object()) -> None:\n    pass\n",
+    "bad_queue": (
+        "from qworker import QWorker\n\napp = QWorker('x')\n\n"
+        "@app.handler('orders queue')\nasync def one(body: str) -> None: ...\n"
+    ),
 }
 
 
@@ -128,6 +133,9 @@ SETTINGS_CASES: Final = [
     *setting("queue_url", "not-a-url"),
     *setting("queue_url", "http://127.0.0.1:4566"),
     *setting("queue_url", "sqs://queue/orders"),
+    *setting("queue_name", "bad name!"),
+    *setting("queue_name", "q" * 81),
+    *setting("queue_name", "orders.fifo.bak"),
     *setting("metrics_namespace", "bad namespace!"),
     *setting("metrics_interval_s", "0"),
     *setting("metrics_interval_s", "61"),
@@ -181,6 +189,7 @@ MODULE_CASES: Final = [
     Case("queue registered twice", ("already has handler", "twice.one"), module="twice"),
     Case("unfillable parameter", ("extra_param.handle", "'other'"), module="extra_param"),
     Case("body type not validatable", ("bad_body_type",), module="bad_body_type"),
+    Case("handler queue not a queue name", ("'orders queue'", "bad_queue.one"), module="bad_queue"),
 ]
 
 HEALTH_CASES: Final = [
@@ -285,10 +294,9 @@ def test_bad_configuration_exits_2_with_one_line_naming_it(workdir: Path, case: 
         case,
         "--endpoint-url",
         f"http://127.0.0.1:{free_port()}",
-        "--queue-name",
-        "orders",
         "--startup-timeout-s",
         "1",
+        extra_env={"QWORKER_QUEUE_NAME": "orders"},  # a case's own variable or flag wins
     )
 
     assert_one_line(proc, case)
@@ -308,6 +316,47 @@ def test_health_port_in_use_is_refused(workdir: Path) -> None:
         proc = run_qworker(workdir, case, "--queue-name", "orders", "--startup-timeout-s", "1")
 
     assert_one_line(proc, case)
+
+
+def test_tls_to_a_plain_http_port_names_the_endpoint(workdir: Path) -> None:
+    """An `https://` endpoint on a plain-HTTP server fails the TLS handshake: no retry mends it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        endpoint = f"https://127.0.0.1:{server.getsockname()[1]}"
+        stop = threading.Event()
+
+        def answer_in_plain_http() -> None:
+            server.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=answer_in_plain_http, daemon=True)
+        thread.start()
+        case = Case("tls to http", (endpoint, "QWORKER_ENDPOINT_URL"))
+        try:
+            proc = run_qworker(
+                workdir,
+                case,
+                "--endpoint-url",
+                endpoint,
+                "--queue-name",
+                "orders",
+                "--startup-timeout-s",
+                "20",
+                "--health-file",
+                str(workdir / "health.json"),
+            )
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    assert_one_line(proc, case, logs_allowed=True)
 
 
 def test_retry_base_inf_is_reported_under_its_own_name(workdir: Path) -> None:
