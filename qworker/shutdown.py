@@ -249,21 +249,29 @@ def run(
     *,
     grace_s: float,
     flush_s: float = SHUTDOWN_FLUSH_S,
+    exit_now: Callable[[int], object] = os._exit,
 ) -> int:
     """Run `main(guard)` in a new event loop; return the exit code (0, or `EXIT_ABANDONED`).
 
     `main` should `guard.watch(worker)` and enter `guard.armed_by_signals()` inside its signal
     handling. The process never outlives the bound after a stop signal (see the module docs).
+
+    Args:
+        main: Makes the coroutine to run, given the guard.
+        grace_s: The worker's `shutdown_grace_s`.
+        flush_s: Budget after the grace period.
+        exit_now: Ends the process without waiting for threads (`os._exit`).
     """
-    guard = ShutdownGuard(grace_s, flush_s=flush_s)
+    guard = ShutdownGuard(grace_s, flush_s=flush_s, exit_now=exit_now)
     executor = HandlerExecutor()
     runner = asyncio.Runner()
+    code: int | None = None
     try:
         runner.get_loop().set_default_executor(executor)
         runner.run(main(guard))
         code = guard.exit_code(executor)
     finally:
-        if executor.busy():
+        if code is None and executor.busy():
             # An error ended the worker while a handler thread runs: do not wait for it either.
             guard.abandon("the worker ended while a handler thread still runs", [])
         guard.disarm()
