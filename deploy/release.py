@@ -11,7 +11,8 @@ runs. Before that it puts the canary back on the primary's version if a release 
 half-way left it elsewhere, and it fails with the runbook when a stack cannot be updated.
 
 `restore-canary` (the judge action's post_build, when the judge failed) updates the canary stack
-to the primary's ImageTag and CpuArchitecture, keeping its template and every other parameter.
+to the primary's ImageTag and CpuArchitecture, keeping its template (read back with GetTemplate)
+and every other parameter.
 
 `watch` fails as soon as one of the alarms is in ALARM, and succeeds after the given minutes (0:
 look once). RELEASE_MINUTE_S sets the length of a minute (default 60), for rehearsals.
@@ -25,6 +26,7 @@ boto3 resolves its endpoint the usual way (AWS_ENDPOINT_URL included). Exit stat
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -143,10 +145,14 @@ def restore_canary(
         else {"ParameterKey": key, "UsePreviousValue": True}
         for key in canary.parameters
     ]
+    # The template the canary stack runs now, sent back as it is (what UsePreviousTemplate does;
+    # LocalStack, where the rehearsal runs, only takes a template body).
+    body = cloudformation.get_template(StackName=canary_stack, TemplateStage="Original")
+    template = body["TemplateBody"]
     try:
         cloudformation.update_stack(
             StackName=canary_stack,
-            UsePreviousTemplate=True,
+            TemplateBody=template if isinstance(template, str) else json.dumps(template),
             Parameters=parameters,
             Capabilities=["CAPABILITY_IAM"],
             RoleARN=deploy_role_arn,

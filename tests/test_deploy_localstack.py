@@ -2,12 +2,18 @@
 
 LocalStack's free edition has no ECS, Application Auto Scaling or CodePipeline, so the service and
 pipeline templates cannot deploy here; the IAM roles of `service.yaml` (and the log group they name)
-are cut out of the template as written and deployed on their own.
+are cut out of the template as written and deployed on their own, under the permissions boundary
+the pipeline template defines. deploy/release.py, which the pipeline's Baseline, judge and watch
+actions run, is run as a real process against real LocalStack stacks and alarms.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +23,7 @@ from typing import Any
 import boto3
 import pytest
 from cfnlint.decode import decode
+from test_deploy_templates import PIPELINE_PARAMS, render
 
 from qworker.metrics import DEFAULT_NAMESPACE, Dimension
 
@@ -147,10 +154,21 @@ def test_service_iam_roles_deploy_scoped_to_the_queue(aws: dict[str, Any]) -> No
         "MetricsNamespace": DEFAULT_NAMESPACE,
         "LogRetentionDays": "30",
     }
-    outputs = deploy(aws["cloudformation"], body, {k: v for k, v in values.items() if k in wanted})
     iam = aws["iam"]
+    # The boundary the pipeline stack creates, under the name and path service.yaml names.
+    boundary = render("pipeline.yaml", {**PIPELINE_PARAMS, "ServiceName": service}).resources(
+        "AWS::IAM::ManagedPolicy"
+    )["TaskRoleBoundary"]["Properties"]
+    document = json.dumps(boundary["PolicyDocument"]).replace(
+        "<ImageRepository.Arn>", "arn:aws:ecr:us-east-1:000000000000:repository/qworker"
+    )
+    created = iam.create_policy(
+        PolicyName=boundary["ManagedPolicyName"], Path=boundary["Path"], PolicyDocument=document
+    )["Policy"]
+    outputs = deploy(aws["cloudformation"], body, {k: v for k, v in values.items() if k in wanted})
     role = iam.get_role(RoleName=outputs["TaskRoleName"])["Role"]
     assert role["Path"] == f"/qworker/{service}/"
+    assert role["PermissionsBoundary"]["PermissionsBoundaryArn"] == created["Arn"]
     names = iam.list_role_policies(RoleName=outputs["TaskRoleName"])["PolicyNames"]
     assert names == ["consume-queue"]  # no KMS key given: no KMS policy
     document = iam.get_role_policy(RoleName=outputs["TaskRoleName"], PolicyName="consume-queue")
@@ -167,3 +185,144 @@ def test_service_iam_roles_deploy_scoped_to_the_queue(aws: dict[str, Any]) -> No
 def _actions(statement: dict[str, Any]) -> list[str]:
     action = statement["Action"]
     return [action] if isinstance(action, str) else list(action)
+
+
+# -- deploy/release.py against real LocalStack stacks and alarms -----------------------------------
+
+# A service stack as release.py sees it: the version parameters and one more, and a resource whose
+# value shows which parameters the last stack operation applied.
+STAND_IN = json.dumps(
+    {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Parameters": {
+            "ImageTag": {"Type": "String"},
+            "CpuArchitecture": {"Type": "String"},
+            "DeploymentRole": {"Type": "String"},
+        },
+        "Resources": {"Service": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+        "Outputs": {
+            "Applied": {"Value": {"Fn::Sub": "${ImageTag}-${CpuArchitecture}-${DeploymentRole}"}}
+        },
+    }
+)
+
+
+def _release(
+    localstack_server: Any, *args: str, minute_s: str = "60"
+) -> subprocess.CompletedProcess[str]:
+    """Run deploy/release.py as the buildspecs do (baseline through eval, like CodeBuild's bash)."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "AWS_ENDPOINT_URL": localstack_server.endpoint_url,
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "RELEASE_MINUTE_S": minute_s,
+    }
+    command = shlex.join([sys.executable, str(DEPLOY / "release.py"), *args])
+    if args[0] == "baseline":
+        command = f'out="$({command})"; eval "$out"; echo "$BOOTSTRAP|$PRIMARY_IMAGE_TAG"'
+    return subprocess.run(
+        ["bash", "-c", f"set -e; {command}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+
+
+def _stack_parameters(cfn: Any, name: str) -> dict[str, str]:
+    (stack,) = cfn.describe_stacks(StackName=name)["Stacks"]
+    return {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
+
+
+def _create_service_stack(cfn: Any, name: str, parameters: dict[str, str]) -> None:
+    cfn.create_stack(
+        StackName=name,
+        TemplateBody=STAND_IN,
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+    )
+    deadline = time.monotonic() + 120
+    while (status := cfn.describe_stacks(StackName=name)["Stacks"][0]["StackStatus"]) not in (
+        TERMINAL
+    ):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)  # CloudFormation works on its own: polling its status is the only way
+    events = cfn.describe_stack_events(StackName=name)["StackEvents"]
+    reasons = [f"{e['LogicalResourceId']}: {e.get('ResourceStatusReason')}" for e in events]
+    assert status == "CREATE_COMPLETE", reasons
+
+
+def test_release_baseline_bootstraps_then_puts_the_canary_on_the_primary_version(
+    aws: dict[str, Any], localstack_server: Any
+) -> None:
+    cfn = aws["cloudformation"]
+    service = f"svc-{uuid.uuid4().hex[:6]}"
+    primary, canary = f"qworker-{service}-primary", f"qworker-{service}-canary"
+    stacks = ["--primary-stack", primary, "--canary-stack", canary]
+    role = ["--deploy-role-arn", "arn:aws:iam::000000000000:role/deploy"]
+
+    first = _release(localstack_server, "baseline", *stacks, *role)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "true|"  # no primary: the first release bootstraps
+    assert "first release" in first.stderr
+
+    _create_service_stack(
+        cfn, primary, {"ImageTag": "aaa", "CpuArchitecture": "ARM64", "DeploymentRole": "primary"}
+    )
+    # A release stopped half-way left the canary on another version and architecture.
+    _create_service_stack(
+        cfn, canary, {"ImageTag": "bbb", "CpuArchitecture": "X86_64", "DeploymentRole": "canary"}
+    )
+    second = _release(localstack_server, "baseline", *stacks, *role)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == "false|aaa"
+    assert _stack_parameters(cfn, canary) == {
+        "ImageTag": "aaa",
+        "CpuArchitecture": "ARM64",
+        "DeploymentRole": "canary",  # everything else kept
+    }
+    (stack,) = cfn.describe_stacks(StackName=canary)["Stacks"]
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    assert outputs["Applied"] == "aaa-ARM64-canary"  # the update really ran
+
+    again = _release(localstack_server, "restore-canary", *stacks, *role)
+    assert again.returncode == 0, again.stderr
+    assert "already runs the primary's version aaa" in again.stderr
+
+
+def test_release_watch_fails_on_an_alarm_in_alarm(
+    aws: dict[str, Any], localstack_server: Any
+) -> None:
+    cloudwatch = aws["cloudwatch"]
+    names = [f"t{uuid.uuid4().hex[:6]}-fleet", f"t{uuid.uuid4().hex[:6]}-other"]
+    for name in names:
+        cloudwatch.put_metric_alarm(
+            AlarmName=name,
+            Namespace=DEFAULT_NAMESPACE,
+            MetricName="Processed",
+            Statistic="Sum",
+            Period=60,
+            EvaluationPeriods=1,
+            Threshold=1,
+            ComparisonOperator="GreaterThanThreshold",
+            TreatMissingData="notBreaching",
+        )
+        cloudwatch.set_alarm_state(AlarmName=name, StateValue="OK", StateReason="test")
+    alarms = ",".join(names)
+    quiet = _release(
+        localstack_server, "watch", "--alarms", alarms, "--minutes", "1", minute_s="0.2"
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    assert "quiet for 1 min" in quiet.stderr
+
+    cloudwatch.set_alarm_state(AlarmName=names[1], StateValue="ALARM", StateReason="test")
+    firing = _release(localstack_server, "watch", "--alarms", alarms, "--minutes", "0")
+    assert firing.returncode == 1
+    assert f"in ALARM: {names[1]}" in firing.stderr
+
+    bad_minute = _release(localstack_server, "watch", "--alarms", alarms, minute_s="0")
+    assert bad_minute.returncode == 1
+    assert "RELEASE_MINUTE_S" in bad_minute.stderr

@@ -10,6 +10,7 @@ imports the same helpers.
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import json
 import os
 import re
@@ -721,6 +722,36 @@ def test_the_release_steps_the_buildspecs_run_exist() -> None:
         assert result.returncode == 0, result.stderr
         for flag in flags:
             assert flag in result.stdout, f"{where}: {flag}"
+
+
+def _release_module() -> Any:
+    spec = importlib.util.spec_from_file_location("release", DEPLOY / "release.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("status", "advice"),
+    [
+        ("ROLLBACK_COMPLETE", "delete-stack --stack-name qworker-orders-primary"),
+        ("ROLLBACK_FAILED", "delete-stack --stack-name qworker-orders-primary"),
+        ("UPDATE_ROLLBACK_FAILED", "continue-update-rollback --stack-name qworker-orders-primary"),
+    ],
+)
+def test_a_stuck_stack_stops_the_release_with_its_runbook(status: str, advice: str) -> None:
+    release = _release_module()
+    stack = release.Stack("qworker-orders-primary", status, {"ImageTag": "a"})
+    with pytest.raises(release.ReleaseError, match=status) as raised:
+        release.updatable(stack)
+    assert advice in str(raised.value)
+    readme = (DEPLOY / "README.md").read_text()
+    assert status.split("_", 1)[0] in readme
+    for fine in ("CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE"):
+        assert release.updatable(release.Stack("s", fine, {})).status == fine
 
 
 def test_service_template_is_deployed_for_both_roles(pipeline: Renderer) -> None:
