@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import os
 import socket
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Final
@@ -223,10 +225,17 @@ def _cmd_send(args: argparse.Namespace) -> int:
     queue_name = settings.queue_name
     if endpoint is None and settings.queue_url is None:
         state = read_state()
+        if state is not None and not _listening(state.endpoint_url):
+            state = None  # left behind by a server that did not stop cleanly
         if state is not None:
             endpoint = state.endpoint_url
             if queue_name is None and len(state.queues) == 1:
                 queue_name = state.queues[0]
+        elif queue_name is None:
+            raise ConfigError(
+                "no local server is running; start one with `qworker run` (or name a queue with "
+                "--queue-name / --queue-url)"
+            )
     if settings.queue_url is None and queue_name is None:
         raise ConfigError(
             "which queue? set QWORKER_QUEUE_NAME or QWORKER_QUEUE_URL (--queue-name / --queue-url)"
@@ -242,6 +251,18 @@ def _cmd_send(args: argparse.Namespace) -> int:
     )
     print(f"sent {sent} message(s)", file=sys.stderr)  # noqa: T201 (the command's answer)
     return 0
+
+
+def _listening(endpoint_url: str) -> bool:
+    """Whether something accepts connections at the endpoint's host and port."""
+    parts = urllib.parse.urlsplit(endpoint_url)
+    if parts.hostname is None or parts.port is None:
+        return True  # not one the embedded server wrote: let the client say what is wrong
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 async def _send(  # noqa: PLR0917 (a private call with positional plumbing)
@@ -270,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qworker", description="asyncio SQS workers with a judged canary"
     )
+    parser.add_argument("--version", action="version", version=f"qworker {_package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a handler module's worker")
@@ -292,6 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     queue_cli.register(sub)
     drill.register(sub)
     return parser
+
+
+def _package_version() -> str:
+    """The installed package's version (from its metadata; a bare source tree has none)."""
+    try:
+        return importlib.metadata.version("qworker")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _one_line(exc: BaseException) -> str:
