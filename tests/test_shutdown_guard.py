@@ -97,14 +97,18 @@ def test_an_unarmed_guard_never_fires() -> None:
     assert exits.codes == []
 
 
-async def test_a_stop_signal_arms_the_guard_and_still_reaches_the_loop() -> None:
+async def test_a_stop_signal_arms_the_guard_while_the_loop_is_blocked() -> None:
     guard = ShutdownGuard(3600, exit_now=Exits())
     stopped = asyncio.Event()
     with handle_signals(stopped.set), guard.armed_by_signals():
-        os.kill(os.getpid(), signal.SIGTERM)
+        threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM)).start()
+        # Block the event loop (no await) until the guard is armed: the signal's Python-level
+        # handler arms it in the middle of the blocking call, the loop cannot have run.
+        assert guard._armed.wait(timeout=10)  # the loop is blocked here
+        assert guard.stop_at is not None
+        assert not stopped.is_set()
         async with asyncio.timeout(10):
-            await stopped.wait()  # asyncio's handler still runs, through the wakeup fd
-        assert guard.stop_at is not None  # armed by the signal's Python-level handler
+            await stopped.wait()  # asyncio's own handler still runs, through the wakeup fd
     guard.disarm()
 
 
