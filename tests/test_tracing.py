@@ -22,6 +22,7 @@ from qworker.settings import QWorkerSettings
 from qworker.testing import FakeQueueTransport, FakeSqs, consumer_for
 from qworker.tracing import (
     TracingMiddleware,
+    parse_traceparent,
     parse_xray_header,
     producer_context,
     send_span,
@@ -112,6 +113,60 @@ def test_traceparent_wins_over_the_xray_header() -> None:
     assert fallback is not None
     assert fallback.span_id == 0x53995C3F42CD8AD8
     assert producer_context(Message("m", "r", "{}")) is None
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_traceparent_and_tracestate_become_a_remote_span_context() -> None:
+    context = parse_traceparent(TRACEPARENT, "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7")
+    assert context is not None
+    assert context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    assert context.span_id == 0xB7AD6B7169203331
+    assert context.is_remote
+    assert context.trace_flags.sampled
+    assert dict(context.trace_state) == {"congo": "t61rcWkgMzE", "rojo": "00f067aa0ba902b7"}
+    unsampled = parse_traceparent(TRACEPARENT.removesuffix("01") + "00")
+    assert unsampled is not None
+    assert not unsampled.trace_flags.sampled
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "",
+        "garbage",
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  # version ff is invalid
+        f"{TRACEPARENT}-extra",  # version 00 takes no further fields
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",  # upper case is not allowed
+        "00-0af7651916cd43dd8448eb211c80319-b7ad6b7169203331-01",
+    ],
+)
+def test_invalid_traceparents_are_ignored(traceparent: str) -> None:
+    assert parse_traceparent(traceparent) is None
+
+
+def test_a_later_version_may_carry_more_fields_and_a_bad_tracestate_is_dropped() -> None:
+    later = parse_traceparent(TRACEPARENT.replace("00-", "01-", 1) + "-more")
+    assert later is not None
+    assert later.span_id == 0xB7AD6B7169203331
+    kept = parse_traceparent(TRACEPARENT, "not a list member")
+    assert kept is not None
+    assert kept.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    assert len(kept.trace_state) == 0
+
+
+def test_what_the_producer_injects_the_consumer_parses(provider: TracerProvider) -> None:
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("send orders") as span:
+        carrier: dict[str, str] = {}
+        tracing.inject_trace_context(carrier)
+        sent = span.get_span_context()
+    parsed = parse_traceparent(carrier["traceparent"], carrier.get("tracestate"))
+    assert parsed is not None
+    assert (parsed.trace_id, parsed.span_id) == (sent.trace_id, sent.span_id)
 
 
 # -- consumer spans -----------------------------------------------------------------------------
