@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -169,6 +170,7 @@ class Consumer:
         self._receiving = 0
         self._receives = 0
         self._last_receive_s: float | None = None
+        self._poll_cancelled_at: float | None = None
         self.cut_short: list[str] = []
         """Ids of messages whose handlers the shutdown grace cut short (released, not deleted)."""
         self.unreleased: list[str] = []
@@ -340,6 +342,8 @@ class Consumer:
             await first(receive, self._stopping.wait(), cancel=False)
             if not receive.done():
                 receive.cancel()
+                # The server may still answer it, taking messages nobody will see (see _release).
+                self._poll_cancelled_at = self._clock()
         with contextlib.suppress(asyncio.CancelledError):
             messages = await receive
             self._receives += 1
@@ -439,7 +443,14 @@ class Consumer:
         )
 
     async def _release(self, held: Held, error: str | None = None) -> None:
-        record = self.dispatcher.record(held.message, Outcome.RELEASED, error=error)
+        # A FIFO message let go at shutdown stays hidden until the long polls cancelled by the
+        # stop have surely ended on the server: one of them could take it, and that receive would
+        # count against its budget (qworker.groups).
+        delay = None
+        if self.fifo and self._poll_cancelled_at is not None:
+            polls_end = self._poll_cancelled_at + self.wait_time_s + 1
+            delay = max(0, math.ceil(polls_end - self._clock())) or None
+        record = self.dispatcher.record(held.message, Outcome.RELEASED, error=error, delay_s=delay)
         await self._finish(held, record)
 
     async def _finish(

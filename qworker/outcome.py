@@ -53,7 +53,8 @@ class OutcomeRecord:
         duration_s: Time spent in the handler (0 for messages that never started).
         message_age_s: Time from the message's `SentTimestamp` to the end of processing.
         error: A short description of the failure (exception type and text), if any.
-        delay_s: For `retried`, the delay the handler asked for.
+        delay_s: For `retried`, the delay the handler asked for; for `released`, how long the
+            message stays hidden (None: visible at once).
         settled: False when the queue action that records the outcome failed (the message will
             come back and is counted again then).
     """

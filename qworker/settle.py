@@ -7,7 +7,7 @@
 | `retried`   | ChangeMessageVisibility to the delay the handler asked for                      |
 | `rejected`  | SendMessage to the dead-letter queue with the reason, then delete; without a    |
 |             | dead-letter queue the message is hidden for the longest backoff, for redrive     |
-| `released`  | ChangeMessageVisibility to 0                                                    |
+| `released`  | ChangeMessageVisibility to 0 (or the record's `delay_s`: a FIFO shutdown)        |
 
 A canary on a standard queue (`max_hops` > 0) hands a `failed`, `retried` or `rejected` first
 delivery back instead: it sends a fresh copy of the message to the same queue (same body, the
@@ -282,7 +282,8 @@ class Settler:
         )
 
     async def _release(self, message: Message, record: OutcomeRecord) -> bool:
-        failure = await self.releases.submit((message.receipt_handle, 0))
+        delay = round(min(record.delay_s or 0, SQS_MAX_VISIBILITY_S))
+        failure = await self.releases.submit((message.receipt_handle, delay))
         if failure is not None:
             self._warn(message, record, f"{failure.code}: {failure.message}")
             return False

@@ -19,17 +19,21 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from accounting import Journal, send_tagged
+from accounting import FAULT_ID, Journal, send_tagged
 from pydantic import BaseModel
 from test_faults import (
+    QUIET_S,
     STOP_S,
     TESTS,
+    VISIBILITY_S,
+    Queues,
     WorkerProcess,
     account_for,
     job,
@@ -44,6 +48,7 @@ from qworker.dispatch import Dispatcher
 from qworker.emf import MetricsAggregator
 from qworker.exceptions import Reject, Retry
 from qworker.handler import HandlerFunc, HandlerSpec
+from qworker.local import create_queue_with_dlq, dead_letter_name
 from qworker.metrics import MetricName
 from qworker.outcome import Outcome, OutcomeRecord, RetryPolicy
 from qworker.quarantine import CanaryQuarantine
@@ -368,3 +373,148 @@ async def test_a_failing_canary_leaves_the_dead_letter_queue_empty(
     # A duplicate only where a copy was sent but the original's delete failed.
     duplicated = {e["message_id"] for e in canary.actions("hand_back_duplicate")}
     assert len(report.duplicates) <= len(duplicated), report
+
+
+# -- LocalStack: FIFO poison without collateral, real worker processes ---------------------------
+
+FIFO_GROUPS = {"g1": range(5), "g2": range(5, 10)}
+"""Group g1: the poison head 0 and its followers 1-4; group g2: 5-9, all good."""
+POISON = 0
+
+
+async def fifo_queues(client: Any, prefix: str) -> Queues:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}.fifo"
+    url = await create_queue_with_dlq(
+        client, name, max_receive_count=2, visibility_timeout_s=VISIBILITY_S
+    )
+    dlq_url = str((await client.get_queue_url(QueueName=dead_letter_name(name)))["QueueUrl"])
+    attributes = await client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    return Queues(client, name, url, dlq_url, str(attributes["Attributes"]["QueueArn"]), 2)
+
+
+async def send_groups(client: Any, queues: Queues) -> dict[int, str]:
+    """Send each group's messages in order, tagged for the accounting; return n -> MessageId."""
+    ids: dict[int, str] = {}
+    for group, numbers in FIFO_GROUPS.items():
+        entries = [
+            {
+                "Id": str(n),
+                "MessageBody": job(n, poison=n == POISON),
+                "MessageGroupId": group,
+                "MessageDeduplicationId": f"{queues.name}-{n}",
+                "MessageAttributes": {FAULT_ID: {"DataType": "String", "StringValue": str(n)}},
+            }
+            for n in numbers
+        ]
+        response = await client.send_message_batch(QueueUrl=queues.url, Entries=entries)
+        assert not response.get("Failed"), response
+        ids.update({int(e["Id"]): str(e["MessageId"]) for e in response["Successful"]})
+    return ids
+
+
+def followers_done(journal: Journal) -> bool:
+    done = journal.count("done")
+    return all(done[n] for numbers in FIFO_GROUPS.values() for n in numbers if n != POISON)
+
+
+def assert_no_collateral(report: Any, ran: Journal) -> None:
+    """The poison head alone is dead-lettered; every follower ran once, in its group's order."""
+    assert report.balanced, report
+    assert set(report.dead_letters) == {POISON}, report
+    [dead] = report.dead_letters[POISON]
+    assert dead.reject_reason is not None, report  # the worker sent it, with its reason
+    assert "maxReceiveCount 2" in dead.reject_reason, report
+    assert report.deleted_after_success == [n for n in range(10) if n != POISON], report
+    assert not report.duplicates, report
+    for numbers in FIFO_GROUPS.values():
+        order = [e.n for e in ran.of("done") if e.n in numbers]
+        assert order == [n for n in numbers if n != POISON], report
+
+
+@scenario
+async def test_fifo_poison_head_takes_no_follower_with_it(
+    sqs_client: Any,
+    tmp_path: Path,
+    start: Start,
+) -> None:
+    """maxReceiveCount 2: the poison head fails twice in place and is dead-lettered; its four
+    followers and the other group all succeed once, each with the receive count it came with."""
+    queues = await fifo_queues(sqs_client, "fifo-poison")
+    journal = tmp_path / "journal.txt"
+    sent = await send_groups(sqs_client, queues)
+    worker = start(queues.name, journal, "primary")
+    began = time.monotonic()
+    await wait_journal(journal, followers_done, "every follower done", [worker])
+    await wait_settled(queues, [worker])
+    settled_s = time.monotonic() - began
+    code, _ = await worker.stop()
+    ran = Journal.read(journal)
+    report = await account_for(
+        "FIFO poison head, maxReceiveCount 2", queues, sent=sent, journal=journal,
+        timings={"queue empty": settled_s},
+        notes=[f"in-place retries logged: {len(worker.actions('group_retry_in_place'))}"],
+    )  # fmt: skip
+
+    assert code == 0, worker.tail()
+    assert_no_collateral(report, ran)
+    assert [e.receive_count for e in ran.of("fail")] == [1, 2], report  # attempts, in place
+    assert all(e.receive_count == 1 for e in ran.of("done")), report
+    assert len(worker.actions("group_dead_lettered")) == 1, worker.tail()
+
+
+@scenario
+async def test_fifo_poison_head_across_sigterm_and_restart_takes_no_follower_with_it(
+    sqs_client: Any,
+    tmp_path: Path,
+    start: Start,
+) -> None:
+    """SIGTERM while the head waits in place: the worker releases the head and its held
+    followers (SQS counts that receive, nothing can undo it) and exits 0; a new worker finds the
+    head at its second receive, dead-letters it at the second failure, and runs the followers."""
+    queues = await fifo_queues(sqs_client, "fifo-poison-restart")
+    journal = tmp_path / "journal.txt"
+    sent = await send_groups(sqs_client, queues)
+    slow = ("--retry-base-s", "60", "--retry-max-s", "60")  # the head waits in place
+    first_worker = start(queues.name, journal, "primary", *slow)
+    await wait_journal(
+        journal,
+        lambda j: bool(j.count("fail")[POISON]) and all(j.count("done")[n] for n in range(5, 10)),
+        "the head's first failure, group g2 done",
+        [first_worker],
+    )
+    await wait_logged(first_worker, "group_retry_in_place")
+    code, shutdown_s = await first_worker.stop()
+    at_stop = Journal.read(journal)
+    second_worker = start(queues.name, journal, "primary")
+    began = time.monotonic()
+    await wait_journal(journal, followers_done, "every follower done", [second_worker])
+    await wait_settled(queues, [second_worker])
+    settled_s = time.monotonic() - began
+    second_code, _ = await second_worker.stop()
+    ran = Journal.read(journal)
+    report = await account_for(
+        "FIFO poison head across SIGTERM and restart, maxReceiveCount 2", queues, sent=sent,
+        journal=journal, timings={"first shutdown": shutdown_s, "restart to empty": settled_s},
+        notes=[f"followers run before the SIGTERM: {sorted(at_stop.count('done'))}"],
+    )  # fmt: skip
+
+    assert (code, second_code) == (0, 0), (first_worker.tail(), second_worker.tail())
+    assert shutdown_s < QUIET_S + 5, report  # the wait in place ends at the stop
+    assert_no_collateral(report, ran)
+    assert [(e.pid, e.receive_count) for e in ran.of("fail")] == [
+        (first_worker.pid, 1),
+        (second_worker.pid, 2),
+    ], report
+    g1_followers = [e for e in ran.of("done") if e.n in FIFO_GROUPS["g1"]]
+    assert {e.pid for e in g1_followers} == {second_worker.pid}, report
+    assert len(second_worker.actions("group_dead_lettered")) == 1, second_worker.tail()
+
+
+async def wait_logged(worker: WorkerProcess, action: str) -> None:
+    """Wait until the worker logged `action`."""
+    deadline = time.monotonic() + STOP_S
+    while not worker.actions(action):
+        assert worker.alive, worker.tail()
+        assert time.monotonic() < deadline, worker.tail()
+        # Another process: its log file is the only way to watch it.
+        await asyncio.sleep(0.05)
