@@ -14,8 +14,9 @@ half-way left it elsewhere, and it fails with the runbook when a stack cannot be
 to the primary's ImageTag and CpuArchitecture, keeping its template (read back with GetTemplate)
 and every other parameter.
 
-`watch` fails as soon as one of the alarms is in ALARM, and succeeds after the given minutes (0:
-look once). RELEASE_MINUTE_S sets the length of a minute (default 60), for rehearsals.
+`watch` fails when one of the alarms stays in ALARM for --grace-minutes (default 0: as soon as
+it is seen), or is in ALARM when the watch ends, and succeeds after the given minutes (0: look
+once). RELEASE_MINUTE_S sets the length of a minute (default 60), for rehearsals.
 
 boto3 resolves its endpoint the usual way (AWS_ENDPOINT_URL included). Exit status: 0 done,
 1 the step failed (one line on stderr says why and what to do), 2 bad arguments.
@@ -219,21 +220,33 @@ def watch(
     names: Sequence[str],
     *,
     minutes: float,
+    grace_minutes: float = 0.0,
     minute_s: float = 60.0,
     interval_s: float = 30.0,
     sleep: Sleep = time.sleep,
     clock: Clock = time.monotonic,
 ) -> str:
-    """Raise as soon as one alarm is in ALARM; return once `minutes` passed without that."""
-    end = clock() + minutes * minute_s
+    """Watch the alarms for `minutes`; raise when one stays in ALARM for `grace_minutes`.
+
+    The grace is the CloudWatchAlarm rule's WaitTime: an alarm still in ALARM from before (e.g.
+    when a rollback re-runs the watch after putting the previous version back) may clear within
+    it. An alarm in ALARM when the window ends fails the watch whatever the grace.
+    """
+    start = clock()
+    end = start + minutes * minute_s
+    grace_s = grace_minutes * minute_s
+    since: dict[str, float] = {}
     while True:
+        now = clock()
         firing = alarms_in_alarm(cloudwatch, names)
-        if firing:
-            raise ReleaseError(f"in ALARM: {', '.join(firing)}")
-        remaining = end - clock()
-        if remaining <= 0:
+        since = {name: since.get(name, now) for name in firing}
+        expired = sorted(name for name, first in since.items() if now - first >= grace_s)
+        if expired or (firing and now >= end):
+            held = f" for {grace_minutes:g} min" if grace_s and expired else ""
+            raise ReleaseError(f"in ALARM{held}: {', '.join(expired or firing)}")
+        if now >= end and not firing:
             return f"quiet for {minutes:g} min: {', '.join(names)}"
-        sleep(min(interval_s * minute_s / 60.0, remaining))
+        sleep(min(interval_s * minute_s / 60.0, max(end - now, minute_s / 60.0)))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -247,6 +260,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = steps.add_parser("watch")
     sub.add_argument("--alarms", required=True, help="comma-separated alarm names")
     sub.add_argument("--minutes", type=float, default=0.0, help="0: look once")
+    sub.add_argument(
+        "--grace-minutes", type=float, default=0.0, help="how long an alarm may stay in ALARM"
+    )
     return parser
 
 
@@ -269,7 +285,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.step == "watch":
             names = [n for n in args.alarms.split(",") if n]
             minute_s = _minute_s(environ)
-            note = watch(boto3.client("cloudwatch"), names, minutes=args.minutes, minute_s=minute_s)
+            note = watch(
+                boto3.client("cloudwatch"),
+                names,
+                minutes=args.minutes,
+                grace_minutes=args.grace_minutes,
+                minute_s=minute_s,
+            )
             print(f"release.py watch: {note}", file=sys.stderr)
             return 0
         stacks = {

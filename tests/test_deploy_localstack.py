@@ -23,7 +23,7 @@ from typing import Any
 import boto3
 import pytest
 from cfnlint.decode import decode
-from test_deploy_templates import PIPELINE_PARAMS, render
+from test_deploy_templates import PIPELINE_PARAMS, release_module, render
 
 from qworker.metrics import DEFAULT_NAMESPACE, Dimension
 
@@ -326,3 +326,44 @@ def test_release_watch_fails_on_an_alarm_in_alarm(
     bad_minute = _release(localstack_server, "watch", "--alarms", alarms, minute_s="0")
     assert bad_minute.returncode == 1
     assert "RELEASE_MINUTE_S" in bad_minute.stderr
+
+
+def test_release_watch_gives_an_alarm_from_before_its_grace(aws: dict[str, Any]) -> None:
+    release = release_module()
+    cloudwatch = aws["cloudwatch"]
+    name = f"t{uuid.uuid4().hex[:6]}-fleet"
+    cloudwatch.put_metric_alarm(
+        AlarmName=name,
+        Namespace=DEFAULT_NAMESPACE,
+        MetricName="Processed",
+        Statistic="Sum",
+        Period=60,
+        EvaluationPeriods=1,
+        Threshold=1,
+        ComparisonOperator="GreaterThanThreshold",
+        TreatMissingData="notBreaching",
+    )
+
+    def run(clears_after_s: float | None) -> str:
+        """Watch 10 minutes with 5 minutes' grace; the alarm fires before and clears (or not)."""
+        cloudwatch.set_alarm_state(AlarmName=name, StateValue="ALARM", StateReason="before")
+        now = [0.0]
+
+        def sleep(seconds: float) -> None:  # the watch's clock: simulated minutes, real alarms
+            now[0] += seconds
+            if clears_after_s is not None and now[0] >= clears_after_s:
+                cloudwatch.set_alarm_state(AlarmName=name, StateValue="OK", StateReason="cleared")
+
+        note: str = release.watch(
+            cloudwatch, [name], minutes=10, grace_minutes=5, sleep=sleep, clock=lambda: now[0]
+        )
+        return note
+
+    # A rollback put the previous version back: the bad version's alarm clears within the grace.
+    assert run(clears_after_s=180) == f"quiet for 10 min: {name}"
+    # A bad version keeps it in ALARM: the watch fails once the grace is over, not at the end.
+    with pytest.raises(release.ReleaseError, match=f"in ALARM for 5 min: {name}"):
+        run(clears_after_s=None)
+    # Cleared too late: still failed when the grace ran out.
+    with pytest.raises(release.ReleaseError, match="for 5 min"):
+        run(clears_after_s=420)

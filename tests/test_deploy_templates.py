@@ -544,7 +544,7 @@ def test_every_condition_is_one_to_five_rules_on_metric_alarms_or_variables() ->
                         # Members only: the rule is documented for metric alarms; the composite
                         # alarm is for notification.
                         assert rule["Configuration"]["AlarmName"] in metric_alarms
-    assert seen == 8
+    assert seen == 9
 
 
 def test_entry_gates_do_not_block_the_fix_for_a_crashed_canary(pipeline: Renderer) -> None:
@@ -598,14 +598,18 @@ def test_primary_rolls_back_both_stacks_and_is_gated_on_every_canary_alarm(
     assert primary["OnFailure"]["Result"] == "ROLLBACK"
     assert _alarm_rule_names(primary["OnSuccess"], "ROLLBACK") == [outputs["FleetAlarmName"]]
     gate = _alarm_rule_names(primary["BeforeEntry"], "FAIL")
-    assert gate == outputs["CanaryDeploymentAlarmNames"].split(",")
+    assert gate == [*outputs["CanaryDeploymentAlarmNames"].split(","), outputs["FleetAlarmName"]]
     actions = sorted(primary["Actions"], key=lambda a: a["RunOrder"])
     assert [a["Name"] for a in actions] == ["DeployPrimary", "AlignCanary", "WatchFleet"]
     watch = pipeline.resources("AWS::CodeBuild::Project")["WatchProject"]["Properties"]
     variables = {v["Name"]: v["Value"] for v in watch["Environment"]["EnvironmentVariables"]}
-    assert variables == {"WATCH_ALARMS": outputs["FleetAlarmName"], "WATCH_MINUTES": "10"}
+    assert variables == {
+        "WATCH_ALARMS": outputs["FleetAlarmName"],
+        "WATCH_MINUTES": "10",
+        "WATCH_GRACE_MINUTES": "5",
+    }
     (command,) = load("watch-buildspec.yml")["phases"]["build"]["commands"]
-    assert '--alarms "$WATCH_ALARMS" --minutes "$WATCH_MINUTES"' in command
+    assert set(re.findall(r"\$([A-Z_]+)", command)) == {"CODEBUILD_SRC_DIR", *variables}
 
 
 def _judge_command() -> str:
@@ -724,7 +728,8 @@ def test_the_release_steps_the_buildspecs_run_exist() -> None:
             assert flag in result.stdout, f"{where}: {flag}"
 
 
-def _release_module() -> Any:
+def release_module() -> Any:
+    """deploy/release.py, imported from its path (it is a script, not a package module)."""
     spec = importlib.util.spec_from_file_location("release", DEPLOY / "release.py")
     assert spec is not None
     assert spec.loader is not None
@@ -743,7 +748,7 @@ def _release_module() -> Any:
     ],
 )
 def test_a_stuck_stack_stops_the_release_with_its_runbook(status: str, advice: str) -> None:
-    release = _release_module()
+    release = release_module()
     stack = release.Stack("qworker-orders-primary", status, {"ImageTag": "a"})
     with pytest.raises(release.ReleaseError, match=status) as raised:
         release.updatable(stack)
