@@ -55,7 +55,7 @@ from qworker.quarantine import CanaryQuarantine
 from qworker.role import Identity
 from qworker.settle import Settler
 from qworker.testing import FakeQueueTransport, FakeSqs
-from qworker.transport import Message
+from qworker.transport import Message, SqsTransport
 
 CANARY = Identity(service="orders", role="canary", version="v2")
 PRIMARY = Identity(service="orders", role="primary", version="v1")
@@ -518,3 +518,86 @@ async def wait_logged(worker: WorkerProcess, action: str) -> None:
         assert time.monotonic() < deadline, worker.tail()
         # Another process: its log file is the only way to watch it.
         await asyncio.sleep(0.05)
+
+
+# -- LocalStack: the copy itself, over the real API ----------------------------------------------
+
+
+async def settle_on(
+    client: Any,
+    url: str,
+    message: Message,
+    outcome: Outcome,
+) -> tuple[bool, Settler]:
+    settler = Settler(SqsTransport(client, url), release_failed=True, max_hops=3, batch_wait_s=0)
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(settler.run())
+        settled = await settler.settle(
+            message,
+            OutcomeRecord(outcome, "q", "h", "canary", "v2", message.message_id, 1, error="bad"),
+        )
+        task.cancel()
+    return settled, settler
+
+
+@pytest.mark.integration
+@pytest.mark.localstack
+async def test_copy_keeps_body_attributes_and_trace_header_on_localstack(
+    sqs_client: Any,
+) -> None:
+    name = f"handback-copy-{uuid.uuid4().hex[:8]}"
+    url = await create_queue_with_dlq(sqs_client, name, max_receive_count=2)
+    trace = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+    response = await sqs_client.send_message(
+        QueueUrl=url,
+        MessageBody='{"n": 1}',
+        MessageAttributes={"traceparent": {"DataType": "String", "StringValue": "00-a-b-01"}},
+        MessageSystemAttributes={"AWSTraceHeader": {"DataType": "String", "StringValue": trace}},
+    )
+    queue = SqsTransport(sqs_client, url)
+    [message] = await queue.receive(1, wait_time_s=1)
+    assert message.attributes.get("AWSTraceHeader") == trace
+
+    settled, settler = await settle_on(sqs_client, url, message, Outcome.REJECTED)
+
+    assert settled
+    assert settler.handed_back == 1
+    [copy] = await queue.receive(10, wait_time_s=1)
+    assert copy.message_id != response["MessageId"]
+    assert copy.body == '{"n": 1}'
+    assert copy.receive_count == 1
+    assert copy.attributes.get("AWSTraceHeader") == trace
+    assert {k: v.value for k, v in copy.message_attributes.items()} == {
+        "traceparent": "00-a-b-01",
+        "qworker.hops": "1",
+        "qworker.original_message_id": response["MessageId"],
+    }
+    assert await queue.delete_batch([copy.receipt_handle]) == []
+    assert await queue.receive(10, wait_time_s=0) == []  # the original was deleted
+
+
+@pytest.mark.integration
+@pytest.mark.localstack
+async def test_copy_over_the_size_limit_falls_back_to_release_on_localstack(
+    sqs_client: Any,
+) -> None:
+    """A message of exactly the maximum size has no room for `qworker.hops`: SQS refuses the
+    copy, and the canary releases the original instead (nothing lost, nothing duplicated)."""
+    name = f"handback-big-{uuid.uuid4().hex[:8]}"
+    url = await create_queue_with_dlq(sqs_client, name, max_receive_count=2)
+    limit = 262_144  # SQS's classic maximum, set explicitly (a server may allow more)
+    await sqs_client.set_queue_attributes(
+        QueueUrl=url, Attributes={"MaximumMessageSize": str(limit)}
+    )
+    await sqs_client.send_message(QueueUrl=url, MessageBody="x" * limit)
+    queue = SqsTransport(sqs_client, url)
+    [message] = await queue.receive(1, wait_time_s=1)
+
+    settled, settler = await settle_on(sqs_client, url, message, Outcome.FAILED)
+
+    assert settled
+    assert settler.handed_back == 0
+    [again] = await queue.receive(10, wait_time_s=1)  # released at once: the same message
+    assert again.message_id == message.message_id
+    assert again.receive_count == 2
+    assert "qworker.hops" not in again.message_attributes
