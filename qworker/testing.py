@@ -14,6 +14,12 @@ sqs = FakeSqs()
 orders = sqs.create_queue("orders", dead_letter="orders-dlq", max_receive_count=3)
 await orders.send('{"order_id": "o-1"}')
 ```
+
+`Drainer` runs a handler function, or every handler of a `QWorker` app or `Router`, against the
+fake until the queues are empty and returns what happened to each message (`Drained`). Called
+plainly it runs its own event loop, so plain (sync) pytest tests need no asyncio plugin; inside a
+running loop use `await drainer.run(...)`. The pytest plugin (`qworker.pytest_plugin`) hands these
+out as the `fake_sqs`, `sqs_clock`, `drain` and `make_consumer` fixtures.
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, final
 
-from qworker.consumer import Consumer, OutcomeSink
+from qworker.app import Router
+from qworker.consumer import Consumer, ConsumerStatistics, OutcomeSink
 from qworker.dispatch import Dispatcher, Middleware
 from qworker.exceptions import QueueDoesNotExist, TransportError
 from qworker.handler import HandlerFunc, HandlerSpec
-from qworker.outcome import SQS_MAX_VISIBILITY_S, RetryPolicy
+from qworker.local import dead_letter_name
+from qworker.outcome import SQS_MAX_VISIBILITY_S, Outcome, OutcomeRecord, RetryPolicy
 from qworker.role import Identity
 from qworker.settle import Settler
 from qworker.transport import (
@@ -45,7 +53,15 @@ from qworker.transport import (
     SendEntry,
 )
 
-__all__ = ["FakeQueueTransport", "FakeSqs", "ManualClock", "StoredMessage", "consumer_for"]
+__all__ = [
+    "Drained",
+    "Drainer",
+    "FakeQueueTransport",
+    "FakeSqs",
+    "ManualClock",
+    "StoredMessage",
+    "consumer_for",
+]
 
 FAKE_ACCOUNT: Final = "000000000000"
 FAKE_REGION: Final = "us-east-1"
@@ -82,6 +98,11 @@ class StoredMessage:
     visible_at: float = 0.0
     receipt_handle: str | None = None
     trace_header: str | None = None
+
+    def attribute(self, name: str) -> str | None:
+        """A string message attribute (e.g. `qworker.reject_reason` on a dead-lettered message)."""
+        found = self.message_attributes.get(name)
+        return found.value if found is not None and isinstance(found.value, str) else None
 
     def to_message(self) -> Message:
         """Return the message as a receiver sees it."""
@@ -132,6 +153,33 @@ class FakeSqs:
         queue = FakeQueueTransport(self, name, visibility_timeout_s, redrive)
         self._queues[name] = queue
         return queue
+
+    def advance(self, seconds: float) -> None:
+        """Move the queues' clock (a `ManualClock`) forward: hidden messages whose time came show.
+
+        Raises:
+            TypeError: The fake runs on a real clock, which cannot be moved.
+        """
+        if not isinstance(self.clock, ManualClock):
+            raise TypeError("FakeSqs.advance() needs FakeSqs(clock=ManualClock())")
+        self.clock.advance(seconds)
+
+    def queue_or_create(
+        self, name: str, *, dead_letter: str | None = None, max_receive_count: int = 3
+    ) -> FakeQueueTransport:
+        """Return the queue `name`; create it if new, with `dead_letter` (default `<name>-dlq`)."""
+        found = self._queues.get(name)
+        if found is not None:
+            return found
+        return self.create_queue(
+            name,
+            dead_letter=dead_letter or dead_letter_name(name),
+            max_receive_count=max_receive_count,
+        )
+
+    def dead_letter_of(self, queue: FakeQueueTransport) -> FakeQueueTransport | None:
+        """The queue's dead-letter queue, from its redrive policy (None: it has none)."""
+        return None if queue.redrive is None else self.queue(queue.redrive.dead_letter_arn)
 
     def queue(self, name_or_arn: str) -> FakeQueueTransport:
         """Return a queue by name or ARN.
@@ -241,9 +289,19 @@ class FakeQueueTransport:
         group_id: str | None = None,
     ) -> str:
         """Send one message with string attributes; return its id."""
+        return self.put(body, attributes=attributes, delay_s=delay_s, group_id=group_id)
+
+    def put(
+        self,
+        body: str,
+        *,
+        attributes: Mapping[str, str] | None = None,
+        delay_s: int = 0,
+        group_id: str | None = None,
+    ) -> str:
+        """Send one message from plain (sync) code; the same as `send()`. Return its id."""
         attrs = {k: MessageAttribute("String", v) for k, v in (attributes or {}).items()}
-        entry = SendEntry(body, attrs, delay_s, group_id)
-        return self._store(entry)
+        return self._store(SendEntry(body, attrs, delay_s, group_id))
 
     def _store(self, entry: SendEntry) -> str:
         if self.fifo and entry.group_id is None:
@@ -404,7 +462,7 @@ class FakeQueueTransport:
 
 def consumer_for(
     transport: QueueTransport,
-    handler: HandlerFunc,
+    handler: HandlerFunc | HandlerSpec,
     *,
     dead_letter: QueueTransport | None = None,
     identity: Identity | None = None,
@@ -430,7 +488,8 @@ def consumer_for(
 
     Args:
         transport: The queue (a `FakeQueueTransport` or a real one).
-        handler: The handler function.
+        handler: The handler function, or a registered handler (`app.handlers[...]`), whose own
+            timeout and `max_in_flight` then apply.
         dead_letter: Where rejected messages go.
         identity: The worker's identity (default: a primary, version `test`).
         visibility_timeout_s: The queue's visibility timeout.
@@ -442,7 +501,13 @@ def consumer_for(
         clock: Monotonic seconds (a `ManualClock` with a `FakeSqs` on the same clock).
         **options: Further `Consumer` keywords (concurrency, pollers, fifo, shutdown_grace_s, ...).
     """
-    spec = HandlerSpec.from_function(handler, queue=transport.queue_name)
+    spec = (
+        handler
+        if isinstance(handler, HandlerSpec)
+        else HandlerSpec.from_function(handler, queue=transport.queue_name)
+    )
+    if spec.max_in_flight is not None:
+        options.setdefault("concurrency", spec.max_in_flight)
     dispatcher = Dispatcher(
         spec,
         queue=transport.queue_name,
@@ -466,3 +531,183 @@ def consumer_for(
         clock=clock,
         **options,
     )
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Drained:
+    """What a drain did: every outcome, in the order they were recorded.
+
+    Attributes:
+        records: One `OutcomeRecord` per delivery (a message retried twice then done has three).
+        statistics: Each consumer's counters, by queue name.
+    """
+
+    records: tuple[OutcomeRecord, ...]
+    statistics: Mapping[str, ConsumerStatistics]
+
+    def count(self, outcome: Outcome | str) -> int:
+        """How many deliveries ended with `outcome` (`Outcome.SUCCEEDED` or `"succeeded"`)."""
+        wanted = Outcome(outcome)
+        return sum(1 for r in self.records if r.outcome is wanted)
+
+    @property
+    def outcomes(self) -> list[Outcome]:
+        """Each delivery's outcome, in order."""
+        return [r.outcome for r in self.records]
+
+    @property
+    def errors(self) -> list[str]:
+        """The error (or `Retry`/`Reject` reason) of each delivery that has one, in order."""
+        return [r.error for r in self.records if r.error is not None]
+
+    @property
+    def succeeded(self) -> int:
+        """Deliveries whose handler returned (their messages are deleted)."""
+        return self.count(Outcome.SUCCEEDED)
+
+    @property
+    def failed(self) -> int:
+        """Deliveries whose handler raised or timed out."""
+        return self.count(Outcome.FAILED)
+
+    @property
+    def retried(self) -> int:
+        """Deliveries whose handler raised `Retry`."""
+        return self.count(Outcome.RETRIED)
+
+    @property
+    def rejected(self) -> int:
+        """Deliveries rejected: an undecodable body, or `Reject` (sent to the dead-letter queue)."""
+        return self.count(Outcome.REJECTED)
+
+    @property
+    def released(self) -> int:
+        """Deliveries released unstarted (e.g. the rest of a FIFO group after a failure)."""
+        return self.count(Outcome.RELEASED)
+
+
+@final
+class _Collect:
+    """An outcome sink that keeps every record."""
+
+    def __init__(self) -> None:
+        self.records: list[OutcomeRecord] = []
+
+    def record(self, record: OutcomeRecord) -> None:
+        self.records.append(record)
+
+
+@final
+class Drainer:
+    """Runs handlers against a `FakeSqs` until their queues are empty (the `drain` fixture).
+
+    ```python
+    sqs = FakeSqs(clock=ManualClock())
+    orders = sqs.create_queue("orders", dead_letter="orders-dlq")
+    orders.put('{"order_id": "o-1"}')
+    drained = Drainer(sqs)(handle, "orders")  # or Drainer(sqs)(app)
+    assert drained.succeeded == 1
+    ```
+
+    A failed message comes back at once (no backoff) until the queue's `maxReceiveCount` moves it
+    to the dead-letter queue; a `Retry` hides it for its delay on the fake's clock, so the drain
+    ends and `sqs.advance(delay)` plus another drain delivers it again.
+    """
+
+    def __init__(self, sqs: FakeSqs) -> None:
+        """Drain queues of `sqs`."""
+        self.sqs = sqs
+
+    def __repr__(self) -> str:
+        """Show the fake it drains."""
+        return f"Drainer({self.sqs!r})"
+
+    def __call__(
+        self,
+        target: HandlerFunc | Router,
+        queue: FakeQueueTransport | str | None = None,
+        **options: Any,  # noqa: ANN401 (passed on to consumer_for, which types them)
+    ) -> Drained:
+        """Drain from plain (sync) code, in an event loop of its own; see `run()`.
+
+        Raises:
+            RuntimeError: Called inside a running event loop (an async test): use `await run()`.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.run(target, queue, **options))
+        raise RuntimeError(
+            "drain(...) runs its own event loop; in an async test use `await drain.run(...)`"
+        )
+
+    async def run(
+        self,
+        target: HandlerFunc | Router,
+        queue: FakeQueueTransport | str | None = None,
+        **options: Any,  # noqa: ANN401 (passed on to consumer_for, which types them)
+    ) -> Drained:
+        """Run `target` until its queues are empty and nothing is held; return every outcome.
+
+        Args:
+            target: A handler function, or a `QWorker` app / `Router` (every handler runs on its
+                own queue, concurrently, with its own timeout and `max_in_flight`).
+            queue: The queue of a function, or of an app's handler registered without a queue
+                (default: the app's name): a fake queue or a name. A queue that does not exist
+                yet is created with a dead-letter queue `<name>-dlq` (`maxReceiveCount` 3), as
+                the embedded server does.
+            **options: `consumer_for` keywords (`handler_timeout_s`, `identity`, `concurrency`,
+                `retry_policy`, `release_failed`, ...).
+
+        Raises:
+            ValueError: A function was given without a queue.
+        """
+        collect = _Collect()
+        sinks = [*options.pop("sinks", ()), collect]
+        dead_letter: FakeQueueTransport | None = options.pop("dead_letter", None)
+        consumers = [
+            consumer_for(
+                transport,
+                spec,
+                dead_letter=dead_letter or self.sqs.dead_letter_of(transport),
+                clock=self.sqs.clock,
+                sinks=sinks,
+                **self._fifo_options(transport),
+                **options,
+            )
+            for transport, spec in self._targets(target, queue)
+        ]
+        async with asyncio.TaskGroup() as group:
+            for consumer in consumers:
+                group.create_task(consumer.run_until_empty())
+        return Drained(
+            records=tuple(collect.records),
+            statistics={c.transport.queue_name: c.statistics() for c in consumers},
+        )
+
+    def _targets(
+        self, target: HandlerFunc | Router, queue: FakeQueueTransport | str | None
+    ) -> list[tuple[FakeQueueTransport, HandlerSpec]]:
+        if isinstance(target, Router):
+            default = queue if queue is not None else getattr(target, "name", None)
+            return [
+                (self._queue(spec.queue if spec.queue is not None else default, spec.name), spec)
+                for spec in target.handlers.values()
+            ]
+        transport = self._queue(queue, getattr(target, "__qualname__", repr(target)))
+        return [(transport, HandlerSpec.from_function(target, queue=transport.queue_name))]
+
+    def _queue(self, queue: FakeQueueTransport | str | None, handler: str) -> FakeQueueTransport:
+        if isinstance(queue, FakeQueueTransport):
+            return queue
+        if queue is None:
+            raise ValueError(f"which queue does {handler} consume? pass queue=")
+        return self.sqs.queue_or_create(queue)
+
+    @staticmethod
+    def _fifo_options(transport: FakeQueueTransport) -> dict[str, Any]:
+        if not transport.fifo or transport.redrive is None:
+            return {}
+        # A FIFO head that keeps failing is retried in place, then dead-lettered at the budget.
+        return {"max_receive_count": transport.redrive.max_receive_count}
