@@ -100,7 +100,12 @@ def test_alarm_template_builds_canary_alarms_on_the_emitted_metrics(aws: dict[st
     outputs = deploy(
         aws["cloudformation"],
         (DEPLOY / "alarms.yaml").read_text(),
-        {"ServiceName": service, "QueueName": "orders", "AlarmNamePrefix": prefix},
+        {
+            "ServiceName": service,
+            "QueueName": "orders",
+            "DeadLetterQueueName": "orders-dlq",
+            "AlarmNamePrefix": prefix,
+        },
     )
     cloudwatch = aws["cloudwatch"]
     alarms = cloudwatch.describe_alarms(AlarmNamePrefix=prefix, AlarmTypes=["MetricAlarm"])
@@ -117,6 +122,9 @@ def test_alarm_template_builds_canary_alarms_on_the_emitted_metrics(aws: dict[st
     assert canary_dims > 0
     assert outputs["CanaryAlarmName"].startswith(prefix)
     assert outputs["FleetAlarmName"] in {a["AlarmName"] for a in metric_alarms}
+    (dlq,) = (a for a in metric_alarms if a["AlarmName"] == outputs["DeadLetterArrivalAlarmName"])
+    assert [q.get("Expression") for q in dlq["Metrics"] if q.get("ReturnData")] == ["DIFF(visible)"]
+    assert not dlq.get("AlarmActions")  # no topic given: nothing to notify, and it gates nothing
 
 
 def _iam_part_of_service_template() -> str:

@@ -381,6 +381,20 @@ def test_alarm_and_scaling_metrics_come_from_the_schema() -> None:
     assert seen > 10
 
 
+def test_one_metrics_namespace_reaches_every_alarm() -> None:
+    # A non-default namespace must not leave an alarm watching the default one (and so nothing).
+    renderer = render("alarms.yaml", {**ALARM_PARAMS, "MetricsNamespace": "Payments/Workers"})
+    namespaces = {
+        stat["Metric"]["Namespace"]
+        for resource in renderer.resources().values()
+        for stat in _metric_stats(resource["Properties"])
+    }
+    assert namespaces == {"Payments/Workers", "AWS/SQS"}
+    service = _service("canary", MetricsNamespace="Payments/Workers")
+    environment = {e["Name"]: e["Value"] for e in _container(service)["Environment"]}
+    assert environment["QWORKER_METRICS_NAMESPACE"] == "Payments/Workers"
+
+
 def test_canary_alarms_watch_the_canary_series() -> None:
     alarms = render("alarms.yaml", ALARM_PARAMS).resources("AWS::CloudWatch::Alarm")
     canary = {n: a for n, a in alarms.items() if "-canary-" in a["Properties"]["AlarmName"]}
