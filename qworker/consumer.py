@@ -174,7 +174,7 @@ class Consumer:
         self.cut_short: list[str] = []
         """Ids of messages whose handlers the shutdown grace cut short (released, not deleted)."""
         self.unreleased: list[str] = []
-        """Ids of messages whose outcome could not be recorded while stopping (left to lapse)."""
+        """Ids of messages that could not be released while stopping (left to lapse)."""
 
     def __repr__(self) -> str:
         """Show the queue and counters."""
@@ -477,7 +477,7 @@ class Consumer:
         if not settled:
             self._unsettled += 1
             record = _unsettled(record)
-            if self.stopping:
+            if self.stopping and record.outcome is Outcome.RELEASED:
                 self.unreleased.append(message_id)
         if not settled or record.outcome in _COMES_BACK or len(self.heartbeat) == 0:
             self._may_return.set()
