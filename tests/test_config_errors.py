@@ -82,7 +82,7 @@ def setting(name: str, value: str, *, env_name: str | None = None) -> list[Case]
     """A bad `value` of setting `name`, once as a variable and once as the flag."""
     env_var = env_name or f"QWORKER_{name.upper()}"
     flag = f"--{name.replace('_', '-')}"
-    named = (env_var, flag)
+    named = ("invalid setting", env_var, flag)
     cases = [Case(f"{name}={value!r}-env", named, env={env_var: value})]
     info = QWorkerSettings.model_fields[name]
     if info.annotation not in {bool, bool | None}:  # a boolean flag takes no value
@@ -124,7 +124,11 @@ SETTINGS_CASES: Final = [
     *setting("service", ""),
     *setting("region", "us east 1", env_name="QWORKER_REGION"),
     *setting("region", "us_east_1!", env_name="QWORKER_REGION"),
-    Case("region-from-AWS_REGION", ("AWS_REGION", "--region"), env={"AWS_REGION": "not a region"}),
+    Case(
+        "region-from-AWS_REGION",
+        ("invalid setting", "AWS_REGION", "--region"),
+        env={"AWS_REGION": "not a region"},
+    ),
     *setting("endpoint_url", "not-a-url"),
     *setting("endpoint_url", "localhost:4566"),
     *setting("endpoint_url", "ftp://127.0.0.1:4566"),
@@ -289,15 +293,12 @@ def test_the_table_is_wide() -> None:
 @pytest.mark.parametrize("case", OFFLINE_CASES, ids=lambda c: c.id)
 def test_bad_configuration_exits_2_with_one_line_naming_it(workdir: Path, case: Case) -> None:
     """No server is needed: each fails before any queue call (the endpoint is a closed port)."""
-    proc = run_qworker(
-        workdir,
-        case,
-        "--endpoint-url",
-        f"http://127.0.0.1:{free_port()}",
-        "--startup-timeout-s",
-        "1",
-        extra_env={"QWORKER_QUEUE_NAME": "orders"},  # a case's own variable or flag wins
-    )
+    base = {
+        "QWORKER_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "QWORKER_QUEUE_NAME": "orders",
+        "QWORKER_STARTUP_TIMEOUT_S": "1",
+    }
+    proc = run_qworker(workdir, case, extra_env=base)  # a case's own variable or flag wins
 
     assert_one_line(proc, case)
 
