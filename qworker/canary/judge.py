@@ -20,7 +20,8 @@ The method (all parameters are `JudgePolicy` fields, all reachable from the CLI)
   shared downstream outage) has a large variance and weighs little. The standard error is multiplied
   by a quasi-binomial dispersion factor phi = max(1, Pearson chi-square / df) of the per-minute
   differences, so failures clustered in time (a bad task, a bad minute) widen it.
-- Practical margin. m = max(`abs_margin`, `rel_margin` x primary rate).
+- Practical margin. m = max(`abs_margin`, `rel_margin` x primary rate), the primary's rate taken
+  with the same per-minute weights (a shared outage does not widen the margin).
 - FAIL on a regression: D > m and z = (D - Yates) / se0 >= c_a max(1/sqrt(t), sqrt(t)), with
   t = canary first attempts / `min_canary_messages` and c_a = Phi^-1(1 - `alpha`/3): a boundary that
   keeps the whole bake's false-alarm rate under `alpha` however often it looks
@@ -40,8 +41,10 @@ The method (all parameters are `JudgePolicy` fields, all reachable from the CLI)
   `min_canary_messages`. Traffic sets the time: N canary first attempts at r first attempts a
   minute and canary share s take N / (r s) minutes. Once `reach_after_s` have passed, if even the
   optimistic traffic (a 99% Poisson upper bound on the canary's rate so far) cannot bring N canary
-  first attempts (at the most favourable primary rate in its 95% interval) by `max_bake_s`, the
-  bake ends INCONCLUSIVE at that look with the reason "cannot reach N".
+  first attempts by `max_bake_s`, the bake ends INCONCLUSIVE at that look with the reason
+  "cannot reach N". Here N is the fewest with which a pass could come at all (a canary showing no
+  difference, binomial variance, the most favourable primary rate in its 95% interval):
+  sqrt(N_95 N_50), N_50 the planned sample at power 1/2.
 - Ceiling, only where the primary is surely below it: FAIL when the canary's rate is above
   `absolute_failure_ceiling` at `ceiling_fail_confidence` (Wilson) while the primary's is below it
   at the same confidence. A shared outage raises both and never trips it.
@@ -70,6 +73,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -203,11 +207,11 @@ class JudgePolicy:
     min_primary_messages: int = 100  # primary first attempts to pass (something to compare with)
     min_bake_s: float = 600.0
     max_bake_s: float = 3600.0  # no decision by then: inconclusive
-    alpha: float = 0.03  # one-sided false-alarm rate of the whole bake, all looks together
+    alpha: float = 0.025  # one-sided false-alarm rate of the whole bake, all looks together
     pass_alpha: float = 0.05  # a canary worse by the margin passes at most this often
     pass_power: float = 0.95  # bake sizing: an equal-rate canary passes by N this often
     abs_margin: float = 0.0025  # the canary may be this much worse (absolute rate) ...
-    rel_margin: float = 0.6  # ... or this much relative to the primary's rate, whichever is larger
+    rel_margin: float = 0.75  # ... or this much relative to the primary's rate, whichever is larger
     continuity_correction: bool = True
     min_test_messages: int = 50  # canary first attempts before the comparison may fail it
     min_test_failures: int = 3  # canary non-successes before the comparison may fail it
@@ -401,6 +405,18 @@ def _planned(rate: float, share: float, dispersion: float, policy: JudgePolicy) 
     return max(policy.min_canary_messages, n)
 
 
+def _least(rate: float, share: float, policy: JudgePolicy) -> int:
+    """The fewest canary first attempts with which a canary showing no difference could pass.
+
+    With D = 0 the bound is c_b sqrt(N / n) se_m(n) below N, which reaches the margin at
+    n = sqrt(N n0), n0 = `planned_sample` at power 1/2 (the bound's own width, c_b se_m = m).
+    """
+    margin = _margin(rate, policy)
+    planned = _planned(rate, share, 1.0, policy)
+    bare = stats.planned_sample(rate, margin, share, policy.pass_alpha, _HALF)
+    return max(policy.min_canary_messages, math.ceil(math.sqrt(planned * bare)))
+
+
 def _reachable(
     reading: Reading, elapsed_s: float, share: float, policy: JudgePolicy
 ) -> tuple[int, float] | None:
@@ -420,8 +436,9 @@ def _reachable(
     high = stats.wilson_upper(p.first_attempt_unsucceeded, p.first_attempt_processed, 0.975)
     # N(rate) rises and then falls (the relative margin grows with the rate): its least value over
     # the interval is at one end.
-    # Binomial variance (dispersion 1): "cannot reach" must be sure, so it assumes the best case.
-    least = min(_planned(rate, share, 1.0, policy) for rate in (low, high))
+    # "Cannot reach" must be sure, so it assumes the best case: binomial variance (dispersion 1),
+    # the most favourable primary rate, and a canary that shows no difference at all.
+    least = min(_least(rate, share, policy) for rate in (low, high))
     return least, reachable
 
 
@@ -498,19 +515,19 @@ def _evidence(reading: Reading, elapsed_s: float, policy: JudgePolicy) -> Eviden
     merged = stats.merge_strata(_strata(reading), policy.stratum_min_canary_messages)
     test = stats.stratified_difference(merged, continuity=policy.continuity_correction)
     if test is not None:  # the upper bound's error is taken at the margin (a score-type bound)
-        at = _margin(test.control_rate, policy)
+        at = _margin(test.weighted_control_rate, policy)
         test = stats.stratified_difference(merged, continuity=policy.continuity_correction, at=at)
     planned: int | None = None
     if test is not None:
         share_for_size = share or policy.expected_canary_share or 0.1
-        planned = _planned(test.control_rate, share_for_size, test.dispersion, policy)
+        planned = _planned(test.weighted_control_rate, share_for_size, test.dispersion, policy)
         reach = _reachable(reading, elapsed_s, share_for_size, policy)
         critical = stats.sequential_critical_z(ev.information_fraction, policy.alpha)
         pass_z = stats.sequential_critical_z(n_c / planned, policy.pass_alpha)
         ev = dataclasses.replace(
             ev,
             difference=test.difference,
-            margin=_margin(test.control_rate, policy),
+            margin=_margin(test.weighted_control_rate, policy),
             z=test.z,
             p_value=stats.normal_sf(test.z),
             critical_z=critical,
@@ -629,10 +646,12 @@ def _missing(ev: Evidence, policy: JudgePolicy) -> list[str]:
             p.first_attempt_processed < policy.min_primary_messages
         ),
         f"baked {ev.elapsed_s:.0f} s < {policy.min_bake_s:.0f} s": ev.elapsed_s < policy.min_bake_s,
-        f"upper bound on canary - primary {bound} not yet below the margin "
-        f"{margin or 0.0:.2%} (planned canary sample {ev.planned_canary_messages})": (
-            upper is None or margin is None or upper >= margin
-        ),
+        (
+            "no comparison yet: a role has no first attempts"
+            if upper is None or margin is None
+            else f"upper bound on canary - primary {bound} not yet below the margin "
+            f"{margin:.2%} (planned canary sample {ev.planned_canary_messages})"
+        ): upper is None or margin is None or upper >= margin,
     }
     l_upper, l_margin = ev.latency_upper_bound, ev.latency_margin
     if ev.latency_method == "percentile" and l_upper is not None and l_margin is not None:
@@ -670,7 +689,8 @@ def _unreachable(ev: Evidence, policy: JudgePolicy) -> str | None:
     if _guard_pending(ev, policy):
         return None
     return (
-        f"cannot reach N = {planned} canary first attempts by the max bake "
+        f"cannot reach N = {planned} canary first attempts (the fewest a pass could come with) by "
+        f"the max bake "
         f"{policy.max_bake_s:.0f} s: at most {reachable:.0f} at the traffic so far "
         f"({ev.canary.first_attempt_processed} canary first attempts in {ev.elapsed_s:.0f} s); "
         f"raise --max-bake-s or the canary's share, or widen --rel-margin/--abs-margin"

@@ -13,7 +13,8 @@ Latency, where the server serves percentile statistics (CloudWatch does): a seco
 primary's `p90` (the policy's percentile) of `ProcessingTime` over the whole window, and a third
 each role's per-minute `PR(:threshold)`, the percentage of messages at or below it; the messages
 slower than the threshold are SampleCount x (1 - PR/100). LocalStack 4 and moto answer percentile
-statistics with an error (InternalError); the first such answer is logged once
+statistics with an error (LocalStack: InternalError; moto: a bare HTTP 500); the first such
+answer is logged once
 (`action=canary_latency_fallback`) and the source then reads no percentiles, leaving the judge its
 fallback on the per-minute Sum, SampleCount and Maximum, which every server serves.
 
@@ -81,6 +82,8 @@ _UNSUPPORTED_CODES: Final = frozenset(
         "ValidationError",
         "NotImplemented",
         "UnsupportedOperation",
+        "500",  # moto: an HTML 500 page, no error code
+        "501",
     }
 )
 """How a server says it does not serve a statistic (LocalStack's: InternalError)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Final, final
@@ -287,6 +288,8 @@ class StratifiedDifference:
     alt_se: float
     """Standard error at the estimated difference, or at the one asked for (the confidence
     bound's), dispersion included."""
+    weighted_control_rate: float
+    """The control's rate with the estimate's weights (a shared incident moves it little)."""
     dispersion: float
     """Quasi-binomial factor: Pearson chi-square of the strata / degrees of freedom, at least 1."""
     strata: int
@@ -295,12 +298,12 @@ class StratifiedDifference:
     """(difference - continuity, towards zero) / null_se; 0 without variance."""
 
 
-SHRINK_MESSAGES: Final = 1000.0
-"""A stratum's pooled rate is shrunk towards the overall rate by this many pseudo-messages, so a
+SHRINK_MESSAGES: Final = 100.0
+"""A stratum's pooled rate is shrunk towards the median stratum's by this many pseudo-messages, so a
 stratum without failures still has a variance (and a finite weight)."""
 
 
-DISPERSION_PRIOR_DF: Final = 4.0
+DISPERSION_PRIOR_DF: Final = 1.0
 """The dispersion factor starts from 1 with this many degrees of freedom of weight: with a handful
 of strata one unlucky minute would otherwise set it, with an hour of minutes the data dominate."""
 
@@ -342,7 +345,7 @@ def stratified_difference(
 
     Each stratum i has the difference d_i of its two rates and, under equal rates, the variance
     v_i = q_i (1 - q_i) (1/n_ti + 1/n_ci), with q_i the stratum's pooled rate shrunk towards the
-    overall pooled rate by `SHRINK_MESSAGES`. The estimate is D = sum(w_i d_i) / sum(w_i) with
+    median stratum's by `SHRINK_MESSAGES`. The estimate is D = sum(w_i d_i) / sum(w_i) with
     w_i = 1 / v_i: a minute in which both roles fail at 30% has a large v_i and weighs little, and
     its d_i is near 0 anyway. The dispersion factor
     phi = max(1, (sum(w_i (d_i - D)^2) + nu) / (k - 1 + nu))
@@ -378,6 +381,7 @@ def stratified_difference(
         control_rate=f_c / n_c,
         null_se=0.0,
         alt_se=0.0,
+        weighted_control_rate=f_c / n_c,
         dispersion=1.0,
         strata=len(used),
         continuity=cc,
@@ -387,13 +391,21 @@ def stratified_difference(
     half = 0.5 / (n_t + n_c)
     pooled = min(max(pooled, half), 1.0 - half)
     rows: list[tuple[float, float, float, float, float]] = []  # d, w, q, n_t, n_c
+    control_rates: list[float] = []
+    # Shrink towards the median stratum's pooled rate: a shared outage in a few strata moves the
+    # overall pooled rate, not the median.
+    centre = statistics.median(
+        (s.treatment_failed + s.control_failed) / (s.treatment_n + s.control_n) for s in used
+    )
+    centre = min(max(centre, half), 1.0 - half)
     for s in used:
-        q = (s.treatment_failed + s.control_failed + SHRINK_MESSAGES * pooled) / (
+        q = (s.treatment_failed + s.control_failed + SHRINK_MESSAGES * centre) / (
             s.treatment_n + s.control_n + SHRINK_MESSAGES
         )
         v = q * (1.0 - q) * (1.0 / s.treatment_n + 1.0 / s.control_n)
         d = s.treatment_failed / s.treatment_n - s.control_failed / s.control_n
         rows.append((d, 1.0 / v, q, s.treatment_n, s.control_n))
+        control_rates.append(s.control_failed / s.control_n)
     total_w = sum(w for _, w, _, _, _ in rows)
     estimate = sum(d * w for d, w, _, _, _ in rows) / total_w
 
@@ -413,9 +425,11 @@ def stratified_difference(
     alt_var = sum(w * w * variance(shift, q, nt, nc) for _, w, q, nt, nc in rows)
     null_se = math.sqrt(phi / total_w)
     corrected = math.copysign(max(abs(estimate) - cc, 0.0), estimate)
+    baseline = sum(r * w for r, (_, w, _, _, _) in zip(control_rates, rows, strict=True)) / total_w
     return dataclasses.replace(
         base,
         difference=estimate,
+        weighted_control_rate=baseline,
         null_se=null_se,
         alt_se=math.sqrt(phi * alt_var) / total_w,
         dispersion=phi,
@@ -447,7 +461,7 @@ def planned_sample(  # noqa: PLR0917 (the sizing formula's parameters)
         canary_share: The canary's share of first attempts, in (0, 1).
         pass_alpha: The pass bound's error rate (a canary worse by the margin passes at most
             this often).
-        power: The chance an equal-rate canary passes by then, in (0.5, 1).
+        power: The chance an equal-rate canary passes by then, in [0.5, 1).
         dispersion: The quasi-binomial factor (1: binomial).
 
     Returns:
