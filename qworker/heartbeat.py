@@ -250,6 +250,9 @@ class Heartbeat:
         """Schedule a retry of a failed or timed-out call, well before the visibility lapses."""
         self.failures += 1
         now = self._clock()
+        # The first failure of a message is a warning; its retries every RETRY_DELAY_S through an
+        # outage are logged at DEBUG (a lapse, if it comes to that, is a warning of its own).
+        first = any(h.retry_at is None for h in batch)
         for held in batch:
             held.retry_at = now + RETRY_DELAY_S
         error = (
@@ -257,7 +260,8 @@ class Heartbeat:
             if isinstance(exc, TimeoutError)
             else str(exc)
         )
-        log.warning(
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
             "visibility extension failed; retrying on a fresh connection",
             extra={
                 "action": "heartbeat_failed",
