@@ -297,6 +297,26 @@ def test_every_checkov_skip_is_justified_in_the_template_and_the_readme() -> Non
         assert check in readme, f"{where}: {check} is not justified in deploy/README.md"
 
 
+INLINE_TEMPLATE_LIMIT: Final = 51_200  # bytes CloudFormation accepts as TemplateBody
+
+
+def test_templates_over_the_inline_limit_are_deployed_through_s3() -> None:
+    # release.py restore-canary sends service.yaml back as a TemplateBody.
+    assert len((DEPLOY / "service.yaml").read_bytes()) < INLINE_TEMPLATE_LIMIT
+    docs = (DEPLOY / "README.md").read_text() + (DEPLOY.parent / "README.md").read_text()
+    for path in TEMPLATES:
+        if len(path.read_bytes()) < INLINE_TEMPLATE_LIMIT:
+            continue
+        commands = [
+            block
+            for block in re.split(r"\n(?=aws )", docs)
+            if block.startswith("aws cloudformation deploy --stack-name") and path.name in block
+        ]
+        assert commands, path.name
+        for command in commands:
+            assert "--s3-bucket" in command.split("\n\n")[0], f"{path.name}: {command[:80]}"
+
+
 def test_templates_are_the_expected_set() -> None:
     assert {t.name for t in TEMPLATES} >= {
         "queue.yaml",
