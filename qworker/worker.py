@@ -74,14 +74,15 @@ async def open_sqs_client(
         settings: Region, endpoint, concurrency (for the connection pool).
         endpoint_url: Overrides the settings' endpoint (the embedded server's).
         local: Use dummy credentials (a local server does not check them).
-        control: The client for visibility calls: short connect and read timeouts of their own,
-            no botocore retries (the heartbeat retries at once itself), and a fresh connection
-            per call, so a pooled connection that silently died cannot hang an extension.
+        control: The client for visibility calls: short connect and read timeouts of their own
+            and a fresh connection per call (retries included), so a pooled connection that
+            silently died cannot hang an extension. The heartbeat also cuts each extension
+            short itself and tries again at once.
     """
     if control:
         config = AioConfig(
             max_pool_connections=max(10, settings.pollers * 2 + 16),
-            retries={"mode": "standard", "max_attempts": 1},
+            retries={"mode": "standard", "max_attempts": 3},
             connect_timeout=CONTROL_CONNECT_TIMEOUT_S,
             read_timeout=CONTROL_READ_TIMEOUT_S,
             connector_args={"force_close": True, "keepalive_timeout": None},
