@@ -57,7 +57,7 @@ import botocore.exceptions
 import yaml  # type: ignore[import-untyped]
 from metric_math import AlarmState, Series, evaluate, evaluate_alarm
 from rehearsal_pipeline import Artifacts, Rule, Stage, environment_variables, substitute
-from test_deploy_templates import Renderer, load, render
+from test_deploy_templates import ACCOUNT, Renderer, load, render
 
 from qworker.drill.audit import drain, queue_depth
 from qworker.drill.config import DrillError
@@ -85,6 +85,7 @@ SKIPPED_COMMANDS: Final = re.compile(r"\b(docker|aws ecr|pip install|pytest)\b")
 """Buildspec commands that need the image registry, docker, or the network: not played here."""
 REASON_ATTRIBUTE: Final = REJECT_ATTRIBUTES[0]
 VARIABLE_FREE: Final = re.compile(r"#\{[^}]+\}")
+GET_ATT_ARN: Final = re.compile(r"<([A-Za-z0-9]+)\.Arn>")
 
 
 class RehearsalError(RuntimeError):
@@ -264,6 +265,7 @@ class World:
         self.stacks: dict[str, Stack] = {}
         self.images: dict[str, str] = {}  # image tag -> revision
         self.log: list[str] = []
+        self.failures: list[str] = []  # background tasks that failed
         self.outage_files = {role: run_dir / f"outage-{role.value}" for role in DeploymentRole}
         self.alarms: AlarmModel | None = None
         self.pipeline_renderer: Renderer | None = None
@@ -315,9 +317,20 @@ class World:
         renderer = render("alarms.yaml", given)
         self.alarms = AlarmModel(renderer, self._cloudwatch, epoch=time.time())
         await asyncio.to_thread(_create_alarms, self._cloudwatch, renderer)
-        self._background.append(asyncio.create_task(self._publish_backlog()))
-        self._background.append(asyncio.create_task(self._sync_alarms()))
-        self._background.append(asyncio.create_task(self._reconcile_loop()))
+        self._watch(asyncio.create_task(self._publish_backlog()), "publish_backlog")
+        self._watch(asyncio.create_task(self._sync_alarms()), "sync_alarms")
+        self._watch(asyncio.create_task(self._reconcile_loop()), "reconcile_loop")
+
+    def _watch(self, task: asyncio.Task[None], what: str) -> None:
+        """Keep a background task, and say so when it fails (the scenario then fails too)."""
+
+        def done(finished: asyncio.Task[None]) -> None:
+            if not finished.cancelled() and (error := finished.exception()) is not None:
+                self.failures.append(f"{what}: {error!r}")
+                self.say(f"BACKGROUND FAILURE {what}: {error!r}")
+
+        task.add_done_callback(done)
+        self._background.append(task)
 
     def say(self, text: str) -> None:
         """Log a line of the rehearsal (printed with `pytest -s`)."""
@@ -329,7 +342,7 @@ class World:
         """Send the service's traffic (drill events) until `finish`."""
         self._producer = Producer(rate=rate or self.rate, run_id=self.service, seed=7)
         transport = await SqsTransport.open(self._client, url=self._url)
-        self._background.append(asyncio.create_task(self._producer.run(transport, self._stop)))
+        self._watch(asyncio.create_task(self._producer.run(transport, self._stop)), "traffic")
 
     def set_outage(self, roles: Sequence[DeploymentRole], rate: float | None) -> None:
         """Start (rate) or end (None) a downstream outage seen by the tasks of `roles`."""
@@ -351,6 +364,8 @@ class World:
                 await task
         left = await drain(self._client, self._url, drain_timeout_s)
         await self.stop_all()
+        if self.failures:
+            raise RehearsalError(f"background work failed: {self.failures}")
         return await self._account(left)
 
     async def stop_all(self) -> None:
@@ -532,7 +547,10 @@ class World:
             RELEASE_MINUTE_S=str(MINUTE_S),
         )
         for variable in project.get("Environment", {}).get("EnvironmentVariables", []):
-            env[str(variable["Name"])] = str(variable["Value"])
+            # The template renderer leaves Fn::GetAtt as <Resource.Attribute>: an IAM role's ARN.
+            env[str(variable["Name"])] = GET_ATT_ARN.sub(
+                rf"arn:aws:iam::{ACCOUNT}:role/\1", str(variable["Value"])
+            )
         env.update(environment_variables(action.get("Configuration", {}), artifacts.variables))
         return env
 
@@ -592,6 +610,10 @@ class World:
             code = await process.wait()
         tail = "\n    ".join(log.read_text(errors="replace").splitlines()[-8:])
         self.say(f"{spec_path} exited {code}:\n    {tail}")
+        # A script's UpdateStack completes on AWS once ECS is stable; moto completes at once, so
+        # the stacks are settled here before the action counts as done.
+        for name in list(self.stacks):
+            await self.reconcile(name)
         namespace = action.get("Namespace")
         if namespace and exports.exists():
             for key, value in json.loads(exports.read_text()).items():
@@ -659,7 +681,9 @@ class World:
         name = str(configuration["StackName"])
         params = self._stack_params(action, artifacts)
         try:
-            render("service.yaml", params)
+            # Every parameter, defaults included, as CloudFormation records them (moto keeps only
+            # the given ones, and a later UsePreviousValue of a defaulted one would fail there).
+            params = render("service.yaml", params).params
         except KeyError as error:
             self.say(f"stack {name}: CloudFormation refuses the parameters: {error}")
             return False
@@ -705,6 +729,11 @@ class World:
                 return True
             if stack.status.startswith("FAILED:") and stack.status == f"FAILED:{rendered.params}":
                 return False  # the same deployment already failed; ECS does not retry it
+            if stack.tasks:
+                changed = sorted(
+                    k for k in rendered.params if rendered.params[k] != stack.params.get(k)
+                )
+                self.say(f"stack {name}: parameters changed ({', '.join(changed)}): rolling out")
             return await self._roll_out(stack, rendered)
 
     async def _roll_out(self, stack: Stack, rendered: Renderer) -> bool:
@@ -718,11 +747,12 @@ class World:
         new: list[WorkerProcess] = []
         failures = 0
         while len(new) < count and failures < CIRCUIT_BREAKER_FAILURES:
-            task = await self._start_task(stack.role, revision, rendered)
-            if task is None:
-                failures += 1
-            else:
-                new.append(task)
+            wanted = min(count - len(new), CIRCUIT_BREAKER_FAILURES - failures)
+            started = await asyncio.gather(
+                *(self._start_task(stack.role, revision, rendered) for _ in range(wanted))
+            )
+            new.extend(task for task in started if task is not None)
+            failures += sum(task is None for task in started)
         if len(new) < count:
             await asyncio.gather(*(t.stop() for t in new))
             if not stack.tasks:

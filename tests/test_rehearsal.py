@@ -47,12 +47,12 @@ CANARY: Final = DeploymentRole.CANARY
 # seconds, a few hundred canary first attempts), margins wide enough for that sample. The rest of
 # the command line is the buildspec's own.
 JUDGE_ARGS: Final = (
-    "--interval-s 3 --min-bake-s 15 --min-canary-messages 150 --min-primary-messages 150"
+    "--interval-s 2 --min-bake-s 10 --min-canary-messages 100 --min-primary-messages 100"
     " --abs-margin 0.04 --rel-margin 2 --reach-after-s 12 --silent-after-s 15"
     " --share-min-messages 60 --latency-min-messages 60 --latency-stats fallback"
     " --latency-fallback-min-minutes 1"
 )
-RATE: Final = 60.0  # messages per second: about 18 per alarm minute for a 10% canary
+RATE: Final = 80.0  # messages per second: about 27 per alarm minute for a 11% canary
 
 
 # -- the semantics alone --------------------------------------------------------------------------
