@@ -80,13 +80,17 @@ class Retry(HandlerSignal):
         """
         if isinstance(delay_s, bool) or not isinstance(delay_s, int | float):
             raise TypeError(f"Retry delay_s must be a number of seconds, not {delay_s!r}")
-        if not math.isfinite(delay_s) or delay_s < 0:
+        try:
+            seconds = float(delay_s)
+        except OverflowError:  # an int too large for a float
+            seconds = math.inf
+        if not math.isfinite(seconds) or seconds < 0:
             raise ValueError(
                 f"Retry delay_s must be finite and must not be negative, not {delay_s!r}"
             )
         if reason is not None and not isinstance(reason, str):
             raise TypeError(f"Retry reason must be a string, not {reason!r}")
-        self.delay_s = float(delay_s)
+        self.delay_s = seconds
         self.reason = reason
         super().__init__(reason or f"retry in {delay_s:g} s")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import math
 import re
 
 import pytest
@@ -94,6 +95,35 @@ def test_retry_carries_its_delay_and_reason() -> None:
 def test_retry_negative_delay_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="must not be negative"):
         Retry(-1)
+
+
+@pytest.mark.parametrize("delay", [math.nan, math.inf, -math.inf, -0.001, 10**400])
+def test_retry_delay_must_be_finite_and_not_negative(delay: float) -> None:
+    with pytest.raises(ValueError, match="must be finite"):
+        Retry(delay)
+
+
+@pytest.mark.parametrize("delay", ["5", None, True, [1], b"1"])
+def test_retry_delay_must_be_a_number(delay: object) -> None:
+    with pytest.raises(TypeError, match="number of seconds"):
+        Retry(delay)  # type: ignore[arg-type]
+
+
+def test_retry_reason_must_be_a_string() -> None:
+    with pytest.raises(TypeError, match="reason must be a string"):
+        Retry(1, reason=42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("reason", ["", "  ", "\n"])
+def test_reject_reason_must_not_be_blank(reason: str) -> None:
+    with pytest.raises(ValueError, match="must not be blank"):
+        Reject(reason)
+
+
+@pytest.mark.parametrize("reason", [None, 42, b"bytes"])
+def test_reject_reason_must_be_a_string(reason: object) -> None:
+    with pytest.raises(TypeError, match="must be a string"):
+        Reject(reason)  # type: ignore[arg-type]
 
 
 def test_reject_carries_its_reason() -> None:
