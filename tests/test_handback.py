@@ -43,6 +43,7 @@ from test_faults import (
     wait_settled,
 )
 
+from qworker.app import QWorker
 from qworker.consumer import Consumer
 from qworker.dispatch import Dispatcher
 from qworker.emf import MetricsAggregator
@@ -53,9 +54,11 @@ from qworker.metrics import MetricName
 from qworker.outcome import Outcome, OutcomeRecord, RetryPolicy
 from qworker.quarantine import CanaryQuarantine
 from qworker.role import Identity
+from qworker.settings import QWorkerSettings
 from qworker.settle import Settler
 from qworker.testing import FakeQueueTransport, FakeSqs
 from qworker.transport import Message, SqsTransport
+from qworker.worker import Worker, _Resolved
 
 CANARY = Identity(service="orders", role="canary", version="v2")
 PRIMARY = Identity(service="orders", role="primary", version="v1")
@@ -241,6 +244,36 @@ def test_metrics_and_quarantine_do_not_count_copies_as_first_attempts() -> None:
     assert aggregate.counts[MetricName.FIRST_ATTEMPT_FAILED] == 0
     assert quarantine.counts == (1, 2)  # the reject counts; the copies do not
     assert not quarantine.quarantined  # 1 of 2 is not above 50 %
+
+
+@pytest.mark.parametrize(
+    ("role", "fifo", "hops"),
+    [("canary", False, 7), ("canary", True, 0), ("primary", False, 0), ("primary", True, 0)],
+)
+async def test_the_worker_hands_back_only_as_a_canary_on_a_standard_queue(
+    role: str, fifo: bool, hops: int
+) -> None:
+    name = "orders.fifo" if fifo else "orders"
+    queue = FakeSqs().create_queue(name, dead_letter=dead_letter_name(name), max_receive_count=4)
+    app = QWorker("svc")
+
+    @app.handler
+    async def handle(body: OrderV1) -> None: ...
+
+    settings = QWorkerSettings(queue_name=name, deployment_role=role, canary_max_hops=7)
+    worker = Worker(app, settings, identity=Identity(role=role))
+    [spec] = app.handlers.values()
+    attributes = await queue.get_attributes()
+
+    consumer = worker._consumer(_Resolved(spec, queue, attributes, None))  # type: ignore[arg-type]
+
+    assert consumer.settler.max_hops == hops
+    assert consumer.settler.release_failed is (role == "canary")
+    assert consumer.fifo is fifo
+    # FIFO heads are retried in place with the queue's budget, except on a canary (it releases).
+    retry = consumer._groups._retry
+    assert (retry is None) is (role == "canary")
+    assert retry is None or retry.max_receive_count == 4
 
 
 # -- LocalStack: a healthy primary and a failing canary, real worker processes -------------------
