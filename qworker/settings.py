@@ -107,11 +107,11 @@ class QWorkerSettings(BaseSettings):
         default=None, gt=0, description="Fail a handler that runs longer than this."
     )
     startup_timeout_s: float = Field(
-        default=60.0,
+        default=30.0,
         gt=0,
         le=3600,
         description="Give up (exit 2) when the queue server cannot be reached for this long at "
-        "start-up (keep below the ECS health-check grace period).",
+        "start-up (keep well below the ECS health check's StartPeriod, 60 s).",
     )
     shutdown_grace_s: float = Field(
         default=25.0,
