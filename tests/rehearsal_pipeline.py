@@ -163,7 +163,9 @@ def substitute(text: str, variables: Mapping[str, str]) -> str:
     return VARIABLE.sub(replace, text)
 
 
-def environment_variables(configuration: Mapping[str, Any], variables: Mapping[str, str]) -> dict[str, str]:
+def environment_variables(
+    configuration: Mapping[str, Any], variables: Mapping[str, str]
+) -> dict[str, str]:
     """A CodeBuild action's `EnvironmentVariables` (a JSON string), variables substituted."""
     raw = configuration.get("EnvironmentVariables")
     if not raw:
@@ -240,9 +242,7 @@ class Execution:
 class Pipeline:
     """Plays executions of the pipeline's stages, one at a time (ExecutionMode QUEUED)."""
 
-    def __init__(
-        self, stages: Sequence[Stage], actions: ActionRunner, rules: RuleChecker
-    ) -> None:
+    def __init__(self, stages: Sequence[Stage], actions: ActionRunner, rules: RuleChecker) -> None:
         """Play `stages` with `actions` and `rules`."""
         self.stages = tuple(stages)
         self.actions = actions

@@ -73,7 +73,7 @@ ROOT: Final = Path(__file__).resolve().parent.parent
 REGION: Final = "us-east-1"
 HANDLER_MODULE: Final = "handlers.drill"
 MINUTE_S: Final = 3
-"""Wall seconds of one alarm minute (see the module docstring); scripts get it as RELEASE_MINUTE_S."""
+"""Wall seconds of one alarm minute (module docstring); scripts get it as RELEASE_MINUTE_S."""
 MAX_RECEIVE_COUNT: Final = 5
 VISIBILITY_TIMEOUT_S: Final = 10
 SETTLE_S: Final = 2.0
@@ -98,7 +98,9 @@ def commit_of(revision: str) -> str:
 
 
 def _dimensions(metric: Mapping[str, Any]) -> list[dict[str, str]]:
-    return [{"Name": str(d["Name"]), "Value": str(d["Value"])} for d in metric.get("Dimensions", [])]
+    return [
+        {"Name": str(d["Name"]), "Value": str(d["Value"])} for d in metric.get("Dimensions", [])
+    ]
 
 
 # -- the alarms -----------------------------------------------------------------------------------
@@ -108,7 +110,7 @@ def _dimensions(metric: Mapping[str, Any]) -> list[dict[str, str]]:
 class AlarmModel:
     """The alarms of deploy/alarms.yaml, evaluated on the metrics in LocalStack's CloudWatch."""
 
-    def __init__(self, renderer: Renderer, cloudwatch: Any, *, epoch: float) -> None:  # noqa: ANN401
+    def __init__(self, renderer: Renderer, cloudwatch: Any, *, epoch: float) -> None:
         """Evaluate `renderer`'s alarms on `cloudwatch`'s data; alarm minutes count from `epoch`."""
         self.cloudwatch = cloudwatch
         self.epoch = float(int(epoch))
@@ -285,7 +287,7 @@ class World:
 
     # -- life cycle -------------------------------------------------------------------------------
 
-    def _boto(self, service: str, endpoint_url: str) -> Any:  # noqa: ANN401 (boto3 is untyped)
+    def _boto(self, service: str, endpoint_url: str) -> Any:
         return boto3.client(
             service,
             endpoint_url=endpoint_url,
@@ -510,7 +512,9 @@ class World:
         if namespace:
             configuration = action.get("Configuration", {})
             artifacts.variables[f"{namespace}.CommitId"] = commit_of(artifacts.revision)
-            artifacts.variables[f"{namespace}.BranchName"] = str(configuration.get("BranchName", ""))
+            artifacts.variables[f"{namespace}.BranchName"] = str(
+                configuration.get("BranchName", "")
+            )
         for output in action.get("OutputArtifacts", []):
             artifacts.files.setdefault(str(output["Name"]), {})
         return True
@@ -571,7 +575,7 @@ class World:
                     continue
                 lines.append(
                     f"if {gate}; then\n{{\n{command.rstrip()}\n}} || "
-                    f"{{ [ -n \"$failed_phase\" ] || failed_phase={phase}; "
+                    f'{{ [ -n "$failed_phase" ] || failed_phase={phase}; '
                     "export CODEBUILD_BUILD_SUCCEEDING=0; }\nfi"
                 )
         exported = [str(v) for v in spec.get("env", {}).get("exported-variables", [])]
@@ -581,8 +585,7 @@ class World:
         )
         lines.append(
             " ".join(
-                shlex.quote(part)
-                for part in [sys.executable, "-c", dump, str(exports), *exported]
+                shlex.quote(part) for part in [sys.executable, "-c", dump, str(exports), *exported]
             )
         )
         lines.append('[ -z "$failed_phase" ]')
@@ -632,7 +635,7 @@ class World:
                 self.images[str(tag)] = artifacts.revision
         return True
 
-    # -- CloudFormation: service stacks, and "ECS" --------------------------------------------------
+    # -- CloudFormation: service stacks, and "ECS" ------------------------------------------------
 
     def _stack_params(self, action: Mapping[str, Any], artifacts: Artifacts) -> dict[str, Any]:
         configuration = action["Configuration"]
@@ -903,7 +906,9 @@ def _stand_in_template() -> dict[str, Any]:
             kind = "CommaDelimitedList"
         elif kind.startswith("AWS::"):
             kind = "String"
-        kept = {k: v for k, v in spec.items() if k in {"Default", "AllowedValues", "AllowedPattern"}}
+        kept = {
+            k: v for k, v in spec.items() if k in {"Default", "AllowedValues", "AllowedPattern"}
+        }
         parameters[name] = {**kept, "Type": kind}
     return {
         "AWSTemplateFormatVersion": "2010-09-09",
@@ -912,7 +917,7 @@ def _stand_in_template() -> dict[str, Any]:
     }
 
 
-def _create_alarms(cloudwatch: Any, renderer: Renderer) -> None:  # noqa: ANN401 (boto3)
+def _create_alarms(cloudwatch: Any, renderer: Renderer) -> None:
     """Create the template's alarms in LocalStack (their state comes from the model)."""
     for resource in renderer.resources("AWS::CloudWatch::Alarm").values():
         properties = resource["Properties"]
@@ -959,7 +964,9 @@ def expected_canary_share(stages: Sequence[Stage]) -> float:
         for action in stage.actions:
             if action["ActionTypeId"]["Provider"] != "CloudFormation":
                 continue
-            overrides = json.loads(VARIABLE_FREE.sub("x", str(action["Configuration"]["ParameterOverrides"])))
+            overrides = json.loads(
+                VARIABLE_FREE.sub("x", str(action["Configuration"]["ParameterOverrides"]))
+            )
             role, pollers = service_capacity({**overrides, "ImageTag": "x"})
             capacity[role] = pollers
     return capacity[DeploymentRole.CANARY] / sum(capacity.values())

@@ -35,7 +35,7 @@ from handlers import drill as drill_handler
 from qworker import chart, drill
 from qworker.canary.judge import Decision, RoleCounts, judge
 from qworker.cli import build_parser
-from qworker.exceptions import ConfigError
+from qworker.exceptions import ConfigError, Reject
 from qworker.settings import ENV_PREFIX, DeploymentRole, QWorkerSettings, load_settings
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -142,6 +142,36 @@ def test_the_defect_fails_every_yen_payment_and_nothing_else() -> None:
         drill_handler.process(_event("payment", "JPY"), drill_handler.BEHAVIOURS[version], 0.99)
 
 
+def test_the_rejects_defect_rejects_every_gbp_payment_and_nothing_else() -> None:
+    rejects = drill_handler.BEHAVIOURS[drill.REJECTS_VERSION]
+    with pytest.raises(Reject, match="GBP"):
+        drill_handler.process(_event("payment", "GBP"), rejects, draw=0.99)
+    drill_handler.process(_event("payment", "EUR"), rejects, draw=0.99)
+    drill_handler.process(_event("order", "GBP"), rejects, draw=0.99)
+    drill_handler.process(_event("payment", "GBP"), drill_handler.BEHAVIOURS["v2"], draw=0.99)
+
+
+def test_only_the_slow_version_is_slower() -> None:
+    slowdowns = {v: b.slowdown for v, b in drill_handler.BEHAVIOURS.items()}
+    assert slowdowns.pop(drill.SLOW_VERSION) >= 5
+    assert set(slowdowns.values()) == {1.0}
+
+
+def test_a_shared_outage_fails_its_share_of_every_version(tmp_path: Path) -> None:
+    outage = tmp_path / "outage"
+    assert drill_handler.outage_rate(str(outage)) == 0.0
+    outage.write_text("0.3\n")
+    assert drill_handler.outage_rate(str(outage)) == 0.3
+    outage.write_text("garbage")
+    assert drill_handler.outage_rate(str(outage)) == 1.0
+    assert drill_handler.outage_rate(None) == 0.0
+    for behaviour in drill_handler.BEHAVIOURS.values():
+        with pytest.raises(drill_handler.DownstreamTimeoutError):
+            drill_handler.process(_event("email", "EUR"), behaviour, draw=0.29, outage=0.3)
+        if not behaviour.rejects_currency:
+            drill_handler.process(_event("email", "EUR"), behaviour, draw=0.31, outage=0.3)
+
+
 def test_every_version_fails_transiently_at_its_rate() -> None:
     for behaviour in drill_handler.BEHAVIOURS.values():
         with pytest.raises(drill_handler.DownstreamTimeoutError):
@@ -211,6 +241,20 @@ def test_config_rejects_contradictions() -> None:
         drill.DrillConfig(rate=0)
     assert drill.DrillConfig(embedded=True).send_rate == drill.RATE_EMBEDDED
     assert drill.DrillConfig(defect=True).expected is Decision.FAIL
+
+
+def test_the_cli_names_the_defect() -> None:
+    parse = build_parser().parse_args
+    assert drill._config(parse(["drill"])).canary_version == drill.NEW_VERSION
+    assert drill._config(parse(["drill", "--defect"])).canary_version == drill.DEFECT_VERSION
+    for kind, version in (("rejects", drill.REJECTS_VERSION), ("slow", drill.SLOW_VERSION)):
+        config = drill._config(parse(["drill", "--defect", kind]))
+        assert config.canary_version == version
+        assert config.expected is Decision.FAIL
+    with pytest.raises(SystemExit):
+        parse(["drill", "--defect", "typo"])
+    assert drill.DrillConfig(defect=drill.Defect.SLOW).canary_version == drill.SLOW_VERSION
+    assert drill.DrillConfig(defect=False).defect is None
 
 
 def test_the_cli_registers_the_drill() -> None:
@@ -395,7 +439,7 @@ def test_the_init_hook_creates_the_queue_and_its_dead_letter_queue(
 # -- the drills -----------------------------------------------------------------------------------
 
 
-async def _run(tmp_path: Path, *, defect: bool) -> drill.DrillReport:
+async def _run(tmp_path: Path, *, defect: drill.Defect | bool | None) -> drill.DrillReport:
     config = drill.DrillConfig(defect=defect, out_dir=tmp_path / "drill", seed=1)
     report = await drill.run_drill(config)
     print(drill.format_report(report))  # noqa: T201 (the evidence, for `pytest -s`)
@@ -431,6 +475,36 @@ async def test_a_defective_canary_is_rolled_back_and_nothing_is_lost(tmp_path: P
     assert sum(audit.canary_failures_recovered_by.values()) >= audit.canary_failed
     versions = {(t.role, t.version) for t in audit.tallies}
     assert ("canary", drill.GOOD_VERSION) in versions  # the rolled-back canary served traffic
+
+
+@pytest.mark.integration
+@pytest.mark.localstack
+@pytest.mark.slow
+async def test_a_canary_that_rejects_is_rolled_back_with_nothing_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    report = await _run(tmp_path, defect=drill.Defect.REJECTS)
+    assert report.canary_version == drill.REJECTS_VERSION
+    assert report.decision is Decision.FAIL
+    assert report.action is drill.Action.ROLLBACK
+    _assert_accounted(report)  # the canary's rejects were handed back: the DLQ stays empty
+    audit = report.accounting
+    assert audit.canary_failed > 0
+    assert sum(audit.canary_failures_recovered_by.values()) >= audit.canary_failed
+    (canary,) = (t for t in audit.tallies if t.version == drill.REJECTS_VERSION)
+    assert canary.first_attempt_failed > 0  # its rejects count against it
+
+
+@pytest.mark.integration
+@pytest.mark.localstack
+@pytest.mark.slow
+async def test_a_slow_canary_is_rolled_back(tmp_path: Path) -> None:
+    report = await _run(tmp_path, defect=drill.Defect.SLOW)
+    assert report.canary_version == drill.SLOW_VERSION
+    assert report.decision is Decision.FAIL
+    assert report.action is drill.Action.ROLLBACK
+    assert any("latency" in reason or "slow" in reason for reason in report.verdict.reasons)
+    _assert_accounted(report)
 
 
 @pytest.mark.integration

@@ -80,10 +80,13 @@ class Script:
     ran: list[str] = dataclasses.field(default_factory=list)
 
     async def run(self, stage: Stage, action: Mapping[str, Any], artifacts: Artifacts) -> bool:
+        assert action in stage.actions
         self.ran.append(f"{action['Name']}:{artifacts.revision}")
         return artifacts.revision not in self.fails.get(str(action["Name"]), set())
 
     async def check(self, stage: Stage, rule: Rule, artifacts: Artifacts) -> bool:
+        assert rule in (r for c in (*stage.before_entry, *stage.on_success) for r in c.rules)
+        assert artifacts.revision
         return not self.alarm
 
 
@@ -164,8 +167,8 @@ class Rehearsal:
 
 @contextlib.asynccontextmanager
 async def rehearse(
-    localstack_server: Any,  # noqa: ANN401 (a fixture)
-    moto_server: Any,  # noqa: ANN401 (a fixture)
+    localstack_server: Any,
+    moto_server: Any,
     tmp_path: Path,
     *,
     rate: float = RATE,
@@ -194,7 +197,11 @@ async def rehearse(
         {**given, "JudgeArgs": f"{given['JudgeArgs']} --expected-canary-share {share:.4f}"}
     )
     world = World(
-        localstack_server.endpoint_url, moto_server.endpoint_url, tmp_path, service=service, rate=rate
+        localstack_server.endpoint_url,
+        moto_server.endpoint_url,
+        tmp_path,
+        service=service,
+        rate=rate,
     )
     world.pipeline_renderer = renderer
     try:
@@ -237,7 +244,7 @@ pytestmark_scenario = [
 ]
 
 
-def scenario(function: Any) -> Any:  # noqa: ANN401 (a decorator)
+def scenario(function: Any) -> Any:
     """Mark a rehearsal scenario."""
     for mark in pytestmark_scenario:
         function = mark(function)
