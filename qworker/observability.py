@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, final
 
 from opentelemetry import trace
 
-from qworker import health, tracing
+from qworker import health, summary, tracing
 from qworker.cloudwatch import CloudWatchPublisher, open_cloudwatch_client
 from qworker.consumer import OutcomeSink
 from qworker.dispatch import Middleware
@@ -94,6 +94,8 @@ class MetricsEmitter:
         self.interval_s = interval_s
         self.publisher = publisher
         self.queues: Callable[[], Iterable[str]] = tuple
+        self.on_snapshot: Callable[[Snapshot], None] | None = None
+        """Also told every interval's numbers (the local summary line)."""
         self._sleep = sleep
         self._properties: dict[str, object] = {"Version": identity.version}
         if identity.task_id:
@@ -106,6 +108,8 @@ class MetricsEmitter:
         for queue in self.queues():
             self.aggregator.track(queue)
         snapshot = self.aggregator.snapshot()
+        if self.on_snapshot is not None:
+            self.on_snapshot(snapshot)
         documents = [
             build_document(
                 aggregate,
@@ -263,7 +267,8 @@ async def build(
         identity: Role, version, service, task id.
         endpoint_url: The local endpoint in use (the embedded server's), for PutMetricData.
         local: The endpoint is local: dummy credentials.
-        sink: Where EMF documents go (default: stdout through aws-embedded-metrics).
+        sink: Where EMF documents go (default: stdout through aws-embedded-metrics, unless
+            `QWORKER_EMF` or a local run says otherwise: `qworker.summary`).
         install_tracer: Make the tracer provider the global one (so handlers' spans nest), unless
             one is installed already.
         sleep: Injectable sleep of the periodic tasks.
@@ -322,13 +327,20 @@ async def build(
             )
         emitter = MetricsEmitter(
             aggregator,
-            sink or EmfStdoutSink(),
+            sink
+            or (
+                EmfStdoutSink()
+                if summary.emf_to_stdout(settings, endpoint_url)
+                else summary.DiscardDocuments()
+            ),
             namespace=settings.metrics_namespace,
             identity=identity,
             interval_s=settings.metrics_interval_s,
             publisher=publisher,
             sleep=sleep,
         )
+        if settings.log_format == "text" and summary.is_local(settings, endpoint_url):
+            emitter.on_snapshot = summary.log_summary
         if settings.health_port is not None:
             port = await stack.enter_async_context(
                 health.serve_http(monitor, port=settings.health_port)

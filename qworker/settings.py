@@ -171,6 +171,11 @@ class QWorkerSettings(BaseSettings):
         le=60,
         description="Seconds between EMF documents (one per queue; zeros while idle).",
     )
+    emf: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="EMF metrics on stdout: auto (on, except locally: the embedded server or an "
+        "endpoint set, where text logs get a one-line summary per interval instead), on or off.",
+    )
     metrics_publish_cloudwatch: bool | None = Field(
         default=None,
         description="Also send metrics with PutMetricData to the endpoint (default: on when an "

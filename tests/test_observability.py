@@ -92,6 +92,7 @@ async def test_worker_process_emits_metrics_health_and_flushes_on_sigterm(
         "QWORKER_LOG_LEVEL": "DEBUG",
         "QWORKER_WAIT_TIME_S": "1",
         "QWORKER_OTEL_EXPORTER": "console",  # spans to stderr, stdout stays EMF only
+        "QWORKER_EMF": "on",  # an endpoint is set: a local run writes EMF only when asked
     }
     async with get_session().create_client(
         "sqs", endpoint_url=moto_server.endpoint_url, region_name="us-east-1"
