@@ -697,9 +697,14 @@ def test_pipeline_parameters_reach_the_judge() -> None:
     for action in deploy_actions(renderer):
         overrides = json.loads(action["Configuration"]["ParameterOverrides"])
         assert overrides["MetricsNamespace"] == "Payments/Workers"
-    # The bake fits the action: CodePipeline's one-hour default limit and CodeBuild's timeout.
-    maximum = int(load("pipeline.yaml")["Parameters"]["MaxBakeSeconds"]["MaxValue"])
-    assert maximum + 15 * 60 <= int(judge["TimeoutInMinutes"]) * 60 <= 60 * 60
+    # The bake fits the action: CodePipeline's one-hour default limit and CodeBuild's timeout, with
+    # 20 minutes for installation, queries and a restore of the canary.
+    parameters = load("pipeline.yaml")["Parameters"]
+    maximum = int(parameters["MaxBakeSeconds"]["MaxValue"])
+    assert maximum + 20 * 60 <= int(judge["TimeoutInMinutes"]) * 60 <= 60 * 60
+    projects = renderer.resources("AWS::CodeBuild::Project").values()
+    assert all(int(p["Properties"]["TimeoutInMinutes"]) <= 60 for p in projects)
+    assert int(parameters["PostDeployWatchMinutes"]["MaxValue"]) + 15 <= 60
 
 
 def test_judge_args_cannot_reach_the_shell() -> None:
