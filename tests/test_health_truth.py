@@ -162,24 +162,29 @@ async def test_a_blocked_event_loop_is_logged_naming_the_handler_and_reported(
     sqs_client: Any, tmp_path: Path, spawn_bound: Spawn
 ) -> None:
     queues = await make_bound_queues(sqs_client, "health-lag", visibility_s=10)
-    sent = await send_tagged(sqs_client, queues.url, {0: job(0, mode="block", work_s=8)})
+    sent = await send_tagged(sqs_client, queues.url, {0: job(0, mode="block", work_s=10)})
     journal = tmp_path / "journal.txt"
     worker = spawn_bound(queues, journal, *HEALTH_FLAGS, "--health-loop-lag-s", "1")
-    await wait_for(lambda: bool(worker.actions("event_loop_blocked")), "the warning", [worker])
+
+    def blocked_by_the_handler() -> list[dict[str, Any]]:
+        # Only the handler's block: a slow start-up on a busy machine may be reported too.
+        return [e for e in worker.actions("event_loop_blocked") if e["message_id"] == sent[0]]
+
+    await wait_for(lambda: bool(blocked_by_the_handler()), "the warning", [worker])
     code, out = worker.health_command("--health-file", str(worker.health_path))
     await wait_journal(journal, lambda j: bool(j.of("done")), "the handler done", [worker])
     await wait_for(lambda: not health_now(worker), "healthy again", [worker])
     await worker.terminate()
 
     report = await account_bound(
-        "event loop blocked 8 s by a sync call in an async handler",
+        "event loop blocked 10 s by a sync call in an async handler",
         queues,
         sent=sent,
         journal=journal,
         timings={},
         notes=[f"qworker health during the block: {code} {out}"],
     )
-    (line,) = worker.actions("event_loop_blocked")
+    (line,) = blocked_by_the_handler()
     assert line["level"] == "warning", line
     assert line["handler"] == "bound_handlers.handle", line
     assert line["message_id"] == sent[0], line
