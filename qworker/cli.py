@@ -231,6 +231,11 @@ def _cmd_send(args: argparse.Namespace) -> int:
             endpoint = state.endpoint_url
             if queue_name is None and len(state.queues) == 1:
                 queue_name = state.queues[0]
+            elif queue_name is None and state.queues:
+                raise ConfigError(
+                    f"which queue? the local server has {', '.join(state.queues)}: "
+                    "pass --queue-name"
+                )
         elif queue_name is None:
             raise ConfigError(
                 "no local server is running; start one with `qworker run` (or name a queue with "

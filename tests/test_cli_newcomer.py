@@ -60,3 +60,19 @@ def test_send_ignores_the_state_a_dead_embedded_server_left(tmp_path: Path) -> N
         "(or name a queue with --queue-name / --queue-url)"
     )
     assert done.stderr.splitlines() == [expected]
+
+
+def test_send_to_a_local_server_with_several_queues_asks_which(tmp_path: Path) -> None:
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        state = tmp_path / ".qworker" / "embedded.json"
+        state.parent.mkdir()
+        queues = ["orders", "refunds"]
+        state.write_text(json.dumps({"endpoint_url": f"http://127.0.0.1:{port}", "queues": queues}))
+        done = qworker("send", '{"order_id": "o-1"}', cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "qworker: error: which queue? the local server has orders, refunds: pass --queue-name"
+    ]
