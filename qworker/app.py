@@ -17,6 +17,7 @@ import importlib
 import traceback
 import types
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Final, TypeVar, overload
 
 from qworker.exceptions import (
@@ -196,13 +197,22 @@ def _is_prefix(name: str, module_name: str) -> bool:
 
 
 def _where(exc: BaseException) -> str:
-    """` (file, line N)` of the innermost frame outside the import machinery, if any."""
+    """Where an import failed, e.g. ` (handlers.py, line 3; raised at lib.py, line 9)`.
+
+    The handler module's own line comes first; the line that raised follows when it is elsewhere
+    (in a module the handler module imports). The import machinery's frames are left out.
+    """
+    machinery = (str(Path(importlib.__file__).parent), "<frozen", __file__)
     frames = [
-        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen")
+        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(machinery)
     ]
     if not frames:
         return ""
-    return f" ({frames[-1].filename}, line {frames[-1].lineno})"
+    own, raised = frames[0], frames[-1]
+    where = f"{own.filename}, line {own.lineno}"
+    if raised is not own:
+        where += f"; raised at {raised.filename}, line {raised.lineno}"
+    return f" ({where})"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -177,7 +177,11 @@ MODULE_CASES: Final = [
     ),
     Case(
         "imports a module that raises",
-        ("imports_raising", "raises_at_import.py", "line 3", "ZeroDivisionError"),
+        (
+            "imports_raising.py, line 1; raised at ",
+            "raises_at_import.py, line 3",
+            "ZeroDivisionError",
+        ),
         module="imports_raising",
     ),
     Case("module not found", ("no_such_module_xyz",), module="no_such_module_xyz"),
