@@ -5,7 +5,9 @@ succeeded. The batcher collects up to 10 items, or what arrives within a few mil
 them in one call, and resolves every caller. Entry ids are the entries' indexes in the batch (see
 `SqsTransport`), and every failed entry is handed back to its caller, never dropped. Transient
 errors (of the whole call, or of entries the server did not blame on us) are retried with a short
-backoff.
+backoff. One try that gets no answer within `attempt_timeout_s` is cut short and retried like a
+transient error: a pooled connection that silently died must not use up the whole batch's time
+(cancelling the call closes that connection, so the retry goes out on another).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Generic, TypeVar, final
 
-from qworker.exceptions import TransientTransportError, TransportError
+from qworker.exceptions import QueueUnavailable, TransientTransportError, TransportError
 from qworker.transport import MAX_BATCH, BatchFailure
 
 __all__ = ["Batcher"]
@@ -37,6 +39,9 @@ RETRY_BASE_S: Final = 0.05
 DEFAULT_TIMEOUT_S: Final = 10.0
 """The longest one batch may take, tries included, before its callers are told it failed."""
 
+DEFAULT_ATTEMPT_TIMEOUT_S: Final = 4.0
+"""The longest one try may wait for its answer before it is cut short and tried again."""
+
 
 @final
 class Batcher(Generic[T]):
@@ -51,6 +56,7 @@ class Batcher(Generic[T]):
         max_concurrent: int = 4,
         attempts: int = DEFAULT_ATTEMPTS,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        attempt_timeout_s: float = DEFAULT_ATTEMPT_TIMEOUT_S,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         """Create a batcher; run it with `run()` in a task group.
@@ -62,6 +68,7 @@ class Batcher(Generic[T]):
             max_concurrent: Batch calls in flight at once.
             attempts: Tries against transient errors.
             timeout_s: The longest one batch may take, tries included.
+            attempt_timeout_s: The longest one try may wait for its answer.
             sleep: Injectable sleep for the backoff.
         """
         self._send = send
@@ -70,6 +77,7 @@ class Batcher(Generic[T]):
         self._slots = asyncio.Semaphore(max_concurrent)
         self._attempts = attempts
         self._timeout_s = timeout_s
+        self._attempt_timeout_s = attempt_timeout_s
         self._sleep = sleep
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[BatchFailure | None]]] = asyncio.Queue()
         self.calls = 0
@@ -142,7 +150,13 @@ class Batcher(Generic[T]):
         """Send once; resolve what is settled and return what should be tried again."""
         self.calls += 1
         try:
-            failures = await self._send([item for item, _ in batch])
+            try:
+                async with asyncio.timeout(self._attempt_timeout_s):
+                    failures = await self._send([item for item, _ in batch])
+            except TimeoutError:
+                raise QueueUnavailable(
+                    f"{self.name} batch call: no answer within {self._attempt_timeout_s:g} s"
+                ) from None
         except TransientTransportError as exc:
             if not final:
                 log.warning(

@@ -15,6 +15,7 @@ The message and queue types themselves live in `qworker.message` and are re-expo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final, Protocol, final
@@ -55,6 +56,7 @@ from qworker.message import (
 __all__ = [
     "ERROR_CODES",
     "MAX_BATCH",
+    "RECEIVE_MARGIN_S",
     "BatchFailure",
     "Message",
     "MessageAttribute",
@@ -70,6 +72,11 @@ __all__ = [
 
 MAX_BATCH: Final = 10
 """SQS takes at most 10 entries per batch call and returns at most 10 messages per receive."""
+
+RECEIVE_MARGIN_S: Final = 10.0
+"""A receive without an answer `wait_time_s` + this after it was sent is cut short (a transient
+error): a long poll on a pooled connection that silently died would otherwise wait out botocore's
+read timeout on every retry."""
 
 SYSTEM_ATTRIBUTES: Final = ("All",)
 MESSAGE_ATTRIBUTES: Final = ("All",)
@@ -225,6 +232,7 @@ class SqsTransport:
         queue_url: str,
         *,
         control_client: Any = None,  # noqa: ANN401 (aiobotocore is untyped)
+        receive_margin_s: float = RECEIVE_MARGIN_S,
     ) -> None:
         """Bind a client to a queue.
 
@@ -232,9 +240,11 @@ class SqsTransport:
             client: An open aiobotocore SQS client.
             queue_url: The queue's URL.
             control_client: The client for visibility changes (default: `client`).
+            receive_margin_s: A receive is cut short `wait_time_s` + this after it was sent.
         """
         self._client = client
         self._control = control_client if control_client is not None else client
+        self._receive_margin_s = receive_margin_s
         self.queue_url = queue_url
         self._name = queue_name_from_url(queue_url)
 
@@ -282,8 +292,13 @@ class SqsTransport:
         }
         if visibility_timeout_s is not None:
             params["VisibilityTimeout"] = visibility_timeout_s
-        with map_errors("ReceiveMessage"):
-            response = await self._client.receive_message(**params)
+        limit_s = int(wait_time_s) + self._receive_margin_s
+        try:
+            async with asyncio.timeout(limit_s):
+                with map_errors("ReceiveMessage"):
+                    response = await self._client.receive_message(**params)
+        except TimeoutError:
+            raise QueueUnavailable(f"ReceiveMessage: no answer within {limit_s:g} s") from None
         return [Message.from_sqs(raw) for raw in response.get("Messages", [])]
 
     async def delete_batch(self, receipt_handles: Sequence[str]) -> list[BatchFailure]:
