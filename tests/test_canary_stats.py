@@ -8,10 +8,15 @@ import random
 import pytest
 
 from qworker.canary.stats import (
+    Stratum,
+    merge_strata,
     normal_sf,
+    planned_sample,
+    poisson_upper,
     practical_margin,
     sequential_boundary_constant,
     sequential_critical_z,
+    stratified_difference,
     two_proportion_test,
     wilson_lower,
     wilson_upper,
@@ -176,3 +181,97 @@ def test_sequential_boundary_holds_alpha_for_a_random_walk() -> None:
                 break
     print(f"random walk, {len(boundary)} looks: false alarms {crossed / runs:.2%}")  # noqa: T201 (the measured rate is this test's report: pytest -s)
     assert crossed / runs <= alpha
+
+
+# --- the stratified, dispersion-robust difference ---------------------------------------------
+
+
+def test_one_stratum_is_the_pooled_two_proportion_test() -> None:
+    test = stratified_difference([Stratum(1000, 30, 9000, 90)])
+    assert test is not None
+    reference = two_proportion_test(30, 1000, 90, 9000)
+    assert test.z == pytest.approx(reference.z)
+    assert test.null_se == pytest.approx(reference.standard_error)
+    assert test.difference == pytest.approx(0.02)
+    assert test.dispersion == 1.0
+    assert test.strata == 1
+
+
+def test_strata_without_both_groups_are_ignored() -> None:
+    assert stratified_difference([Stratum(0, 0, 10, 1), Stratum(5, 0, 0, 0)]) is None
+    test = stratified_difference([Stratum(0, 0, 10, 1), Stratum(100, 2, 900, 9)])
+    assert test is not None
+    assert test.strata == 1
+
+
+def test_shared_outage_strata_weigh_little() -> None:
+    calm = [Stratum(100, 1, 900, 9)] * 20
+    outage = [Stratum(100, 30, 900, 270)] * 5
+    test = stratified_difference(calm + outage)
+    assert test is not None
+    assert test.difference == pytest.approx(0.0, abs=1e-12)
+    # The primary's baseline stays near the calm 1%, the plain pooled rate would be 6.8%.
+    assert test.weighted_control_rate < 0.02
+    assert test.control_rate == pytest.approx((20 * 9 + 5 * 270) / (25 * 900))
+
+
+def test_clustered_strata_raise_the_dispersion_factor() -> None:
+    even = stratified_difference([Stratum(100, 2, 900, 18)] * 10)
+    lumpy = stratified_difference([Stratum(100, 10, 900, 18)] * 2 + [Stratum(100, 0, 900, 18)] * 8)
+    assert even is not None
+    assert lumpy is not None
+    assert even.dispersion == 1.0
+    # Pearson chi-square of the lumpy strata around their estimate, shrunk by one prior df.
+    assert lumpy.dispersion > 5.0
+    assert lumpy.null_se == pytest.approx(even.null_se * math.sqrt(lumpy.dispersion), rel=0.05)
+
+
+def test_dispersion_uses_the_variance_at_the_estimate() -> None:
+    # A canary truly at 5% against 1%, evenly: its minutes vary as a 5% rate does, not as the
+    # pooled 1.4%, so no dispersion is read into a plain difference.
+    test = stratified_difference([Stratum(100, 5, 900, 9)] * 10)
+    assert test is not None
+    assert test.dispersion == 1.0
+
+
+def test_upper_bound_error_at_the_margin_is_wider_for_a_low_rate() -> None:
+    strata = [Stratum(100, 0, 900, 1)] * 10
+    at_estimate = stratified_difference(strata)
+    at_margin = stratified_difference(strata, at=0.0025)
+    assert at_estimate is not None
+    assert at_margin is not None
+    assert at_margin.alt_se > 1.5 * at_estimate.alt_se
+
+
+def test_merge_strata_until_each_has_enough_treatment() -> None:
+    strata = [Stratum(20, 0, 180, 1)] * 5 + [Stratum(0, 0, 200, 0)] + [Stratum(10, 1, 90, 0)]
+    merged = merge_strata(strata, 50)
+    assert [s.treatment_n for s in merged] == [60, 50]  # the short remainder joins the last
+    assert sum(s.control_n for s in merged) == 5 * 180 + 90
+    assert merge_strata(strata, 1) == [s for s in strata if s.treatment_n]
+
+
+def test_planned_sample_by_hand() -> None:
+    # p = 1%, m = 0.75 points, s = 10%: p_c = 1.675%, p_p = 0.925%, c = 2.128, z = 1.645.
+    c, z = sequential_boundary_constant(0.05), 1.6448536269514722
+    sigma_m = math.sqrt(0.01675 * 0.98325 + 0.00925 * 0.99075 / 9)
+    sigma_0 = math.sqrt(0.01 * 0.99 * (1 + 1 / 9))
+    expected = math.ceil((c * sigma_m + z * sigma_0) ** 2 / 0.0075**2)
+    assert planned_sample(0.01, 0.0075, 0.1, 0.05, 0.95) == expected == 3664
+    assert planned_sample(0.01, 0.0075, 0.1, 0.05, 0.95, dispersion=2.0) == pytest.approx(
+        2 * expected, abs=1
+    )
+    # A larger share (the primary sees fewer) and a smaller margin both need more.
+    assert planned_sample(0.01, 0.0075, 0.25, 0.05, 0.95) > expected
+    assert planned_sample(0.01, 0.005, 0.1, 0.05, 0.95) > expected
+    with pytest.raises(ValueError, match="margin"):
+        planned_sample(0.01, 0.0, 0.1, 0.05, 0.95)
+
+
+def test_poisson_upper() -> None:
+    z = 2.3263478740408408
+    assert poisson_upper(0) == pytest.approx(z * z)
+    assert poisson_upper(100) == pytest.approx(100 + 10 * z + z * z)
+    # Never below the exact 99% bound (4.61 for 0, 124.7 for 100).
+    assert poisson_upper(0) > 4.60
+    assert poisson_upper(100) > 124.7

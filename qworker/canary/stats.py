@@ -410,10 +410,11 @@ def stratified_difference(
     estimate = sum(d * w for d, w, _, _, _ in rows) / total_w
 
     def variance(shift: float, q: float, nt: float, nc: float) -> float:
-        # The stratum's two rates that keep its pooled rate q and differ by `shift`.
-        share_t = nt / (nt + nc)
-        pt = min(max(q + shift * (1.0 - share_t), 0.0), 1.0)
-        pc = min(max(q - shift * share_t, 0.0), 1.0)
+        # The stratum's two rates that keep its pooled rate q and differ by `shift`, each kept
+        # half a message of the stratum away from 0 and 1 (no stratum is certain).
+        share_t, edge = nt / (nt + nc), 0.5 / (nt + nc)
+        pt = min(max(q + shift * (1.0 - share_t), edge), 1.0 - edge)
+        pc = min(max(q - shift * share_t, edge), 1.0 - edge)
         return pt * (1.0 - pt) / nt + pc * (1.0 - pc) / nc
 
     # Pearson chi-square of the strata around the estimate, each with its variance AT the estimate
