@@ -9,14 +9,19 @@ async def handle_order(order: OrderPlaced) -> None: ...
 
 `Router` collects handlers in another module; `app.include_router(router)` adds them. A module with
 a plain module-level `handle` function needs no app: `QWorker.from_module()` wraps it.
+
+The app also sends: inside `async with app.producer():` (which opens the clients the settings
+describe), and inside a running worker (a handler sending on), `await app.send("queue", model)` and
+`await app.send_batch("queue", models)` go through that producer (`qworker.producer`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import traceback
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Final, TypeVar, overload
 
@@ -27,7 +32,8 @@ from qworker.exceptions import (
     HandlerSignatureError,
 )
 from qworker.handler import HandlerFunc, HandlerSpec
-from qworker.settings import QUEUE_NAME
+from qworker.producer import AttributeValue, Body, Outgoing, Producer, open_producer
+from qworker.settings import QUEUE_NAME, QWorkerSettings, load_settings
 
 __all__ = ["DEFAULT_QUEUE", "QWorker", "Router"]
 
@@ -136,6 +142,101 @@ class QWorker(Router):
         """
         super().__init__()
         self.name = name
+        self._producers: list[Producer] = []
+
+    @contextlib.asynccontextmanager
+    async def producer(
+        self,
+        settings: QWorkerSettings | None = None,
+        *,
+        endpoint_url: str | None = None,
+        local: bool = False,
+    ) -> AsyncIterator[Producer]:
+        """Open a producer (its SQS client, and an S3 client when a large payload needs one).
+
+        While the block runs, `app.send` and `app.send_batch` use it.
+
+        Args:
+            settings: Region, endpoint and payload settings (default: `QWORKER_*` variables).
+            endpoint_url: Overrides the settings' endpoint (e.g. LocalStack's).
+            local: Use dummy credentials (a local server does not check them).
+        """
+        async with open_producer(
+            settings if settings is not None else load_settings(),
+            endpoint_url=endpoint_url,
+            local=local,
+        ) as producer:
+            with self.use_producer(producer):
+                yield producer
+
+    @contextlib.contextmanager
+    def use_producer(self, producer: Producer) -> Iterator[Producer]:
+        """Make `app.send` use `producer` inside the block (a running worker does this)."""
+        self._producers.append(producer)
+        try:
+            yield producer
+        finally:
+            self._producers.remove(producer)
+
+    def _producer(self) -> Producer:
+        if not self._producers:
+            raise RuntimeError(
+                f"app {self.name!r} has no producer: send inside `async with app.producer():` "
+                "or from a handler of a running worker"
+            )
+        return self._producers[-1]
+
+    async def send(
+        self,
+        queue: str,
+        body: Body,
+        *,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        delay_s: int = 0,
+        group_id: str | None = None,
+        deduplication_id: str | None = None,
+        message_type: str | None = None,
+    ) -> None:
+        """Send one message; see `Producer.send`.
+
+        Raises:
+            RuntimeError: No producer is open.
+            SendError: The message was not sent.
+        """
+        await self._producer().send(
+            queue,
+            body,
+            attributes=attributes,
+            delay_s=delay_s,
+            group_id=group_id,
+            deduplication_id=deduplication_id,
+            message_type=message_type,
+        )
+
+    async def send_batch(
+        self,
+        queue: str,
+        bodies: Iterable[Body | Outgoing],
+        *,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        delay_s: int = 0,
+        group_id: str | None = None,
+        message_type: str | None = None,
+    ) -> int:
+        """Send many messages in batches of 10; return how many; see `Producer.send_batch`.
+
+        Raises:
+            RuntimeError: No producer is open.
+            SendError: Some messages were not sent; it lists them.
+        """
+        return await self._producer().send_batch(
+            queue,
+            bodies,
+            attributes=attributes,
+            delay_s=delay_s,
+            group_id=group_id,
+            message_type=message_type,
+        )
 
     @classmethod
     def from_module(cls, module_name: str) -> QWorker:

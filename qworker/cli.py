@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import os
 import socket
@@ -28,6 +29,7 @@ from qworker.concurrency import leaves
 from qworker.exceptions import ConfigError, TransportError
 from qworker.local import EmbeddedSqs, create_queue_with_dlq, read_state
 from qworker.logs import configure_logging
+from qworker.payloads import PayloadStore, open_s3_client
 from qworker.producer import send_bodies
 from qworker.role import Identity, fetch_ecs_task_id
 from qworker.settings import QWorkerSettings, load_settings
@@ -39,6 +41,7 @@ __all__ = ["main"]
 
 EXIT_CONFIG: Final = 2
 _CONNECTION_FIELDS: Final = ("queue_url", "queue_name", "endpoint_url", "region")
+_PAYLOAD_FIELDS: Final = ("payload_bucket", "payload_threshold_bytes", "payload_always")
 
 
 def _add_setting_flags(
@@ -252,7 +255,16 @@ def _cmd_send(args: argparse.Namespace) -> int:
             "nothing to send: give bodies as arguments, --file FILE, or lines on stdin"
         )
     sent = asyncio.run(
-        _send(settings, endpoint, queue_name, bodies, attributes, args.group_id, args.delay_s)
+        _send(
+            settings,
+            endpoint,
+            queue_name,
+            bodies,
+            attributes,
+            args.group_id,
+            args.delay_s,
+            args.message_type,
+        )
     )
     print(f"sent {sent} message(s)", file=sys.stderr)  # noqa: T201 (the command's answer)
     return 0
@@ -278,14 +290,30 @@ async def _send(  # noqa: PLR0917 (a private call with positional plumbing)
     attributes: dict[str, str],
     group_id: str | None,
     delay_s: int,
+    message_type: str | None = None,
 ) -> int:
     local = endpoint is not None and settings.endpoint_url is None
-    async with open_sqs_client(settings, endpoint_url=endpoint, local=local) as client:
-        transport = await SqsTransport.open(client, name=queue_name, url=settings.queue_url)
-        with tracing.send_span(settings, transport.queue_name):
-            return await send_bodies(
-                transport, bodies, attributes=attributes, group_id=group_id, delay_s=delay_s
-            )
+    payloads = PayloadStore(
+        functools.partial(open_s3_client, settings, endpoint_url=endpoint, local=local),
+        bucket=settings.payload_bucket,
+        threshold_bytes=settings.payload_threshold_bytes,
+        always=settings.payload_always,
+    )
+    try:
+        async with open_sqs_client(settings, endpoint_url=endpoint, local=local) as client:
+            transport = await SqsTransport.open(client, name=queue_name, url=settings.queue_url)
+            with tracing.send_span(settings, transport.queue_name):
+                return await send_bodies(
+                    transport,
+                    bodies,
+                    attributes=attributes,
+                    group_id=group_id,
+                    delay_s=delay_s,
+                    message_type=message_type,
+                    payloads=payloads,
+                )
+    finally:
+        await payloads.aclose()
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -308,9 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("bodies", nargs="*", help="message bodies")
     send.add_argument("--file", help="a file with one body per line ('-': stdin)")
     send.add_argument("--attribute", action="append", default=[], metavar="NAME=VALUE")
-    send.add_argument("--group-id", help="FIFO message group id")
+    send.add_argument("--group", "--group-id", dest="group_id", help="FIFO message group id")
+    send.add_argument(
+        "--type", dest="message_type", help="the 'type' message attribute (routes to a handler)"
+    )
     send.add_argument("--delay-s", type=int, default=0, help="delay before the messages show")
-    _add_setting_flags(send, _CONNECTION_FIELDS)
+    _add_setting_flags(send, (*_CONNECTION_FIELDS, *_PAYLOAD_FIELDS))
     send.set_defaults(func=_cmd_send)
 
     canary_cli.register(sub)

@@ -62,6 +62,7 @@ class Dispatcher:
         identity: Identity,
         timeout_s: float | None = None,
         middleware: Sequence[Middleware] = (),
+        body: Callable[[Message], Awaitable[Message]] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -73,6 +74,8 @@ class Dispatcher:
             identity: The worker's identity (role and version go on every record).
             timeout_s: Fail a handler that runs longer (the handler's own timeout wins).
             middleware: Outermost first.
+            body: Turns the received message into the one the handler decodes (a large
+                payload fetched from S3); a `MessageDecodeError` rejects, anything else fails.
             clock: Measures handler duration.
             wall_clock: Epoch seconds, for message age.
         """
@@ -82,6 +85,7 @@ class Dispatcher:
         self.timeout_s = spec.timeout_s if spec.timeout_s is not None else timeout_s
         self._clock = clock
         self._wall_clock = wall_clock
+        self._body = body
         chain: Dispatch = self._run
         for layer in reversed(middleware):
             chain = _wrap(layer, chain)
@@ -117,11 +121,22 @@ class Dispatcher:
             delay_s=delay_s,
         )
 
-    async def _run(self, message: Message) -> OutcomeRecord:
+    async def _decode(self, message: Message) -> tuple[Message, object] | OutcomeRecord:
+        """The message the handler sees and its argument, or the outcome of one that has none."""
         try:
-            argument = self.spec.decode(message)
+            if self._body is not None:
+                message = await self._body(message)
+            return message, self.spec.decode(message)
         except MessageDecodeError as exc:
             return self.record(message, Outcome.REJECTED, error=str(exc)[:MAX_ERROR_CHARS])
+        except Exception as exc:  # noqa: BLE001 (the body step's error fails the message)
+            return self.record(message, Outcome.FAILED, error=_describe(exc))
+
+    async def _run(self, message: Message) -> OutcomeRecord:
+        decoded = await self._decode(message)
+        if isinstance(decoded, OutcomeRecord):
+            return decoded
+        message, argument = decoded
         started = self._clock()
         outcome, error, delay_s = Outcome.SUCCEEDED, None, None
         try:

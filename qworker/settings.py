@@ -233,6 +233,25 @@ class QWorkerSettings(BaseSettings):
     canary_quarantine_window_s: float = Field(
         default=300.0, gt=0, description="Rolling window of the quarantine failure rate."
     )
+    payload_bucket: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="S3 bucket for large message bodies sent (default: none, never offload).",
+    )
+    payload_threshold_bytes: int = Field(
+        default=262_144,
+        ge=0,
+        le=1_048_576,
+        description="Messages larger than this (body plus attributes) go through S3.",
+    )
+    payload_always: bool = Field(
+        default=False, description="Send every message body through S3, whatever its size."
+    )
+    payload_keep: bool = Field(
+        default=False,
+        description="Keep a large payload's S3 object after its message succeeded (default: "
+        "delete it once the message's delete is confirmed).",
+    )
 
     @field_validator("endpoint_url")
     @classmethod

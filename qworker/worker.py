@@ -38,6 +38,8 @@ from qworker.exceptions import (
 )
 from qworker.handler import HandlerSpec
 from qworker.outcome import RetryPolicy
+from qworker.payloads import PayloadResolver, PayloadStore, open_s3_client
+from qworker.producer import Producer
 from qworker.role import Identity
 from qworker.settings import QWorkerSettings
 from qworker.settle import Settler
@@ -161,6 +163,17 @@ class Worker:
         self.consumers: list[Consumer] = []
         self.ready = asyncio.Event()
         self._control_client: Any = None
+        # Large payloads: fetched before decoding, deleted once a success's delete is confirmed;
+        # the S3 client opens on first use.
+        self.payloads = PayloadResolver(
+            PayloadStore(
+                functools.partial(open_s3_client, settings, endpoint_url=endpoint_url, local=local),
+                bucket=settings.payload_bucket,
+                threshold_bytes=settings.payload_threshold_bytes,
+                always=settings.payload_always,
+            ),
+            keep=settings.payload_keep,
+        )
 
     def stop(self) -> None:
         """Stop every consumer; synchronous and idempotent."""
@@ -179,6 +192,12 @@ class Worker:
 
     async def run(self) -> None:
         """Open the client, resolve the queues, consume until `stop()`."""
+        try:
+            await self._run()
+        finally:
+            await self.payloads.aclose()
+
+    async def _run(self) -> None:
         async with (
             open_sqs_client(
                 self.settings, endpoint_url=self._endpoint_url, local=self._local
@@ -202,12 +221,14 @@ class Worker:
             self.ready.set()
             if self.stopping:
                 return
+            producer = Producer.for_client(client, payloads=self.payloads.store)
             try:
-                async with asyncio.TaskGroup() as group:
-                    for consumer in self.consumers:
-                        group.create_task(
-                            consumer.run(), name=f"consume {consumer.transport.queue_name}"
-                        )
+                with self.app.use_producer(producer):
+                    async with asyncio.TaskGroup() as group:
+                        for consumer in self.consumers:
+                            group.create_task(
+                                consumer.run(), name=f"consume {consumer.transport.queue_name}"
+                            )
             except BaseExceptionGroup as group:
                 missing = [e for e in leaves(group) if isinstance(e, QueueDoesNotExist)]
                 if not missing:
@@ -362,6 +383,7 @@ class Worker:
             identity=self.identity,
             timeout_s=settings.handler_timeout_s,
             middleware=self._middleware,
+            body=self.payloads.resolve,
         )
         settler = Settler(
             resolved.transport,
@@ -388,7 +410,7 @@ class Worker:
             max_hold_s=settings.max_hold_s,
             max_receive_count=policy.max_receive_count if policy else None,
             settler=settler,
-            sinks=self._sinks,
+            sinks=[*self._sinks, self.payloads],
             sleep=self._sleep,
         )
 
