@@ -141,6 +141,7 @@ class Heartbeat:
         Waits for an extension of it already in flight, at most that call's timeout.
         """
         held.claimed = True
+        held.retry_at = None
         call = held.in_call
         if call is not None and not call.done():
             await asyncio.wait({call}, timeout=self.call_timeout_s)
@@ -153,7 +154,11 @@ class Heartbeat:
 
     def _next_delay(self) -> float:
         now = self._clock()
-        retries = [h.retry_at for h in self._held.values() if h.retry_at is not None]
+        retries = [
+            h.retry_at
+            for h in self._held.values()
+            if h.retry_at is not None and not (h.claimed or h.let_go or h.lost)
+        ]
         if not retries:
             return self.interval_s
         return max(0.0, min(self.interval_s, min(retries) - now))
@@ -171,6 +176,7 @@ class Heartbeat:
                 continue
             if now - held.received_at >= self.max_hold_s:
                 held.let_go = True
+                held.retry_at = None
                 log.warning(
                     "message held past max_hold_s; letting its visibility lapse",
                     extra={

@@ -3,8 +3,9 @@
 - A black hole (the proxy accepts connections and never answers), then a server that answers
   every request with a 503: the worker turns unhealthy once no receive completed for `wait_time_s`
   plus the stall margin, and stays unhealthy through the failed receives of the second phase (a
-  failed receive is not progress), until the server is back. (A long poll hung in a black hole
-  fails only after three 16 s read timeouts; the 503 phase gets failed receives within seconds.)
+  failed receive is not progress), until the server is back. (A long poll hung in the black hole
+  is given up after `wait_time_s` + 10 s, a failed receive too; the 503s bring many within
+  seconds.)
 - A mistyped endpoint port: the worker never reaches its server and is not healthy once the
   start-up allowance is over; `qworker health` finds the worker's own default health file.
 - An async handler blocking the event loop with a sync call: a warning names the handler and the

@@ -327,3 +327,21 @@ async def test_a_lapse_that_could_not_be_prevented_is_logged_with_the_message_id
     failed = [r.levelname for r in caplog.records if r.action == "heartbeat_failed"]  # type: ignore[attr-defined]
     assert failed[0] == "WARNING"
     assert set(failed[1:]) == {"DEBUG"}
+
+
+async def test_a_claimed_message_waiting_for_a_retry_does_not_make_the_heartbeat_spin(
+    queue: FakeQueueTransport, clock: ManualClock
+) -> None:
+    beat = heartbeat(queue, clock)
+    [message] = await receive(queue)
+    held = beat.hold(message)
+    queue.fail_next("change_visibility_batch", ServerError("outage"))
+    clock.advance(15)
+    await beat.beat()
+    assert beat._next_delay() == RETRY_DELAY_S  # a retry is due soon
+
+    await beat.claim(held)  # settling now: no retry, and the next tick is a normal one
+    clock.advance(RETRY_DELAY_S)
+    assert beat._next_delay() == beat.interval_s
+    await beat.beat()
+    assert beat.calls == 1
