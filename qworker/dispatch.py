@@ -22,6 +22,7 @@ from typing import Final, Protocol, final
 
 from qworker.exceptions import MessageDecodeError, Reject, Retry
 from qworker.handler import HandlerSpec
+from qworker.logs import RateLimit
 from qworker.outcome import Outcome, OutcomeRecord
 from qworker.role import Identity
 from qworker.transport import Message
@@ -85,6 +86,7 @@ class Dispatcher:
         self.timeout_s = spec.timeout_s if spec.timeout_s is not None else timeout_s
         self._clock = clock
         self._wall_clock = wall_clock
+        self._tracebacks = RateLimit(clock=clock)
         self._body = body
         chain: Dispatch = self._run
         for layer in reversed(middleware):
@@ -158,6 +160,7 @@ class Dispatcher:
             )
         except Exception as exc:  # noqa: BLE001 (a handler's error is an outcome, never a crash)
             outcome, error = Outcome.FAILED, _describe(exc)
+            self._failed(message, exc)
         except BaseException as exc:
             if _cancelled():
                 # A real cancellation (shutdown): the consumer releases the message. A handler
@@ -169,6 +172,25 @@ class Dispatcher:
             self._crashed(message, exc)
         return self.record(
             message, outcome, duration_s=self._clock() - started, error=error, delay_s=delay_s
+        )
+
+    def _failed(self, message: Message, exc: Exception) -> None:
+        """Log a failing handler's traceback, at most a few a minute per handler."""
+        allowed, held_back = self._tracebacks.take(self.spec.name)
+        if not allowed or not log.isEnabledFor(logging.WARNING):
+            return
+        log.warning(
+            "handler raised %s",
+            type(exc).__name__,
+            exc_info=exc,
+            extra={
+                "action": "handler_failed",
+                "queue": self.queue,
+                "handler": self.spec.name,
+                "message_id": message.message_id,
+                "receive_count": message.receive_count,
+                "tracebacks_held_back": held_back or None,
+            },
         )
 
     def _crashed(self, message: Message, exc: BaseException) -> None:

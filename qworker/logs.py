@@ -15,11 +15,12 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Final, TextIO, final
 
 from qworker.role import Identity
 
-__all__ = ["JsonFormatter", "TextFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "RateLimit", "TextFormatter", "configure_logging"]
 
 _RESERVED: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
@@ -57,6 +58,39 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+@final
+class RateLimit:
+    """At most `burst` events at once and one more every `every_s` seconds, per key.
+
+    For log lines that a flood would repeat (a failing handler's traceback): `take(key)` says
+    whether this one may be written and how many were held back since the last one written.
+    """
+
+    __slots__ = ("_buckets", "_burst", "_clock", "_every_s")
+
+    def __init__(
+        self, *, burst: int = 5, every_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """Allow `burst` at once, then one per `every_s` seconds, on `clock`."""
+        if burst < 1 or every_s <= 0:
+            raise ValueError("burst must be at least 1 and every_s positive")
+        self._burst = burst
+        self._every_s = every_s
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float, int]] = {}  # key: (tokens, at, held back)
+
+    def take(self, key: str) -> tuple[bool, int]:
+        """Whether an event of `key` may be written now, and how many were held back before it."""
+        now = self._clock()
+        tokens, at, held = self._buckets.get(key, (float(self._burst), now, 0))
+        tokens = min(float(self._burst), tokens + (now - at) / self._every_s)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now, held + 1)
+            return False, held + 1
+        self._buckets[key] = (tokens - 1.0, now, 0)
+        return True, held
 
 
 def _extra_fields(record: logging.LogRecord) -> list[tuple[str, object]]:

@@ -92,7 +92,7 @@ async def test_stop_iteration_from_a_sync_handler_does_not_hang_the_call() -> No
     assert record.error == "RuntimeError: coroutine raised StopIteration"
 
 
-async def test_an_ordinary_exception_is_a_failure_without_a_crash_line(
+async def test_an_ordinary_exception_is_a_failure_with_its_traceback_not_a_crash_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def handle(body: str) -> None:
@@ -102,7 +102,11 @@ async def test_an_ordinary_exception_is_a_failure_without_a_crash_line(
         record = await dispatcher(handle)(message())
 
     assert (record.outcome, record.error) == (Outcome.FAILED, "RuntimeError: boom")
-    assert not caplog.records
+    (logged,) = caplog.records
+    assert logged.action == "handler_failed"  # type: ignore[attr-defined]
+    assert logged.levelno == logging.WARNING
+    assert logged.exc_info is not None
+    assert logged.exc_info[0] is RuntimeError
 
 
 async def test_a_real_cancellation_still_cancels() -> None:
@@ -220,3 +224,27 @@ def test_valid_retry_and_reject_arguments_are_kept() -> None:
     assert isinstance(Retry(delay_s=3).delay_s, float)
     assert Retry(delay_s=0.25, reason="later").reason == "later"
     assert Reject("bad").reason == "bad"
+
+
+async def test_a_failing_handler_logs_its_traceback_a_few_times_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+
+    async def handle(body: str) -> None:
+        raise ValueError("total must be positive")
+
+    spec = HandlerSpec.from_function(handle, queue="orders")
+    run = Dispatcher(spec, queue="orders", identity=Identity(service="t"), clock=lambda: now[0])
+
+    with caplog.at_level(logging.WARNING, logger="qworker.dispatch"):
+        outcomes = [(await run(message(f"m-{i}"))).outcome for i in range(20)]
+        now[0] += 30.0  # one more traceback is due
+        outcomes.append((await run(message("m-late"))).outcome)
+
+    assert set(outcomes) == {Outcome.FAILED}
+    logged = [r for r in caplog.records if getattr(r, "action", None) == "handler_failed"]
+    assert [r.message_id for r in logged] == ["m-0", "m-1", "m-2", "m-3", "m-4", "m-late"]  # type: ignore[attr-defined]
+    assert all(r.exc_info is not None and r.exc_info[0] is ValueError for r in logged)
+    assert logged[-1].tracebacks_held_back == 15  # type: ignore[attr-defined]
+    assert logged[0].tracebacks_held_back is None  # type: ignore[attr-defined]

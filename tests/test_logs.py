@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from qworker.logs import JsonFormatter, configure_logging
+from qworker.logs import JsonFormatter, RateLimit, configure_logging
 from qworker.role import Identity
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -209,3 +209,19 @@ def test_configure_logging_replaces_root_handlers_and_quietens_libraries() -> No
     assert len(lines(second)) == 1
     assert len(root_handlers) == 1
     assert set(levels.values()) == {logging.ERROR}
+
+
+def test_rate_limit_allows_a_burst_then_one_per_interval_per_key() -> None:
+    now = [0.0]
+    limit = RateLimit(burst=2, every_s=10.0, clock=lambda: now[0])
+
+    first = [limit.take("a") for _ in range(4)]
+    other = limit.take("b")
+    now[0] = 10.0
+    later = [limit.take("a"), limit.take("a")]
+
+    assert first == [(True, 0), (True, 0), (False, 1), (False, 2)]
+    assert other == (True, 0)
+    assert later == [(True, 2), (False, 1)]
+    with pytest.raises(ValueError, match="burst"):
+        RateLimit(burst=0)
