@@ -1330,6 +1330,34 @@ def test_spot_and_architecture_are_parameters() -> None:
     assert task["Properties"]["RuntimePlatform"]["CpuArchitecture"] == "X86_64"
 
 
+# -- network --------------------------------------------------------------------------------------
+
+
+def test_network_has_every_endpoint_a_private_task_needs() -> None:
+    renderer = render(
+        "network.yaml",
+        {
+            "VpcId": "vpc-0123456789abcdef0",
+            "SubnetIds": ["subnet-0123456789abcdef0"],
+            "RouteTableIds": ["rtb-0123456789abcdef0"],
+            "TaskSecurityGroupId": "sg-0123456789abcdef0",
+        },
+    )
+    endpoints = {
+        e["Properties"]["ServiceName"].removeprefix(f"com.amazonaws.{REGION}."): e["Properties"]
+        for e in renderer.resources("AWS::EC2::VPCEndpoint").values()
+    }
+    assert set(endpoints) == {"sqs", "logs", "ecr.api", "ecr.dkr", "s3", "monitoring", "sts"}
+    assert endpoints.pop("s3")["VpcEndpointType"] == "Gateway"
+    for endpoint in endpoints.values():
+        assert endpoint["VpcEndpointType"] == "Interface"
+        assert endpoint["PrivateDnsEnabled"] is True
+    (group,) = renderer.resources("AWS::EC2::SecurityGroup").values()
+    (ingress,) = group["Properties"]["SecurityGroupIngress"]
+    assert (ingress["FromPort"], ingress["ToPort"]) == (443, 443)
+    assert ingress["SourceSecurityGroupId"] == "sg-0123456789abcdef0"
+
+
 # -- queue ----------------------------------------------------------------------------------------
 
 
