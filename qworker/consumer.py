@@ -184,6 +184,10 @@ class Consumer:
 
     def stop(self) -> None:
         """Ask the consumer to shut down; idempotent, synchronous, safe from a signal handler."""
+        if self._receiving and not self._drain and not self.stopping:
+            # The server may still answer the long polls cancelled now, taking messages nobody
+            # will see (see _release).
+            self._poll_cancelled_at = self._clock()
         self._stopping.set()
 
     @property

@@ -12,21 +12,23 @@
 A canary on a standard queue (`max_hops` > 0) hands a `failed`, `retried` or `rejected` first
 delivery back instead: it sends a fresh copy of the message to the same queue (same body, the
 message's attributes and trace header, `qworker.hops` one higher, `qworker.original_message_id`
-kept; a `Retry`'s copy is delayed by the asked delay, jittered), and deletes the original only once
-the copy is confirmed. The copy starts with a full receive budget, so a failing canary costs the
-message latency, never its `maxReceiveCount`, and only the primary ever dead-letters. A copy the
-canary gets again is its first delivery too, and is handed back again: an idle canary may take a
-copy several times in a row, and releasing it would spend the copy's budget just the same. A failed
-delete after the send leaves a duplicate, which at-least-once delivery allows; nothing is ever lost.
-A later delivery (the primary failed it before) is not handed back: the canary releases it, a
-`Reject` included.
+kept), and deletes the original only once the copy is confirmed. The copy starts with a full receive
+budget, so a failing canary costs the message latency, never its `maxReceiveCount`, and only the
+primary ever dead-letters. A copy the canary gets again is its first delivery too, and is handed
+back again: an idle canary may take a copy several times in a row, and releasing it would spend the
+copy's budget just the same. A failed delete after the send leaves a duplicate, which at-least-once
+delivery allows; nothing is ever lost. A later delivery (the primary failed it before) is not handed
+back: the canary releases it, a `Reject` included. A canary's `Retry` is handed back at once like a
+failure: its delay is the canary's verdict, like its `Reject`, and the primary asks for its own if
+it needs one (a delayed copy would also come back to whichever receiver asks first when it matures,
+which favours an idle canary).
 
 It is bounded: a message that already made `max_hops` hops, or one that cannot be copied (no room
 for the hop attribute among SQS's 10 message attributes, a copy over the size limit, a refused or
-failed send, a `Retry` delay above SendMessage's 900 s), falls back to the release (a canary's
-`Reject` included: it is released for the primary, not dead-lettered). FIFO queues never hand
-back: a copy would get a new place at the end of its group and a new deduplication id, breaking
-the order and exactly-once processing that FIFO promises, so a FIFO canary releases as before.
+failed send), falls back to the release (a canary's `Reject` included: it is released for the
+primary, not dead-lettered). FIFO queues never hand back: a copy would get a new place at the end of
+its group and a new deduplication id, breaking the order and exactly-once processing that FIFO
+promises, so a FIFO canary releases as before.
 
 Every action runs shielded from cancellation with its own timeout (a late cancel during shutdown
 must not lose a finished message's delete), and a failed action is logged and reported, never
@@ -38,8 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import random
 from collections.abc import Mapping
 from typing import Final, final
 
@@ -57,9 +57,6 @@ SETTLE_TIMEOUT_S: Final = 10.0
 """The longest one settlement may take, shielded, before it is given up (the message comes back)."""
 
 SQS_MAX_MESSAGE_ATTRIBUTES: Final = 10
-
-SQS_MAX_DELAY_S: Final = 900
-"""SendMessage's longest `DelaySeconds`."""
 
 TRACE_HEADER: Final = "AWSTraceHeader"
 
@@ -208,11 +205,8 @@ class Settler:
             why = "FIFO messages are never copied"
         elif hops > self.max_hops:
             why = f"already handed back {message.hops} times (the limit)"
-        elif record.outcome is Outcome.RETRIED and (record.delay_s or 0) > SQS_MAX_DELAY_S:
-            why = f"retry delay {record.delay_s:g} s is above SendMessage's {SQS_MAX_DELAY_S} s"
         else:
-            delay = _copy_delay(record.delay_s) if record.outcome is Outcome.RETRIED else 0
-            entry = hand_back_entry(message, hops, delay)
+            entry = hand_back_entry(message, hops)
             if entry is None:
                 why = (
                     f"no room for {HOPS_ATTRIBUTE}: the message has "
@@ -251,7 +245,6 @@ class Settler:
                 "reason": record.error,
                 "hops": hops,
                 "receive_count": message.receive_count,
-                "delay_s": entry.delay_s,
             },
         )
         return True
@@ -407,19 +400,7 @@ def dead_letter_attributes(
     return attributes
 
 
-def _copy_delay(asked_s: float | None) -> int:
-    """The DelaySeconds of a retried message's copy: the asked delay, jittered up by half (>= 1 s).
-
-    Without jitter a copy delayed by a whole number of seconds can come back in step with the idle
-    canary's long polls, and find the canary first every time.
-    """
-    delay = math.ceil(asked_s or 0)
-    if delay == 0:
-        return 0
-    return min(delay + random.randint(0, max(1, delay // 2)), SQS_MAX_DELAY_S)  # noqa: S311 (jitter)
-
-
-def hand_back_entry(message: Message, hops: int, delay_s: int = 0) -> SendEntry | None:
+def hand_back_entry(message: Message, hops: int) -> SendEntry | None:
     """The fresh copy a canary hands back, or None when the hop attribute does not fit.
 
     The copy carries the message's own attributes, `qworker.hops` set to `hops`, the original
@@ -434,6 +415,5 @@ def hand_back_entry(message: Message, hops: int, delay_s: int = 0) -> SendEntry 
     return SendEntry(
         body=message.body,
         attributes=attributes,
-        delay_s=delay_s,
         trace_header=message.attributes.get(TRACE_HEADER),
     )
