@@ -346,8 +346,6 @@ class Consumer:
             await first(receive, self._stopping.wait(), cancel=False)
             if not receive.done():
                 receive.cancel()
-                # The server may still answer it, taking messages nobody will see (see _release).
-                self._poll_cancelled_at = self._clock()
         with contextlib.suppress(asyncio.CancelledError):
             messages = await receive
             self._receives += 1
