@@ -13,9 +13,10 @@ import time
 
 import pytest
 
+from qworker.consumer import Consumer
 from qworker.exceptions import Retry
 from qworker.outcome import Outcome, OutcomeRecord, RetryPolicy
-from qworker.testing import FakeQueueTransport, FakeSqs, consumer_for
+from qworker.testing import FakeQueueTransport, FakeSqs, ManualClock, consumer_for
 from qworker.transport import Message, SendEntry
 
 BUDGET = 2
@@ -241,3 +242,54 @@ async def test_a_budget_of_one_dead_letters_at_the_first_failure(outcome: Outcom
 
     assert [key(json.loads(m.body)) for m in dlq.messages] == ["a0"]
     assert consumer.statistics().acked == 6
+
+
+async def test_poison_head_across_a_stop_and_a_restart_takes_no_follower() -> None:
+    clock = ManualClock()
+    sqs = FakeSqs(clock=clock)
+    queue = sqs.create_queue("orders.fifo", dead_letter="orders-dlq.fifo", max_receive_count=2)
+    dlq = sqs.queue("orders-dlq.fifo")
+    await fill(queue)
+    runs: list[tuple[str, int]] = []
+    failed_once = asyncio.Event()
+    group_b_done = asyncio.Event()
+
+    async def handle(body: dict[str, object], message: Message) -> None:
+        runs.append((key(body), message.receive_count))
+        if key(body) == "b2":
+            group_b_done.set()
+        if key(body) == "a0":
+            failed_once.set()
+            raise RuntimeError("poison")
+
+    def worker(backoff_s: float) -> Consumer:
+        return consumer_for(
+            queue,
+            handle,
+            dead_letter=dlq,
+            max_receive_count=BUDGET,
+            fifo=True,
+            clock=clock,
+            retry_policy=RetryPolicy(base_s=backoff_s, max_s=backoff_s, jitter=0),
+        )
+
+    first = worker(60)  # the head waits in place when the stop comes
+    run = asyncio.create_task(first.run())
+    async with asyncio.timeout(10):
+        await failed_once.wait()
+        await group_b_done.wait()  # group b runs beside the waiting head
+        first.stop()
+        await run
+    assert dlq.messages == []
+    clock.advance(first.wait_time_s + 1)  # the stop's release delay is over
+    second = worker(0)
+    async with asyncio.timeout(10):
+        await second.run_until_empty()
+
+    # The head: once before the stop, once after (its second receive: its budget), dead-lettered.
+    assert [r for r in runs if r[0] == "a0"] == [("a0", 1), ("a0", 2)]
+    [dead] = dlq.messages
+    assert "maxReceiveCount 2" in str(dead.message_attributes["qworker.reject_reason"].value)
+    # Every follower ran once, in order, at the receive count the restart gave it.
+    assert [r for r in runs if r[0] in {"a1", "a2", "a3"}] == [("a1", 2), ("a2", 2), ("a3", 2)]
+    assert queue.messages == []
