@@ -24,7 +24,9 @@ What SQS makes impossible, and where the old release is kept:
   shutdown, when its handler is cancelled, or when the worker dies) comes back one receive older.
   A follower released at `maxReceiveCount` shutdowns in a row before it ran reaches the DLQ; no
   client can prevent that (there is no per-group receive limit, and a copy sent instead would lose
-  its place in the group).
+  its place in the group). What the worker can prevent, it does: a long poll cancelled at shutdown
+  may still be answered by the server, so messages released then stay hidden until such polls have
+  ended (the consumer's `_release`), and no orphaned receive adds one more.
 - the in-place attempts are not counted by SQS: a worker that stops while retrying a head in place
   releases it, and the next worker starts counting from the head's new receive count.
 - a head whose wait would outlast the heartbeat's `max_hold_s`, a canary (`release_failed`: it lets
