@@ -1,0 +1,116 @@
+"""The producer against LocalStack: `qworker send` processes, and `app.send` from a running worker.
+
+The FIFO test runs `qworker send` twice, as two processes with different hash seeds, with the same
+body: SQS must deduplicate the second send, which it only can when the deduplication id is the
+same in both processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from qworker import Message, QWorker
+from qworker.local import create_queue_with_dlq
+from qworker.role import Identity
+from qworker.settings import QWorkerSettings
+from qworker.transport import SqsTransport
+from qworker.worker import Worker
+
+pytestmark = [pytest.mark.integration, pytest.mark.localstack]
+
+
+class OrderPlaced(BaseModel):
+    order_id: str
+
+
+class Invoice(BaseModel):
+    order_id: str
+    total: int
+
+
+def qworker_send(endpoint_url: str, *args: str, seed: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONHASHSEED": seed,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+    }
+    command = [sys.executable, "-m", "qworker", "send", "--endpoint-url", endpoint_url]
+    command += ["--region", "us-east-1", *args]
+    return subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+async def test_qworker_send_to_fifo_deduplicates_across_processes(
+    localstack_server: Any, sqs_client: Any
+) -> None:
+    name = f"send-{uuid.uuid4().hex[:8]}.fifo"
+    url = await create_queue_with_dlq(sqs_client, name)
+    body = '{"order_id": "o-1"}'
+    for seed in ("1", "2"):
+        done = await asyncio.to_thread(
+            qworker_send,
+            localstack_server.endpoint_url,
+            "--queue-name",
+            name,
+            "--type",
+            "OrderPlaced",
+            "--group",
+            "customer-7",
+            body,
+            seed=seed,
+        )
+        assert done.returncode == 0, done.stderr
+    queue = SqsTransport(sqs_client, url)
+    received = await queue.receive(10, wait_time_s=1)
+    assert [m.body for m in received] == [body]
+    (message,) = received
+    assert message.attribute("type") == "OrderPlaced"
+    assert message.group_id == "customer-7"
+    assert (await queue.receive(10, wait_time_s=1)) == []
+
+
+async def test_a_handler_sends_on_with_app_send(localstack_server: Any, sqs_client: Any) -> None:
+    orders = f"orders-{uuid.uuid4().hex[:8]}"
+    invoices = f"invoices-{uuid.uuid4().hex[:8]}"
+    await create_queue_with_dlq(sqs_client, orders)
+    await create_queue_with_dlq(sqs_client, invoices)
+    app = QWorker("shop")
+    seen: list[tuple[Invoice, str | None]] = []
+    done = asyncio.Event()
+
+    @app.handler(orders)
+    async def place(order: OrderPlaced) -> None:
+        await app.send(invoices, Invoice(order_id=order.order_id, total=42), message_type="Invoice")
+
+    @app.handler(invoices)
+    async def invoice(inv: Invoice, message: Message) -> None:
+        seen.append((inv, message.attribute("type")))
+        done.set()
+
+    settings = QWorkerSettings(
+        endpoint_url=localstack_server.endpoint_url, region="us-east-1", wait_time_s=1
+    )
+    async with app.producer(settings, local=True):
+        await app.send(orders, OrderPlaced(order_id="o-9"))
+    worker = Worker(app, settings, identity=Identity(service="shop"), local=True)
+    run = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(60):
+            await done.wait()
+    finally:
+        worker.stop()
+        async with asyncio.timeout(60):
+            await run
+    assert seen == [(Invoice(order_id="o-9", total=42), "Invoice")]
+    with pytest.raises(RuntimeError, match="no producer"):
+        await app.send(invoices, "after the worker stopped")
