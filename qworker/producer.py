@@ -326,6 +326,11 @@ class Producer:
             ValueError: A body or option SQS cannot take (nothing was sent).
             TransportError: The queue cannot be found or used.
         """
+        if isinstance(bodies, BaseModel | str | bytes | Mapping):
+            raise TypeError(
+                f"send_batch takes an iterable of bodies, not a {type(bodies).__name__}: "
+                "use send for one message"
+            )
         transport = await self.queue(queue)
         fifo = transport.queue_name.endswith(FIFO_SUFFIX)
         trace: dict[str, str] = {}
