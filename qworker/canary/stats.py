@@ -299,8 +299,10 @@ class StratifiedDifference:
 
 
 SHRINK_MESSAGES: Final = 100.0
-"""A stratum's pooled rate is shrunk towards the median stratum's by this many pseudo-messages, so a
-stratum without failures still has a variance (and a finite weight)."""
+"""A stratum's pooled rate is shrunk towards a robust centre by at least this many pseudo-messages,
+so a stratum without failures still has a variance (and a finite weight) ..."""
+SHRINK_FAILURES: Final = 10.0
+"""... and by enough of them to hold this many failures at the centre rate."""
 
 
 DISPERSION_PRIOR_DF: Final = 1.0
@@ -344,12 +346,13 @@ def stratified_difference(
     """Estimate treatment - control across strata, robust to a shared time-varying rate.
 
     Each stratum i has the difference d_i of its two rates and, under equal rates, the variance
-    v_i = q_i (1 - q_i) (1/n_ti + 1/n_ci), with q_i the stratum's pooled rate shrunk towards the
-    median stratum's by `SHRINK_MESSAGES`. The estimate is D = sum(w_i d_i) / sum(w_i) with
-    w_i = 1 / v_i: a minute in which both roles fail at 30% has a large v_i and weighs little, and
-    its d_i is near 0 anyway. The dispersion factor
-    phi = max(1, (sum(w_i (d_i - D)^2) + nu) / (k - 1 + nu))
-    (Pearson chi-square over k strata, shrunk towards 1 by `DISPERSION_PRIOR_DF`) scales both
+    v_i = q_i (1 - q_i) (1/n_ti + 1/n_ci), with q_i the stratum's pooled rate shrunk towards a
+    robust centre (the median stratum's rate, at least half the overall one) by
+    max(`SHRINK_MESSAGES`, `SHRINK_FAILURES` / centre) pseudo-messages. The estimate is
+    D = sum(w_i d_i) / sum(w_i) with w_i = 1 / v_i: a minute in which both roles fail at 30% has a
+    large v_i and weighs little, and its d_i is near 0 anyway. The dispersion factor
+    phi = max(1, (sum((d_i - D)^2 / u_i) + nu) / (k - 1 + nu)), u_i the stratum's variance at D
+    (Pearson chi-square over k strata, shrunk towards 1 by `DISPERSION_PRIOR_DF`), scales both
     variances: failures clustered in some minutes (a
     bad task, a bad minute) spread the d_i more than binomial sampling does and widen the error.
     The null standard error is sqrt(phi / sum(w_i)); the alternative one uses, per stratum, the
@@ -392,15 +395,18 @@ def stratified_difference(
     pooled = min(max(pooled, half), 1.0 - half)
     rows: list[tuple[float, float, float, float, float]] = []  # d, w, q, n_t, n_c
     control_rates: list[float] = []
-    # Shrink towards the median stratum's pooled rate: a shared outage in a few strata moves the
-    # overall pooled rate, not the median.
-    centre = statistics.median(
+    # Shrink towards a centre a shared outage in a few strata hardly moves: the median stratum's
+    # pooled rate, but at least half the overall one (with sparse failures most strata have none,
+    # and their median says nothing). The prior weighs `SHRINK_FAILURES` failures at the centre, at
+    # least `SHRINK_MESSAGES` messages, so that sparse strata get about equal weights.
+    median = statistics.median(
         (s.treatment_failed + s.control_failed) / (s.treatment_n + s.control_n) for s in used
     )
-    centre = min(max(centre, half), 1.0 - half)
+    centre = min(max(median, pooled / 2.0), 1.0 - half)
+    prior = max(SHRINK_MESSAGES, SHRINK_FAILURES / centre)
     for s in used:
-        q = (s.treatment_failed + s.control_failed + SHRINK_MESSAGES * centre) / (
-            s.treatment_n + s.control_n + SHRINK_MESSAGES
+        q = (s.treatment_failed + s.control_failed + prior * centre) / (
+            s.treatment_n + s.control_n + prior
         )
         v = q * (1.0 - q) * (1.0 / s.treatment_n + 1.0 / s.control_n)
         d = s.treatment_failed / s.treatment_n - s.control_failed / s.control_n
