@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,3 +116,48 @@ async def test_a_handler_sends_on_with_app_send(localstack_server: Any, sqs_clie
     assert seen == [(Invoice(order_id="o-9", total=42), "Invoice")]
     with pytest.raises(RuntimeError, match="no producer"):
         await app.send(invoices, "after the worker stopped")
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_send_example() -> str:
+    section = README.read_text().split("## Sending messages", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```python\n(# send_orders.py\n.*?)```", section, flags=re.DOTALL)
+    assert match is not None, "the Sending messages section has no send_orders.py block"
+    return match.group(1)
+
+
+async def test_the_readme_send_example_runs(
+    localstack_server: Any, sqs_client: Any, tmp_path: Path
+) -> None:
+    name = f"orders-{uuid.uuid4().hex[:8]}"
+    url = await create_queue_with_dlq(sqs_client, name)
+    script = tmp_path / "send_orders.py"
+    script.write_text(readme_send_example().replace('"orders"', f'"{name}"'))
+    env = {
+        **os.environ,
+        "QWORKER_ENDPOINT_URL": localstack_server.endpoint_url,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "sent 39"
+    attributes = await sqs_client.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"],
+    )
+    counts = attributes["Attributes"]
+    total = int(counts["ApproximateNumberOfMessages"])
+    total += int(counts["ApproximateNumberOfMessagesDelayed"])
+    assert total == 39
