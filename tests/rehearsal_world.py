@@ -268,6 +268,7 @@ class World:
         self.images: dict[str, str] = {}  # image tag -> revision
         self.log: list[str] = []
         self.failures: list[str] = []  # background tasks that failed
+        self.outputs: list[str] = []  # every CodeBuild action's output, in order
         self.outage_files = {role: run_dir / f"outage-{role.value}" for role in DeploymentRole}
         self.alarms: AlarmModel | None = None
         self.pipeline_renderer: Renderer | None = None
@@ -611,7 +612,9 @@ class World:
                 stderr=asyncio.subprocess.STDOUT,
             )
             code = await process.wait()
-        tail = "\n    ".join(log.read_text(errors="replace").splitlines()[-8:])
+        output = log.read_text(errors="replace")
+        self.outputs.append(output)
+        tail = "\n    ".join(output.splitlines()[-8:])
         self.say(f"{spec_path} exited {code}:\n    {tail}")
         # A script's UpdateStack completes on AWS once ECS is stable; moto completes at once, so
         # the stacks are settled here before the action counts as done.
