@@ -515,7 +515,7 @@ class Consumer:
                 "action": "duplicate_dropped",
                 "queue": self.transport.queue_name,
                 "message_id": held.message.message_id,
-                "receive_count": held.message.receive_count,
+                "receive_count": held.message.effective_receive_count,
                 "error": error,
             },
         )

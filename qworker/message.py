@@ -15,6 +15,7 @@ from typing import Any, Final, final
 __all__ = [
     "HOPS_ATTRIBUTE",
     "ORIGINAL_ID_ATTRIBUTE",
+    "RECEIVES_ATTRIBUTE",
     "BatchFailure",
     "Message",
     "MessageAttribute",
@@ -30,6 +31,9 @@ HOPS_ATTRIBUTE: Final = "qworker.hops"
 
 ORIGINAL_ID_ATTRIBUTE: Final = "qworker.original_message_id"
 """The id of the message as first sent, on its hand-back copies and dead-letter copies."""
+
+RECEIVES_ATTRIBUTE: Final = "qworker.receives"
+"""Deliveries a hand-back copy's message already spent of its receive budget (absent: none)."""
 
 
 @final
@@ -83,7 +87,29 @@ class Message:
     @property
     def hops(self) -> int:
         """How many times a canary handed this message back (0: the message as first sent)."""
-        raw = self.attribute(HOPS_ATTRIBUTE)
+        return self._count(HOPS_ATTRIBUTE)
+
+    @property
+    def prior_receives(self) -> int:
+        """Deliveries spent of the receive budget before this copy was made (0: an original).
+
+        A canary that hands a later delivery back counts the deliveries before its own in
+        `qworker.receives` (its own is never counted), so the copy keeps the budget it had left.
+        """
+        return self._count(RECEIVES_ATTRIBUTE)
+
+    @property
+    def effective_receive_count(self) -> int:
+        """Deliveries that count against the receive budget, this one included.
+
+        `ApproximateReceiveCount` plus `prior_receives`: what retry backoff, first-attempt detection
+        and the worker's own dead-lettering of a hand-back copy use.
+        """
+        return self.prior_receives + self.receive_count
+
+    def _count(self, name: str) -> int:
+        """A non-negative integer attribute (absent or malformed: 0)."""
+        raw = self.attribute(name)
         if raw is None:
             return 0
         try:

@@ -47,7 +47,10 @@ class OutcomeRecord:
         role: The worker's deployment role (`canary` or `primary`).
         version: The worker's version (the image tag in a deployment).
         message_id: The SQS message id.
-        receive_count: `ApproximateReceiveCount` at this delivery (1 on a first attempt).
+        receive_count: The effective receive count of this delivery: `ApproximateReceiveCount`
+            plus the deliveries a hand-back copy's message spent before the copy was made
+            (`qworker.receives`), so it counts every delivery against the budget, this one
+            included (1 on a first attempt). Retry backoff and the worker's dead-lettering use it.
         hops: How many times a canary handed the message back as a fresh copy (0: the message as
             first sent); a copy's deliveries are never first attempts.
         duration_s: Time spent in the handler (0 for messages that never started).
@@ -77,8 +80,9 @@ class OutcomeRecord:
     def first_attempt(self) -> bool:
         """Whether this was the message's first delivery (the canary judge compares these).
 
-        A canary's hand-back copy starts a new receive count, but it is the same message tried
-        again: none of its deliveries is a first attempt.
+        A canary's hand-back copy starts a new `ApproximateReceiveCount`, but it is the same
+        message tried again: none of its deliveries is a first attempt, even with an effective
+        receive count of 1 (the canary took its only earlier delivery, which is not counted).
         """
         return self.receive_count <= 1 and self.hops == 0
 

@@ -9,26 +9,39 @@
 |             | dead-letter queue the message is hidden for the longest backoff, for redrive     |
 | `released`  | ChangeMessageVisibility to 0 (or the record's `delay_s`: a FIFO shutdown)        |
 
-A canary on a standard queue (`max_hops` > 0) hands a `failed`, `retried` or `rejected` first
-delivery back instead: it sends a fresh copy of the message to the same queue (same body, the
-message's attributes and trace header, `qworker.hops` one higher, `qworker.original_message_id`
-kept), and deletes the original only once the copy is confirmed. The copy starts with a full receive
-budget, so a failing canary costs the message latency, never its `maxReceiveCount`, and only the
-primary ever dead-letters. A copy the canary gets again is its first delivery too, and is handed
-back again: an idle canary may take a copy several times in a row, and releasing it would spend the
-copy's budget just the same. A failed delete after the send leaves a duplicate, which at-least-once
-delivery allows; nothing is ever lost. A later delivery (the primary failed it before) is not handed
-back: the canary releases it, a `Reject` included. A canary's `Retry` is handed back at once like a
-failure: its delay is the canary's verdict, like its `Reject`, and the primary asks for its own if
-it needs one (a delayed copy would also come back to whichever receiver asks first when it matures,
-which favours an idle canary).
+A canary on a standard queue (`max_hops` > 0) hands every `failed`, `retried` or `rejected`
+delivery back instead, whatever its receive count: it sends a fresh copy of the message to the same
+queue (same body, the message's attributes and trace header, `qworker.hops` one higher,
+`qworker.original_message_id` kept), and deletes the original only once the copy is confirmed. The
+copy carries the receive budget the message had left, never more and never less: `qworker.receives`
+counts the deliveries spent before the canary's (the earlier copies' and this one's
+`ApproximateReceiveCount - 1`; the canary's own delivery is not counted). So a failing canary costs
+a message latency, never a receive of its `maxReceiveCount`, whether it takes the message's first
+delivery or one the primary failed before (an idle canary takes most receives: releasing a later
+delivery would let it spend the budget again and again). Only the primary ever dead-letters. A copy
+the canary gets again is handed back again. A failed delete after the send leaves a duplicate,
+which at-least-once delivery allows; nothing is ever lost. A canary's `Retry` is handed back at
+once like a failure: its delay is the canary's verdict, like its `Reject`, and the primary asks for
+its own if it needs one (a delayed copy would also come back to whichever receiver asks first when
+it matures, which favours an idle canary).
 
 It is bounded: a message that already made `max_hops` hops, or one that cannot be copied (no room
-for the hop attribute among SQS's 10 message attributes, a copy over the size limit, a refused or
-failed send), falls back to the release (a canary's `Reject` included: it is released for the
-primary, not dead-lettered). FIFO queues never hand back: a copy would get a new place at the end of
-its group and a new deduplication id, breaking the order and exactly-once processing that FIFO
-promises, so a FIFO canary releases as before.
+for the hop attribute, or for `qworker.receives` when deliveries were spent, among SQS's 10 message
+attributes; a copy over the size limit; a refused or failed send), falls back to the release (a
+canary's `Reject` included: it is released for the primary, not dead-lettered; the release spends
+a receive, as before hand-back existed). FIFO queues never hand back: a copy would get a new place
+at the end of its group and a new deduplication id, breaking the order and exactly-once processing
+that FIFO promises, so a FIFO canary releases as before.
+
+The primary keeps the exact budget (`max_receive_count`, from the queue's redrive policy): the
+effective receive count of a delivery is `qworker.receives` plus `ApproximateReceiveCount`, used
+for the backoff and for first-attempt detection (`OutcomeRecord.receive_count`). SQS's redrive
+policy only sees the copy's own count, so a copy that carries spent deliveries and fails (or is
+retried) at an effective count of `max_receive_count` or more is dead-lettered by the worker
+itself, with the reason "failed N times (maxReceiveCount M): <error>", then deleted: the same
+verdict SQS gives an original, which is left to the redrive policy as before. Without a writable
+dead-letter queue, or on a FIFO queue, the normal path runs. The dead-letter copy does not carry
+`qworker.receives`: a message redriven from there starts a fresh budget.
 
 Every action runs shielded from cancellation with its own timeout (a late cancel during shutdown
 must not lose a finished message's delete), and a failed action is logged and reported, never
@@ -41,11 +54,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Final, final
 
 from qworker.batch import Batcher
 from qworker.exceptions import QueueDoesNotExist, TransientTransportError, TransportError
-from qworker.message import HOPS_ATTRIBUTE, ORIGINAL_ID_ATTRIBUTE
+from qworker.message import HOPS_ATTRIBUTE, ORIGINAL_ID_ATTRIBUTE, RECEIVES_ATTRIBUTE
 from qworker.outcome import SQS_MAX_VISIBILITY_S, Outcome, OutcomeRecord, RetryPolicy
 from qworker.transport import Message, MessageAttribute, QueueTransport, SendEntry
 
@@ -62,6 +76,9 @@ TRACE_HEADER: Final = "AWSTraceHeader"
 
 _HANDED_BACK: Final = frozenset({Outcome.FAILED, Outcome.RETRIED, Outcome.REJECTED})
 """The outcomes a canary hands back (anything but success; a release never started)."""
+
+_SPENDS_BUDGET: Final = frozenset({Outcome.FAILED, Outcome.RETRIED})
+"""The outcomes that leave a message on the queue for another delivery (a receive spent)."""
 
 REJECT_ATTRIBUTES: Final = (
     "qworker.reject_reason",
@@ -84,6 +101,7 @@ class Settler:
         retry_policy: RetryPolicy | None = None,
         release_failed: bool = False,
         max_hops: int = 0,
+        max_receive_count: int | None = None,
         batch_wait_s: float = 0.002,
     ) -> None:
         """Create a settler; run `run()` in a task group for its batchers.
@@ -95,6 +113,9 @@ class Settler:
             release_failed: Make failed messages visible at once (a canary's choice).
             max_hops: Hand non-successes back as fresh copies, up to this many times per message
                 (0: never; a canary's choice on a standard queue).
+            max_receive_count: The queue's redrive budget, kept across hand-back copies: a copy
+                that carries spent deliveries and fails at this effective receive count is
+                dead-lettered here (None: left to SQS; a canary's choice, or no redrive policy).
             batch_wait_s: How long a partial delete batch waits for more.
         """
         self._transport = transport
@@ -104,6 +125,9 @@ class Settler:
         if max_hops < 0:
             raise ValueError("max_hops must not be negative")
         self.max_hops = max_hops
+        if max_receive_count is not None and max_receive_count < 1:
+            raise ValueError("max_receive_count must be at least 1")
+        self.max_receive_count = max_receive_count
         self.handed_back = 0
         self.deletes: Batcher[str] = Batcher(
             transport.delete_batch, name="delete", max_wait_s=batch_wait_s
@@ -167,15 +191,9 @@ class Settler:
 
     async def _act(self, message: Message, record: OutcomeRecord) -> bool:
         try:
-            if self.max_hops and record.outcome in _HANDED_BACK:
-                if message.receive_count <= 1:
-                    handed = await self._hand_back(message, record)
-                    if handed is not None:
-                        return handed
-                if record.outcome is Outcome.REJECTED:
-                    # The canary's verdict may be wrong: the primary gives its own.
-                    await self._transport.change_visibility(message.receipt_handle, 0)
-                    return True
+            settled = await self._budgeted(message, record)
+            if settled is not None:
+                return settled
             match record.outcome:
                 case Outcome.FAILED:
                     delay = (
@@ -196,6 +214,62 @@ class Settler:
             return False
         return True
 
+    async def _budgeted(self, message: Message, record: OutcomeRecord) -> bool | None:
+        """Keep the receive budget: a canary's hand-back, or the end of a copy's budget.
+
+        Returns whether the settlement worked, or None for the outcome's plain action.
+        """
+        if self.max_hops and record.outcome in _HANDED_BACK:
+            handed = await self._hand_back(message, record)
+            if handed is not None:
+                return handed
+            if record.outcome is Outcome.REJECTED:
+                # The canary's verdict may be wrong: the primary gives its own.
+                await self._transport.change_visibility(message.receipt_handle, 0)
+                return True
+            return None
+        if self._budget_spent(message, record):
+            return await self._dead_letter_spent(message, record)
+        return None
+
+    def _budget_spent(self, message: Message, record: OutcomeRecord) -> bool:
+        """Whether a copy carrying spent deliveries used up the budget SQS cannot see whole."""
+        return (
+            self.max_receive_count is not None
+            and self._dead_letter is not None
+            and record.outcome in _SPENDS_BUDGET
+            and message.group_id is None
+            and message.prior_receives > 0
+            and message.effective_receive_count >= self.max_receive_count
+        )
+
+    async def _dead_letter_spent(self, message: Message, record: OutcomeRecord) -> bool:
+        """Dead-letter a copy at the end of its budget, as SQS would the original."""
+        budget = self.max_receive_count
+        attempts = message.effective_receive_count
+        reason = f"failed {attempts} times (maxReceiveCount {budget}): {record.error}"
+        log.warning(
+            "message failed %d times (maxReceiveCount %d, %d of them before a canary handed it "
+            "back); dead-lettered",
+            attempts,
+            budget,
+            message.prior_receives,
+            extra={
+                "action": "budget_dead_lettered",
+                "queue": record.queue,
+                "message_id": message.message_id,
+                "original_message_id": message.attribute(ORIGINAL_ID_ATTRIBUTE)
+                or message.message_id,
+                "outcome": record.outcome.value,
+                "receive_count": attempts,
+                "prior_receives": message.prior_receives,
+                "hops": message.hops,
+                "max_receive_count": budget,
+                "error": record.error,
+            },
+        )
+        return await self._reject(message, replace(record, outcome=Outcome.REJECTED, error=reason))
+
     async def _hand_back(self, message: Message, record: OutcomeRecord) -> bool | None:
         """Replace the message by a fresh copy; None when it cannot be (the caller releases it)."""
         hops = message.hops + 1
@@ -208,8 +282,11 @@ class Settler:
         else:
             entry = hand_back_entry(message, hops)
             if entry is None:
+                needed = HOPS_ATTRIBUTE
+                if _spent_before_copy(message):
+                    needed += f" and {RECEIVES_ATTRIBUTE}"
                 why = (
-                    f"no room for {HOPS_ATTRIBUTE}: the message has "
+                    f"no room for {needed}: the message has "
                     f"{len(message.message_attributes)} attributes (SQS allows "
                     f"{SQS_MAX_MESSAGE_ATTRIBUTES})"
                 )
@@ -244,7 +321,8 @@ class Settler:
                 "outcome": record.outcome.value,
                 "reason": record.error,
                 "hops": hops,
-                "receive_count": message.receive_count,
+                "receive_count": message.effective_receive_count,
+                "receives": _spent_before_copy(message),
             },
         )
         return True
@@ -386,12 +464,17 @@ def dead_letter_attributes(
     # A message rejected before (redriven, then rejected again) carries our old attributes: the
     # new ones replace them.
     original = message.attribute(ORIGINAL_ID_ATTRIBUTE) or message.message_id
-    attributes = {k: v for k, v in message.message_attributes.items() if k not in REJECT_ATTRIBUTES}
+    # The budget spent on the source does not follow the message: a redrive starts afresh.
+    attributes = {
+        k: v
+        for k, v in message.message_attributes.items()
+        if k not in REJECT_ATTRIBUTES and k != RECEIVES_ATTRIBUTE
+    }
     ours = {
         "qworker.reject_reason": record.error or "rejected",
         "qworker.source_queue": record.queue,
         ORIGINAL_ID_ATTRIBUTE: original,
-        "qworker.receive_count": str(message.receive_count),
+        "qworker.receive_count": str(message.effective_receive_count),
     }
     for name, value in ours.items():
         if len(attributes) >= SQS_MAX_MESSAGE_ATTRIBUTES:
@@ -401,15 +484,25 @@ def dead_letter_attributes(
 
 
 def hand_back_entry(message: Message, hops: int) -> SendEntry | None:
-    """The fresh copy a canary hands back, or None when the hop attribute does not fit.
+    """The fresh copy a canary hands back, or None when the attributes it needs do not fit.
 
-    The copy carries the message's own attributes, `qworker.hops` set to `hops`, the original
-    message id (kept from an earlier copy; added only when there is room) and the trace header.
+    The copy carries the message's own attributes, `qworker.hops` set to `hops`,
+    `qworker.receives` (the deliveries spent before the canary's, when there are any: the copy
+    must not get them back), the original message id (kept from an earlier copy; added only when
+    there is room) and the trace header.
     """
-    attributes = {k: v for k, v in message.message_attributes.items() if k != HOPS_ATTRIBUTE}
-    if len(attributes) >= SQS_MAX_MESSAGE_ATTRIBUTES:
+    spent = _spent_before_copy(message)
+    attributes = {
+        k: v
+        for k, v in message.message_attributes.items()
+        if k not in {HOPS_ATTRIBUTE, RECEIVES_ATTRIBUTE}
+    }
+    needed = 1 + (spent > 0)
+    if len(attributes) + needed > SQS_MAX_MESSAGE_ATTRIBUTES:
         return None
     attributes[HOPS_ATTRIBUTE] = MessageAttribute("Number", str(hops))
+    if spent:
+        attributes[RECEIVES_ATTRIBUTE] = MessageAttribute("Number", str(spent))
     if ORIGINAL_ID_ATTRIBUTE not in attributes and len(attributes) < SQS_MAX_MESSAGE_ATTRIBUTES:
         attributes[ORIGINAL_ID_ATTRIBUTE] = MessageAttribute("String", message.message_id)
     return SendEntry(
@@ -417,3 +510,12 @@ def hand_back_entry(message: Message, hops: int) -> SendEntry | None:
         attributes=attributes,
         trace_header=message.attributes.get(TRACE_HEADER),
     )
+
+
+def _spent_before_copy(message: Message) -> int:
+    """The budget a hand-back copy of this delivery starts with spent.
+
+    Every delivery before this one counted (the primary's failures, a release, a lapsed
+    visibility), plus what earlier copies spent; the canary's own delivery, this one, does not.
+    """
+    return message.prior_receives + message.receive_count - 1

@@ -396,6 +396,10 @@ class Worker:
                 if self.identity.is_canary and not resolved.attributes.fifo
                 else 0
             ),
+            # The primary dead-letters a copy at the end of the budget its original had left.
+            max_receive_count=(
+                policy.max_receive_count if policy and not self.identity.is_canary else None
+            ),
         )
         return Consumer(
             resolved.transport,

@@ -57,7 +57,8 @@ def record(
         role="primary",
         version="test",
         message_id=message.message_id,
-        receive_count=message.receive_count,
+        receive_count=message.effective_receive_count,
+        hops=message.hops,
         error=error,
         delay_s=delay_s,
     )
@@ -509,21 +510,243 @@ async def test_fifo_messages_are_never_handed_back(queues: Queues) -> None:
     assert source.deleted == []
 
 
-@pytest.mark.parametrize("outcome", [Outcome.FAILED, Outcome.REJECTED])
-async def test_a_later_delivery_is_released_by_the_canary_not_handed_back(
-    queues: Queues, canary: Settler, outcome: Outcome
+async def deliver_again(queue: FakeQueueTransport, message: Message) -> Message:
+    """Let a received message go (the primary failed it) and receive it again."""
+    await queue.change_visibility(message.receipt_handle, 0)
+    [again] = await queue.receive(1, wait_time_s=0)
+    assert again.message_id == message.message_id
+    return again
+
+
+@pytest.mark.parametrize("outcome", [Outcome.FAILED, Outcome.RETRIED, Outcome.REJECTED])
+async def test_a_later_delivery_is_handed_back_with_the_deliveries_spent_before_it(
+    queues: Queues, canary: Settler, outcome: Outcome, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await queues.queue.send("{}")
-    [first] = await queues.queue.receive(1, wait_time_s=0)
-    await queues.queue.change_visibility(first.receipt_handle, 0)  # the primary let it go
-    [second] = await queues.queue.receive(1, wait_time_s=0)
-    assert second.receive_count == 2
+    caplog.set_level(logging.INFO, logger="qworker.settle")
+    second = await deliver_again(queues.queue, await receive_one(queues.queue))
+    third = await deliver_again(queues.queue, second)
+    assert third.receive_count == 3
 
-    assert await canary.settle(second, record(second, outcome, error="bad"))
+    assert await canary.settle(third, record(third, outcome, error="bad"))
 
-    assert ids(queues.queue.visible) == [second.message_id]  # the same message, released
+    assert ids(queues.queue.deleted) == [third.message_id]
+    [copy] = queues.queue.visible
+    # Two deliveries were spent before the canary's; the canary's own is not counted.
+    assert strings(copy) == {
+        "qworker.hops": "1",
+        "qworker.receives": "2",
+        "qworker.original_message_id": third.message_id,
+    }
+    assert copy.message_attributes["qworker.receives"].data_type == "Number"
     assert queues.dlq.messages == []
+    assert canary.handed_back == 1
+    [line] = [r for r in caplog.records if getattr(r, "action", None) == "handed_back"]
+    assert (vars(line)["receives"], vars(line)["receive_count"]) == (2, 3)
+
+
+async def test_a_copy_handed_back_again_adds_its_own_spent_deliveries(
+    queues: Queues, canary: Settler
+) -> None:
+    copy = await receive_one(
+        queues.queue,
+        attributes={
+            "qworker.hops": "2",
+            "qworker.receives": "1",
+            "qworker.original_message_id": "first-id",
+        },
+    )
+    again = await deliver_again(queues.queue, copy)
+    assert (again.prior_receives, again.effective_receive_count) == (1, 3)
+
+    assert await canary.settle(again, record(again, Outcome.FAILED))
+
+    [next_copy] = queues.queue.visible
+    assert strings(next_copy) == {
+        "qworker.hops": "3",
+        "qworker.receives": "2",
+        "qworker.original_message_id": "first-id",
+    }
+
+
+async def test_no_room_for_the_receives_attribute_falls_back_to_release(
+    queues: Queues, canary: Settler, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nine attributes leave room for `qworker.hops` alone: a first delivery is handed back
+    without `qworker.receives` (nothing was spent), a later one is released instead: a copy
+    without the count would get back the deliveries already spent."""
+    message = await receive_one(queues.queue, attributes={f"a{i}": str(i) for i in range(9)})
+    again = await deliver_again(queues.queue, message)
+
+    assert await canary.settle(again, record(again, Outcome.FAILED))
+
+    assert ids(queues.queue.visible) == [message.message_id]  # released, the same message
+    assert queues.queue.deleted == []
     assert canary.handed_back == 0
+    [line] = [r for r in caplog.records if getattr(r, "action", None) == "hand_back_skipped"]
+    assert "no room for qworker.hops and qworker.receives" in vars(line)["why"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "prior", "effective"), [(None, 0, 2), ("3", 3, 5), ("x", 0, 2), ("-1", 0, 2)]
+)
+def test_message_effective_receive_count(raw: str | None, prior: int, effective: int) -> None:
+    attributes = {} if raw is None else {"qworker.receives": MessageAttribute("Number", raw)}
+    message = Message(
+        "m", "r", "{}", {"ApproximateReceiveCount": "2"}, message_attributes=attributes
+    )
+
+    assert (message.receive_count, message.prior_receives) == (2, prior)
+    assert message.effective_receive_count == effective
+
+
+# -- the primary keeps the exact receive budget across copies -------------------------------------
+
+BUDGET = 3
+
+
+@pytest.fixture
+async def primary(queues: Queues) -> AsyncIterator[Settler]:
+    """A primary's settler on a queue whose redrive policy allows BUDGET receives."""
+    settler = Settler(
+        queues.queue,
+        dead_letter=queues.dlq,
+        retry_policy=POLICY,
+        max_receive_count=BUDGET,
+        batch_wait_s=0,
+    )
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(settler.run(), name="primary settler")
+        yield settler
+        task.cancel()
+
+
+@pytest.mark.parametrize("outcome", [Outcome.FAILED, Outcome.RETRIED])
+async def test_primary_dead_letters_a_copy_at_its_effective_budget(
+    queues: Queues, primary: Settler, outcome: Outcome, caplog: pytest.LogCaptureFixture
+) -> None:
+    copy = await receive_one(
+        queues.queue,
+        attributes={
+            "qworker.hops": "4",
+            "qworker.receives": "2",
+            "qworker.original_message_id": "first-id",
+        },
+    )
+    assert copy.effective_receive_count == BUDGET
+
+    assert await primary.settle(copy, record(copy, outcome, error="RuntimeError: boom", delay_s=5))
+
+    assert ids(queues.queue.deleted) == [copy.message_id]
+    [dead] = queues.dlq.messages
+    assert strings(dead) == {
+        "qworker.hops": "4",  # the message's own attributes, but not the spent budget
+        "qworker.reject_reason": "failed 3 times (maxReceiveCount 3): RuntimeError: boom",
+        "qworker.source_queue": "orders",
+        "qworker.original_message_id": "first-id",
+        "qworker.receive_count": "3",
+    }
+    [line] = [r for r in caplog.records if getattr(r, "action", None) == "budget_dead_lettered"]
+    assert (vars(line)["receive_count"], vars(line)["prior_receives"]) == (3, 2)
+
+
+async def test_primary_backs_off_below_the_budget_from_the_effective_count(
+    queues: Queues, primary: Settler
+) -> None:
+    copy = await receive_one(queues.queue, attributes={"qworker.receives": "1"})
+
+    assert await primary.settle(copy, record(copy, Outcome.FAILED))
+
+    assert queues.dlq.messages == []
+    queues.clock.advance(19.9)  # POLICY: the second delivery's backoff is 20 s
+    assert queues.queue.visible == []
+    queues.clock.advance(0.1)
+    assert ids(queues.queue.visible) == [copy.message_id]
+
+
+async def test_an_original_at_its_budget_is_left_to_the_redrive_policy(
+    queues: Queues, primary: Settler
+) -> None:
+    """SQS sees an original's whole budget: its redrive policy moves it, as without copies."""
+    message = await receive_one(queues.queue)
+    for _ in range(BUDGET - 1):
+        message = await deliver_again(queues.queue, message)
+    assert message.effective_receive_count == BUDGET
+
+    assert await primary.settle(message, record(message, Outcome.FAILED))
+
+    assert queues.dlq.messages == []
+    assert ids(queues.queue.in_flight) == [message.message_id]  # hidden for the backoff
+
+
+async def test_without_a_dead_letter_queue_a_spent_copy_takes_the_normal_path(
+    queues: Queues,
+) -> None:
+    settler = Settler(queues.queue, retry_policy=POLICY, max_receive_count=1, batch_wait_s=0)
+    copy = await receive_one(queues.queue, attributes={"qworker.receives": "5"})
+
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(settler.run())
+        assert await settler.settle(copy, record(copy, Outcome.FAILED))
+        task.cancel()
+
+    assert queues.queue.deleted == []
+    assert ids(queues.queue.in_flight) == [copy.message_id]
+
+
+def test_max_receive_count_below_one_is_refused(queues: Queues) -> None:
+    with pytest.raises(ValueError, match="max_receive_count"):
+        Settler(queues.queue, max_receive_count=0)
+
+
+async def test_budget_arithmetic_across_several_hops() -> None:
+    """Deliveries alternate between a primary that fails and a canary that fails; SQS's redrive
+    policy (maxReceiveCount 3) sees only each copy's own count. The primary still gets exactly
+    three attempts, the canary's deliveries cost none, and the primary dead-letters at the third."""
+    clock = ManualClock()
+    sqs = FakeSqs(clock=clock)
+    queue = sqs.create_queue("orders", dead_letter="orders-dlq", max_receive_count=BUDGET)
+    dlq = sqs.queue("orders-dlq")
+    primary = Settler(
+        queue, dead_letter=dlq, retry_policy=RetryPolicy(base_s=0, max_s=0),
+        max_receive_count=BUDGET, batch_wait_s=0,
+    )  # fmt: skip
+    canary = Settler(queue, release_failed=True, max_hops=10, batch_wait_s=0)
+    original = await queue.send('{"n": 1}')
+    # Who takes each delivery, in order (an idle canary takes most of them).
+    takers = ["primary", "canary", "canary", "primary", "canary", "canary", "primary"]
+    seen: list[tuple[str, int, int, int]] = []  # taker, hops, ApproximateReceiveCount, effective
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(s.run()) for s in (primary, canary)]
+        for taker in takers:
+            [message] = await queue.receive(1, wait_time_s=0)
+            seen.append(
+                (taker, message.hops, message.receive_count, message.effective_receive_count)
+            )
+            settler = primary if taker == "primary" else canary
+            assert await settler.settle(
+                message, record(message, Outcome.FAILED, error="RuntimeError: boom")
+            )
+        for task in tasks:
+            task.cancel()
+
+    assert seen == [
+        ("primary", 0, 1, 1),  # the primary fails the original: one receive spent
+        ("canary", 0, 2, 2),  # handed back with qworker.receives 1
+        ("canary", 1, 1, 2),  # handed back again, still 1
+        ("primary", 2, 1, 2),  # the primary's second attempt
+        ("canary", 2, 2, 3),  # handed back with 2
+        ("canary", 3, 1, 3),  # again, still 2
+        ("primary", 4, 1, 3),  # the third attempt: the budget is spent
+    ]
+    assert canary.handed_back == 4
+    assert queue.messages == []
+    [dead] = dlq.messages
+    assert strings(dead)["qworker.reject_reason"] == (
+        "failed 3 times (maxReceiveCount 3): RuntimeError: boom"
+    )
+    assert strings(dead)["qworker.original_message_id"] == original
+    assert "qworker.receives" not in dead.message_attributes
 
 
 async def test_success_and_release_are_not_handed_back(queues: Queues, canary: Settler) -> None:
