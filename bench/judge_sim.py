@@ -327,6 +327,7 @@ class Outcome:
     minutes: float
     canary_n: int = 0
     reason: str = ""
+    by_1000: bool = False  # failed at or before the first look with >= 1000 canary first attempts
 
 
 class Clock:
@@ -350,13 +351,21 @@ def _ours(world: World, cell: Cell, policy: JudgePolicy, start: float) -> Outcom
         now=lambda: datetime.fromtimestamp(clock(), UTC),
         latency=LatencyStats.AUTO,
     )
-    verdict: Verdict = run_bake(source, clock, clock.sleep, policy, started_s=start)
+    looks: list[Verdict] = []
+    verdict: Verdict = run_bake(
+        source, clock, clock.sleep, policy, started_s=start, on_look=looks.append
+    )
     decision = verdict.decision
+    reach = next(
+        (i for i, v in enumerate(looks) if v.evidence.canary.first_attempt_processed >= 1000),
+        len(looks),
+    )
     return Outcome(
         decision.value,
         verdict.evidence.elapsed_s / 60.0,
         verdict.evidence.canary.first_attempt_processed,
         _reason(verdict.reasons[0]) if decision is not Decision.PASS else "",
+        decision is Decision.FAIL and len(looks) - 1 <= reach,
     )
 
 
@@ -485,6 +494,8 @@ def _row(cell: Cell, tallies: Mapping[str, Tally]) -> list[str]:
     fails = [o for o in ours.outcomes if o.decision == "fail"]
     minutes = statistics.median(o.minutes for o in fails) if fails else float("nan")
     within = ours.share(lambda o: o.decision == "fail" and o.canary_n <= 1000)
+    by_look = ours.share(lambda o: o.by_1000)
+    latency = ours.share(lambda o: o.decision == "fail" and o.reason == "latency")
     reasons: dict[str, int] = {}
     for o in ours.outcomes:
         if o.reason:
@@ -498,7 +509,8 @@ def _row(cell: Cell, tallies: Mapping[str, Tally]) -> list[str]:
         _fmt(ours.share(lambda o: o.decision == "inconclusive")),
         f"{statistics.median(o.minutes for o in ours.outcomes):.0f}"
         + (f" / {minutes:.0f}" if fails else ""),
-        _fmt(within) if cell.expect == "fail" else "-",
+        f"{_fmt(within)} / {_fmt(by_look)}" if cell.expect == "fail" else "-",
+        _fmt(latency) if cell.latency is not None else "-",
         top[:60],
         _fmt(tallies["kayenta"].share(lambda o: o.decision == "fail"))
         + f" ({_fmt(tallies['kayenta'].share(lambda o: o.decision == 'inconclusive'))} nodata)",
@@ -513,7 +525,8 @@ HEADER: Final = [
     "FAIL",
     "INCONCLUSIVE",
     "median min (all / fails)",
-    "FAIL by 1000 canary",
+    "FAIL with <= 1000 canary / by the look reaching 1000",
+    "FAIL on latency",
     "commonest non-pass reason",
     "Kayenta-like FAIL",
     "Flagger-like FAIL",

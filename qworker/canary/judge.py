@@ -210,7 +210,7 @@ class JudgePolicy:
     alpha: float = 0.025  # one-sided false-alarm rate of the whole bake, all looks together
     pass_alpha: float = 0.05  # a canary worse by the margin passes at most this often
     pass_power: float = 0.95  # bake sizing: an equal-rate canary passes by N this often
-    abs_margin: float = 0.0025  # the canary may be this much worse (absolute rate) ...
+    abs_margin: float = 0.003  # the canary may be this much worse (absolute rate) ...
     rel_margin: float = 0.75  # ... or this much relative to the primary's rate, whichever is larger
     continuity_correction: bool = True
     min_test_messages: int = 50  # canary first attempts before the comparison may fail it
