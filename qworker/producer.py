@@ -351,7 +351,8 @@ class Producer:
             failed += lost
             sent += len(batch) - len(lost)
         if failed:
-            await self._forget([p for p in prepared if p.index in {f.index for f in failed}])
+            unsent = {f.index for f in failed}
+            await self._forget([p for p in prepared if p.index in unsent])
             raise SendError(transport.queue_name, failed, sent=sent, total=len(prepared))
         return sent
 

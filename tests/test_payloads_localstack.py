@@ -295,6 +295,7 @@ async def test_objects_are_kept_until_success_and_for_a_dead_letter_copy(world: 
         QueueUrl=dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=5
     )["Messages"]
     assert json.loads(dead[0]["Body"])[1]["s3Key"] == key
+    assert SIZE_ATTRIBUTE in dead[0]["MessageAttributes"]  # a redrive fetches it again
     body = world.s3.get_object(Bucket=world.bucket, Key=key)["Body"].read()
     assert Document.model_validate_json(body).doc_id == "rejected"
 
