@@ -43,7 +43,14 @@ import pydantic_core
 from pydantic import BaseModel
 
 from qworker.exceptions import TransientTransportError, TransportError
-from qworker.payloads import SIZE_ATTRIBUTE, PayloadStore, S3Pointer, message_size, open_s3_client
+from qworker.payloads import (
+    LEGACY_SIZE_ATTRIBUTE,
+    SIZE_ATTRIBUTE,
+    PayloadStore,
+    S3Pointer,
+    message_size,
+    open_s3_client,
+)
 from qworker.settings import QWorkerSettings
 from qworker.tracing import TRACEPARENT, inject_trace_context
 from qworker.transport import (
@@ -362,6 +369,12 @@ class Producer:
         one = item if isinstance(item, Outgoing) else dataclasses.replace(defaults, body=item)
         body = encode_body(one.body)
         given: dict[str, AttributeValue] = {**defaults.attributes, **one.attributes}
+        reserved = sorted({SIZE_ATTRIBUTE, LEGACY_SIZE_ATTRIBUTE} & given.keys())
+        if reserved:
+            raise ValueError(
+                f"message attribute {reserved[0]} is reserved: it marks a large payload's S3 "
+                "pointer (the producer sets it itself)"
+            )
         message_type = one.message_type or defaults.message_type
         if message_type is not None:
             given[TYPE_ATTRIBUTE] = message_type

@@ -206,6 +206,15 @@ async def test_a_message_with_no_attribute_left_for_the_size_is_refused() -> Non
     assert queue.messages == []
 
 
+@pytest.mark.parametrize("name", [SIZE_ATTRIBUTE, LEGACY_SIZE_ATTRIBUTE])
+async def test_the_marking_attributes_are_reserved(name: str) -> None:
+    queue = FakeSqs().create_queue("docs")
+    producer = producer_for(queue, store_over(MemoryS3()))
+    with pytest.raises(ValueError, match=f"{name} is reserved"):
+        await producer.send("docs", "x", attributes={name: 10})
+    assert queue.messages == []
+
+
 async def test_a_message_not_sent_leaves_no_object_behind() -> None:
     s3 = MemoryS3()
     queue = FakeSqs().create_queue("docs")
