@@ -123,19 +123,28 @@ class Dispatcher:
             delay_s=delay_s,
         )
 
-    async def _decode(self, message: Message) -> tuple[Message, object] | OutcomeRecord:
+    def _decode(self, message: Message) -> tuple[Message, object] | OutcomeRecord:
         """The message the handler sees and its argument, or the outcome of one that has none."""
         try:
-            if self._body is not None:
-                message = await self._body(message)
             return message, self.spec.decode(message)
+        except MessageDecodeError as exc:
+            return self.record(message, Outcome.REJECTED, error=str(exc)[:MAX_ERROR_CHARS])
+
+    async def _prepare(
+        self, body: Callable[[Message], Awaitable[Message]], message: Message
+    ) -> tuple[Message, object] | OutcomeRecord:
+        """Run the body step (a large payload's fetch), then decode."""
+        try:
+            message = await body(message)
         except MessageDecodeError as exc:
             return self.record(message, Outcome.REJECTED, error=str(exc)[:MAX_ERROR_CHARS])
         except Exception as exc:  # noqa: BLE001 (the body step's error fails the message)
             return self.record(message, Outcome.FAILED, error=_describe(exc))
+        return self._decode(message)
 
     async def _run(self, message: Message) -> OutcomeRecord:
-        decoded = await self._decode(message)
+        body = self._body
+        decoded = self._decode(message) if body is None else await self._prepare(body, message)
         if isinstance(decoded, OutcomeRecord):
             return decoded
         message, argument = decoded
