@@ -36,7 +36,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
-from qworker.exceptions import MessageDecodeError, TransportError
+from qworker.exceptions import MessageDecodeError, TransientTransportError, TransportError
 from qworker.message import Message, MessageAttribute
 from qworker.outcome import Outcome, OutcomeRecord
 from qworker.settings import QWorkerSettings
@@ -48,9 +48,11 @@ __all__ = [
     "LEGACY_SIZE_ATTRIBUTE",
     "POINTER_CLASS",
     "SIZE_ATTRIBUTE",
+    "PayloadError",
     "PayloadNotFound",
     "PayloadResolver",
     "PayloadStore",
+    "PayloadUnavailable",
     "S3Pointer",
     "message_size",
     "open_s3_client",
@@ -80,8 +82,16 @@ CLOSE_TIMEOUT_S: Final = 10.0
 _MISSING_CODES: Final = frozenset({"NoSuchKey", "NoSuchBucket", "404"})
 
 
-class PayloadNotFound(TransportError):
+class PayloadError(TransportError):
+    """S3 refused a payload operation (access denied, a bad bucket name, ...)."""
+
+
+class PayloadNotFound(PayloadError):
     """A pointer's S3 object (or bucket) does not exist."""
+
+
+class PayloadUnavailable(PayloadError, TransientTransportError):
+    """S3 could not be reached, throttled, or failed on its side: worth trying again."""
 
 
 @final
@@ -155,7 +165,7 @@ def message_size(body: str, attributes: Mapping[str, MessageAttribute]) -> int:
 
 @contextlib.contextmanager
 def _s3_errors(operation: str, pointer: S3Pointer) -> Iterator[None]:
-    """Map botocore errors like the SQS transport does; a missing object is `PayloadNotFound`."""
+    """Map botocore errors to the `PayloadError` family (read like the SQS transport's errors)."""
     try:
         with map_errors(f"{operation} {pointer}"):
             yield
@@ -165,7 +175,8 @@ def _s3_errors(operation: str, pointer: S3Pointer) -> Iterator[None]:
             code = str(cause.response.get("Error", {}).get("Code", ""))
             if code in _MISSING_CODES:
                 raise PayloadNotFound(f"{operation} {pointer}: {code}") from cause
-        raise
+        kind = PayloadUnavailable if isinstance(exc, TransientTransportError) else PayloadError
+        raise kind(str(exc)) from exc
 
 
 S3ClientFactory = Callable[[], contextlib.AbstractAsyncContextManager[Any]]

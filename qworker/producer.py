@@ -398,10 +398,20 @@ class Producer:
         return SendEntry(body, attrs, delay, group, dedup)
 
     async def _offload(self, prepared: list[_Prepared]) -> None:
-        """Put the bodies the store offloads in S3 and send pointers instead."""
+        """Put the bodies the store offloads in S3 and send pointers instead.
+
+        A failure deletes the objects put so far (nothing is sent, nothing is left behind).
+        """
         store = self.payloads
         if store is None or store.bucket is None:
             return
+        try:
+            await self._put_all(store, prepared)
+        except BaseException:
+            await self._forget(prepared)
+            raise
+
+    async def _put_all(self, store: PayloadStore, prepared: list[_Prepared]) -> None:
         for item in prepared:
             entry = item.entry
             if not store.offloads(message_size(entry.body, entry.attributes)):

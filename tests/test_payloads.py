@@ -28,6 +28,7 @@ from qworker.payloads import (
     PayloadNotFound,
     PayloadResolver,
     PayloadStore,
+    PayloadUnavailable,
     S3Pointer,
     message_size,
     pointer_of,
@@ -215,6 +216,30 @@ async def test_the_marking_attributes_are_reserved(name: str) -> None:
     assert queue.messages == []
 
 
+async def test_an_s3_outage_while_offloading_sends_nothing_and_leaves_nothing() -> None:
+    s3 = MemoryS3()
+    queue = FakeSqs().create_queue("docs")
+    producer = producer_for(queue, store_over(s3, bucket="b", always=True))
+    puts = 0
+    put = s3.put_object
+
+    async def put_twice_then_fail(**kwargs: Any) -> None:
+        nonlocal puts
+        puts += 1
+        s3.down = puts > 2  # the third put fails
+        try:
+            await put(**kwargs)
+        finally:
+            s3.down = False
+
+    s3.put_object = put_twice_then_fail  # type: ignore[method-assign]
+    with pytest.raises(PayloadUnavailable, match="PutObject"):
+        await producer.send_batch("docs", ["a", "b", "c", "d"])
+    assert puts == 3
+    assert s3.objects == {}
+    assert queue.messages == []
+
+
 async def test_a_message_not_sent_leaves_no_object_behind() -> None:
     s3 = MemoryS3()
     queue = FakeSqs().create_queue("docs")
@@ -323,7 +348,7 @@ async def test_an_s3_outage_fails_the_message_and_a_missing_object_rejects_it() 
     s3.down = True
     failed = await dispatcher(message)
     assert failed.outcome is Outcome.FAILED
-    assert "QueueUnavailable" in str(failed.error)
+    assert str(failed.error).startswith("PayloadUnavailable: GetObject s3://b/k1")
     s3.down = False
     s3.objects.clear()
     rejected = await dispatcher(message)
