@@ -254,18 +254,21 @@ def _cmd_send(args: argparse.Namespace) -> int:
         raise ConfigError(
             "nothing to send: give bodies as arguments, --file FILE, or lines on stdin"
         )
-    sent = asyncio.run(
-        _send(
-            settings,
-            endpoint,
-            queue_name,
-            bodies,
-            attributes,
-            args.group_id,
-            args.delay_s,
-            args.message_type,
+    try:
+        sent = asyncio.run(
+            _send(
+                settings,
+                endpoint,
+                queue_name,
+                bodies,
+                attributes,
+                args.group_id,
+                args.delay_s,
+                args.message_type,
+            )
         )
-    )
+    except ValueError as exc:  # an option or body SQS cannot take: nothing was sent
+        raise ConfigError(f"nothing sent: {exc}") from None
     print(f"sent {sent} message(s)", file=sys.stderr)  # noqa: T201 (the command's answer)
     return 0
 

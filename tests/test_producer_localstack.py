@@ -16,11 +16,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from botocore.config import Config
 from pydantic import BaseModel
 
 from qworker import Message, QWorker
 from qworker.local import create_queue_with_dlq
+from qworker.payloads import pointer_of
 from qworker.role import Identity
 from qworker.settings import QWorkerSettings
 from qworker.transport import SqsTransport
@@ -161,3 +164,37 @@ async def test_the_readme_send_example_runs(
     total = int(counts["ApproximateNumberOfMessages"])
     total += int(counts["ApproximateNumberOfMessagesDelayed"])
     assert total == 39
+
+
+async def test_qworker_send_offloads_to_s3_and_refuses_bad_options(
+    localstack_server: Any, sqs_client: Any
+) -> None:
+    name = f"send-{uuid.uuid4().hex[:8]}"
+    url = await create_queue_with_dlq(sqs_client, name)
+    fifo = f"send-{uuid.uuid4().hex[:8]}.fifo"
+    await create_queue_with_dlq(sqs_client, fifo)
+    bucket = f"send-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=localstack_server.endpoint_url,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    s3.create_bucket(Bucket=bucket)
+    endpoint = localstack_server.endpoint_url
+    args = ["--queue-name", name, "--payload-bucket", bucket, "--payload-always", "hello"]
+    done = await asyncio.to_thread(qworker_send, endpoint, *args, seed="0")
+    assert done.returncode == 0, done.stderr
+    (message,) = await SqsTransport(sqs_client, url).receive(10, wait_time_s=1)
+    pointer = pointer_of(message)
+    assert pointer is not None
+    assert pointer.bucket == bucket
+    assert s3.get_object(Bucket=bucket, Key=pointer.key)["Body"].read() == b"hello"
+    s3.delete_object(Bucket=bucket, Key=pointer.key)
+    s3.delete_bucket(Bucket=bucket)
+
+    refused = await asyncio.to_thread(
+        qworker_send, endpoint, "--queue-name", fifo, "--delay-s", "5", "x", seed="0"
+    )
+    assert refused.returncode == 2
+    assert "nothing sent: FIFO queues take no per-message delay" in refused.stderr
