@@ -15,7 +15,8 @@ or anything else pydantic can serialize to JSON (dicts, lists, dataclasses). Mes
 group keeps its order). An entry that fails for a reason worth retrying (throttling, a server
 error, an outage) is sent again, up to `max_attempts` tries in all; whatever still failed raises
 `SendError`, which lists each entry that was not sent and why: a caller never believes a message
-was sent when it was not.
+was sent when it was not. On a FIFO queue a failure for good stops the later batches; an entry
+retried after a transient failure lands after the entries of its batch that went through.
 
 When the caller runs inside a span, every message carries its `traceparent` (W3C Trace Context),
 so the consumer's span links to it. On a FIFO queue every message has a group (`default` unless
