@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel, Field
 
@@ -31,7 +32,9 @@ from qworker.producer import (
     encode_body,
     send_bodies,
 )
+from qworker.role import Identity
 from qworker.testing import FakeQueueTransport, FakeSqs, consumer_for
+from qworker.tracing import TracingMiddleware
 from qworker.transport import BatchFailure, MessageAttribute, QueueTransport, SendEntry
 
 
@@ -344,3 +347,23 @@ async def test_app_send_needs_a_producer_and_uses_the_open_one() -> None:
         await app.send("orders", "a")
     assert [json.loads(b)["orderId"] for b in bodies_of(orders)] == ["o-1", "o-2", "o-3"]
     assert orders.messages[0].attribute("type") == "OrderPlaced"
+
+
+async def test_a_handler_s_send_carries_its_span_and_the_receiver_links_to_it() -> None:
+    sqs = FakeSqs()
+    orders, invoices = sqs.create_queue("orders"), sqs.create_queue("invoices")
+    app = QWorker("shop")
+    provider = TracerProvider()
+    tracing = TracingMiddleware(provider.get_tracer("t"), identity=Identity(service="shop"))
+    spans: list[str] = []
+
+    async def place(order: Order) -> None:
+        spans.append(f"{trace.get_current_span().get_span_context().trace_id:032x}")
+        await app.send("invoices", {"orderId": order.order_id})
+
+    await orders.send(Order(orderId="o-1").model_dump_json(by_alias=True))
+    with app.use_producer(producer_for(orders, invoices)):
+        await consumer_for(orders, place, middleware=[tracing]).run_until_empty()
+    (sent,) = invoices.messages
+    traceparent = str(sent.attribute("traceparent"))
+    assert traceparent.split("-")[1] == spans[0]
