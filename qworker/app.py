@@ -32,12 +32,20 @@ from qworker.exceptions import (
     HandlerSignatureError,
 )
 from qworker.handler import HandlerFunc, HandlerSpec
-from qworker.producer import AttributeValue, Body, Outgoing, Producer, open_producer
+from qworker.producer import (
+    AttributeValue,
+    Body,
+    Outgoing,
+    Producer,
+    Publisher,
+    open_producer,
+)
 from qworker.settings import QUEUE_NAME, QWorkerSettings, load_settings
 
 __all__ = ["DEFAULT_QUEUE", "QWorker", "Router"]
 
 F = TypeVar("F", bound=HandlerFunc)
+B = TypeVar("B", bound=Body)
 
 DEFAULT_QUEUE: Final = None
 """The queue key of a handler registered without a queue: the queue the settings name."""
@@ -177,6 +185,15 @@ class QWorker(Router):
             yield producer
         finally:
             self._producers.remove(producer)
+
+    def publisher(
+        self, queue: str, body_type: type[B], *, message_type: str | None = None
+    ) -> Publisher[B]:
+        """A typed sender for one queue: `send` takes only `body_type` (checked by mypy).
+
+        It sends with the app's open producer (`app.producer()`, or the running worker's).
+        """
+        return Publisher(self._producer, queue, body_type, message_type=message_type)
 
     def _producer(self) -> Producer:
         if not self._producers:

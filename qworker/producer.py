@@ -38,7 +38,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeAlias, final
+from typing import Any, Final, Generic, TypeAlias, TypeVar, final
 
 import pydantic_core
 from pydantic import BaseModel
@@ -70,6 +70,7 @@ __all__ = [
     "FailedEntry",
     "Outgoing",
     "Producer",
+    "Publisher",
     "SendError",
     "deduplication_id",
     "encode_body",
@@ -485,6 +486,85 @@ class Producer:
                         "error": str(exc),
                     },
                 )
+
+
+B = TypeVar("B", bound=Body)
+
+
+@final
+class Publisher(Generic[B]):
+    """Sends one type of body to one queue: `send` takes only that type (checked by mypy).
+
+    ```python
+    orders = app.publisher("orders", OrderPlaced, message_type="OrderPlaced")
+    await orders.send(OrderPlaced(order_id="o-1"))
+    ```
+
+    The producer is looked up at each send, so a publisher can be made at import time.
+    """
+
+    def __init__(
+        self,
+        producer: Callable[[], Producer],
+        queue: str,
+        body_type: type[B],
+        *,
+        message_type: str | None = None,
+    ) -> None:
+        """Bind a queue and a body type.
+
+        Args:
+            producer: Returns the producer to send with (e.g. the app's open one).
+            queue: The queue's name (or URL).
+            body_type: The type of every body (documents the publisher; mypy checks sends).
+            message_type: The `type` attribute of every message (routes it to its handler).
+        """
+        self._producer = producer
+        self.queue = queue
+        self.body_type = body_type
+        self.message_type = message_type
+
+    def __repr__(self) -> str:
+        """Show the queue and the body type."""
+        return f"Publisher({self.queue!r}, {self.body_type.__name__})"
+
+    async def send(
+        self,
+        body: B,
+        *,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        delay_s: int = 0,
+        group_id: str | None = None,
+        deduplication_id: str | None = None,
+    ) -> None:
+        """Send one message; see `Producer.send`."""
+        await self._producer().send(
+            self.queue,
+            body,
+            attributes=attributes,
+            delay_s=delay_s,
+            group_id=group_id,
+            deduplication_id=deduplication_id,
+            message_type=self.message_type,
+        )
+
+    async def send_batch(
+        self,
+        bodies: Iterable[B],
+        *,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        delay_s: int = 0,
+        group_id: str | None = None,
+    ) -> int:
+        """Send many messages in batches of 10; return how many; see `Producer.send_batch`."""
+        return await self._producer().send_batch(
+            self.queue,
+            bodies,
+            attributes=attributes,
+            delay_s=delay_s,
+            group_id=group_id,
+            message_type=self.message_type,
+        )
 
 
 def _batches(prepared: list[_Prepared]) -> Iterable[list[_Prepared]]:

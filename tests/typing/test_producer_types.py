@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 from qworker import QWorker
-from qworker.producer import Outgoing, Producer, SendError
+from qworker.producer import Outgoing, Producer, Publisher, SendError
 from qworker.testing import FakeSqs
 from qworker.transport import QueueTransport
 
@@ -24,7 +24,13 @@ class Order(BaseModel):
     order_id: str
 
 
+class Refund(BaseModel):
+    order_id: str
+    cents: int
+
+
 app = QWorker("typing-producer")
+orders = app.publisher("orders", Order, message_type="Order")
 
 
 def fake_producer(sqs: FakeSqs) -> Producer:
@@ -73,3 +79,15 @@ async def test_misuse_is_a_type_error() -> None:
             await app.send("orders", "x", attributes={"a": object()})  # type: ignore[dict-item]
         with pytest.raises(TypeError, match="use send"):
             await app.send_batch("orders", Order(order_id="o-1"))  # a model iterates its fields
+
+
+async def test_a_publisher_takes_only_its_body_type() -> None:
+    assert_type(orders, Publisher[Order])
+    sqs = FakeSqs()
+    queue = sqs.create_queue("orders")
+    with app.use_producer(fake_producer(sqs)):
+        assert_type(await orders.send(Order(order_id="o-1")), None)
+        assert_type(await orders.send_batch([Order(order_id="o-2")]), int)
+        await orders.send(Refund(order_id="o-1", cents=5))  # type: ignore[arg-type]
+        await orders.send("raw text")  # type: ignore[arg-type]
+    assert [m.attribute("type") for m in queue.messages] == ["Order"] * 4
