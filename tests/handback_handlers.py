@@ -2,9 +2,13 @@
 
 A canary (`QWORKER_DEPLOYMENT_ROLE=canary`) has the defect named by `HANDBACK_DEFECT`: `fail`
 (raise), `reject` (raise `Reject`), `retry` (raise `Retry(1)`) or none; a primary always does the
-work. Independently of the role, a body with `poison` always raises (a FIFO group's poison head).
+work, unless `HANDBACK_PRIMARY_DEFECT=first`: then it fails every message's first counted attempt
+(effective receive count 1, a transient error) and succeeds on later ones. Independently of the
+role, a body with `poison` always raises (a FIFO group's poison head, a standard queue's poison).
 Each run is journaled like tests/fault_handlers.py does (one appended line per event, so several
-worker processes can share the file):
+worker processes can share the file), with the effective receive count (`ApproximateReceiveCount`
+plus the deliveries a hand-back copy's message spent before: the same on a message never handed
+back):
 
     <event> <n> <receive_count> <message_id> <pid> <epoch_s>
 
@@ -26,6 +30,7 @@ from qworker import Message, Reject, Retry
 JOURNAL: Final = Path(os.environ.get("QWORKER_TEST_JOURNAL", "journal.txt"))
 ROLE: Final = os.environ.get("QWORKER_DEPLOYMENT_ROLE", "primary")
 DEFECT: Final = os.environ.get("HANDBACK_DEFECT", "") if ROLE == "canary" else ""
+PRIMARY_DEFECT: Final = os.environ.get("HANDBACK_PRIMARY_DEFECT", "") if ROLE == "primary" else ""
 
 
 class Job(BaseModel):
@@ -38,7 +43,7 @@ class Job(BaseModel):
 
 def _journal(event: str, job: Job, message: Message) -> None:
     line = (
-        f"{event} {job.n} {message.receive_count} {message.message_id} {os.getpid()} "
+        f"{event} {job.n} {message.effective_receive_count} {message.message_id} {os.getpid()} "
         f"{time.time():.3f}\n"
     )
     with JOURNAL.open("a", encoding="utf-8") as out:  # O_APPEND: one write per line
@@ -53,7 +58,8 @@ async def handle(job: Job, message: Message) -> None:
     except asyncio.CancelledError:
         _journal("cancel", job, message)
         raise
-    if job.poison or DEFECT == "fail":
+    first_counted = PRIMARY_DEFECT == "first" and message.effective_receive_count == 1
+    if job.poison or DEFECT == "fail" or first_counted:
         _journal("fail", job, message)
         raise RuntimeError(f"message {job.n} fails ({ROLE})")
     if DEFECT == "reject":

@@ -230,6 +230,42 @@ def test_a_copy_is_never_a_first_attempt() -> None:
     assert not retry.first_attempt
 
 
+@pytest.mark.parametrize(
+    ("attributes", "receive_count", "effective", "first"),
+    [
+        ({}, 1, 1, True),  # an original's first delivery
+        ({}, 2, 2, False),
+        ({"qworker.hops": "1"}, 1, 1, False),  # a copy of a first delivery
+        ({"qworker.hops": "3", "qworker.receives": "2"}, 1, 3, False),
+        ({"qworker.hops": "1", "qworker.receives": "1"}, 2, 3, False),
+    ],
+)
+async def test_records_show_the_effective_receive_count(
+    attributes: dict[str, str], receive_count: int, effective: int, *, first: bool
+) -> None:
+    queue = FakeSqs().create_queue("orders")
+
+    async def handle(body: OrderV1) -> None:
+        raise RuntimeError(body.n)
+
+    spec = HandlerSpec.from_function(handle, queue="orders")
+    dispatcher = Dispatcher(spec, queue="orders", identity=PRIMARY)
+    await queue.send(json.dumps({"n": 1}), attributes=attributes)
+    [message] = await queue.receive(1, wait_time_s=0)
+    for _ in range(receive_count - 1):
+        await queue.change_visibility(message.receipt_handle, 0)
+        [message] = await queue.receive(1, wait_time_s=0)
+    metrics = MetricsAggregator(role="primary", wall_clock=lambda: 0.0)
+
+    record = await dispatcher(message)
+    metrics.record(record)
+
+    assert message.receive_count == receive_count
+    assert (record.receive_count, record.first_attempt) == (effective, first)
+    [aggregate] = metrics.snapshot().aggregates
+    assert aggregate.counts[MetricName.FIRST_ATTEMPT_PROCESSED] == first
+
+
 def test_metrics_and_quarantine_do_not_count_copies_as_first_attempts() -> None:
     metrics = MetricsAggregator(role="canary", wall_clock=lambda: 0.0)
     quarantine = CanaryQuarantine(failure_rate=0.5, min_messages=2, window_s=60)
@@ -273,6 +309,8 @@ async def test_the_worker_hands_back_only_as_a_canary_on_a_standard_queue(
     consumer = worker._consumer(_Resolved(spec, queue, attributes, None))  # type: ignore[arg-type]
 
     assert consumer.settler.max_hops == hops
+    # Any non-canary keeps the budget across copies; a canary never dead-letters.
+    assert consumer.settler.max_receive_count == (None if role == "canary" else 4)
     assert consumer.settler.release_failed is (role == "canary")
     assert consumer.fifo is fifo
     # FIFO heads are retried in place with the queue's budget, except on a canary (it releases).
@@ -309,6 +347,7 @@ def start(localstack_server: Any, tmp_path: Path) -> Iterator[Start]:
                 "QWORKER_TEST_JOURNAL": str(journal),
                 "QWORKER_DEPLOYMENT_ROLE": role,
                 "HANDBACK_DEFECT": defect,
+                "HANDBACK_PRIMARY_DEFECT": defect if role == "primary" else "",
                 "AWS_ACCESS_KEY_ID": "test",
                 "AWS_SECRET_ACCESS_KEY": "test",
                 "AWS_DEFAULT_REGION": "us-east-1",
@@ -411,6 +450,86 @@ async def test_a_failing_canary_leaves_the_dead_letter_queue_empty(
     # A duplicate only where a copy was sent but the original's delete failed.
     duplicated = {e["message_id"] for e in canary.actions("hand_back_duplicate")}
     assert len(report.duplicates) <= len(duplicated), report
+
+
+POISONED = {7, 23}
+"""Messages of the budget scenario that fail everywhere."""
+
+
+@scenario
+async def test_messages_the_primary_failed_before_keep_their_budget_on_a_failing_canary(
+    sqs_client: Any,
+    tmp_path: Path,
+    start: Start,
+) -> None:
+    """maxReceiveCount 3: the primary fails each message's first counted attempt (a transient
+    error) and succeeds later; the canary fails everything and takes most receives.
+
+    A later delivery the canary gets is handed back too, with the deliveries spent before it in
+    `qworker.receives`: the canary never spends the budget, so every message succeeds once on the
+    primary, at its second attempt, and the DLQ holds only the poison messages, each after exactly
+    maxReceiveCount primary attempts (dead-lettered by the primary at the copy's effective count,
+    or moved by SQS's redrive policy when no copy carried spent deliveries).
+    """
+    budget = 3
+    queues = await make_queues(sqs_client, "handback-budget", max_receive_count=budget)
+    total = 40
+    journal = tmp_path / "journal.txt"
+    primary = start(queues.name, journal, "primary", "--concurrency", "4", defect="first")
+    canary = start(queues.name, journal, "canary", defect="fail")
+    await wait_started([primary, canary])
+    began = time.monotonic()
+    bodies = {n: job(n, poison=n in POISONED) for n in range(total)}
+    sent = await send_tagged(sqs_client, queues.url, bodies)
+    # Every message deleted or dead-lettered (a good one among the dead letters shows below).
+    await wait_settled(queues, [primary, canary])
+    settled_s = time.monotonic() - began
+    codes = [(await w.stop())[0] for w in (primary, canary)]
+    ran = Journal.read(journal)
+    canary_runs = [e for e in ran.of("start") if e.pid == canary.pid]
+    primary_fails = Counter(e.n for e in ran.of("fail") if e.pid == primary.pid)
+    handed = canary.actions("handed_back")
+    later = [e for e in handed if e.get("receives")]
+    ours = primary.actions("budget_dead_lettered")
+    report = await account_for(
+        "hand-back keeps the budget: the primary fails first attempts, the canary everything "
+        "(maxReceiveCount 3)",
+        queues,
+        sent=sent,
+        journal=journal,
+        timings={"queue empty": settled_s},
+        notes=[
+            (
+                f"canary ran {len(canary_runs)} deliveries, handed back {len(handed)} "
+                f"({len(later)} carrying spent deliveries)"
+            ),
+            (
+                f"poison dead-lettered by the primary: {len(ours)}, by SQS's redrive policy: "
+                f"{len(POISONED) - len(ours)}"
+            ),
+        ],
+    )
+
+    assert codes == [0, 0], (primary.tail(), canary.tail())
+    assert report.balanced, report
+    assert set(report.dead_letters) == POISONED, report  # no good message reached the DLQ
+    good = [n for n in range(total) if n not in POISONED]
+    assert report.deleted_after_success == good, report
+    assert {e.pid for e in ran.of("done")} == {primary.pid}, report
+    assert all(e.receive_count == 2 for e in ran.of("done")), report  # the second attempt
+    # Each good message failed once on the primary (its first counted attempt), each poison
+    # message exactly maxReceiveCount times: the canary's deliveries spent none of the budget.
+    assert primary_fails == dict.fromkeys(good, 1) | dict.fromkeys(POISONED, budget), report
+    assert later, report  # the canary got later deliveries: the scenario is not vacuous
+    assert not canary.actions("hand_back_skipped"), report
+    assert len(handed) == len(canary_runs), report
+    for n in POISONED:
+        [dead] = report.dead_letters[n]
+        if not dead.redriven:
+            assert dead.reject_reason is not None, report
+            assert dead.reject_reason.startswith(f"failed {budget} times (maxReceiveCount 3)")
+            assert "qworker.receives" not in dead.attributes, report
+    assert not report.duplicates, report
 
 
 # -- LocalStack: FIFO poison without collateral, real worker processes ---------------------------
