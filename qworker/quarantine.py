@@ -1,8 +1,8 @@
 """Canary self-quarantine: a canary failing far above its limit stops polling before any alarm.
 
-On a standard queue the canary already hands every message it did not succeed on back to the
-primary as a fresh copy with a full receive budget (qworker.settle), so a bad canary costs latency,
-not DLQ entries. Quarantine goes further: `CanaryQuarantine` is an outcome
+On a standard queue the canary already hands every delivery it did not succeed on back to the
+primary as a fresh copy with the receive budget the message had left (qworker.settle), so a bad
+canary costs latency, not DLQ entries. Quarantine goes further: `CanaryQuarantine` is an outcome
 sink that keeps the canary's first attempts of a rolling window, and when their failure rate passes
 the limit (with at least `min_messages` of them) it trips once: it logs one clear line, calls its
 callbacks (the worker's `stop()`: polling stops, unstarted messages are released), and from then on

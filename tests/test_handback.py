@@ -1,15 +1,20 @@
 """A failing canary never puts a message into the dead-letter queue: it hands it back.
 
 On a standard queue the canary hands every delivery it did not succeed on (failed, timed out,
-`Retry`, `Reject`, an undecodable body) back as a fresh copy with a `qworker.hops` attribute, and
-deletes the original once the copy is confirmed: the primary gets the message with its full receive
-budget, and only the primary dead-letters. Copies never count as first attempts.
+`Retry`, `Reject`, an undecodable body; a first delivery or one the primary failed before) back as
+a fresh copy with a `qworker.hops` attribute and, when deliveries were already spent, a
+`qworker.receives` count, and deletes the original once the copy is confirmed: the primary gets the
+message with exactly the receive budget it had left (it counts the effective receive count and
+dead-letters a copy at its end), and only the primary dead-letters. Copies never count as first
+attempts. (The settler's branches and the budget arithmetic are in tests/test_settle.py.)
 
 First on the in-memory fake (consumers in one process, exact), then on LocalStack with real worker
 processes: a healthy primary and a canary that fails, rejects or retries every message, sharing one
 queue with `maxReceiveCount` 2; at the end the dead-letter queue is empty and every message
-succeeded on the primary. The copy itself is checked over the real API too (attributes, trace
-header, a maximum-size message whose copy is refused).
+succeeded on the primary. Then a primary that fails each message's first attempt beside a canary
+that fails everything, `maxReceiveCount` 3: only the poison messages reach the dead-letter queue,
+each after exactly three primary attempts. The copy itself is checked over the real API too
+(attributes, trace header, a maximum-size message whose copy is refused).
 
 Last, FIFO poison without collateral on LocalStack (qworker.groups; the exact cases are in
 tests/test_groups_fifo.py): a poison head and its followers in one group, another group beside
