@@ -267,6 +267,20 @@ class PayloadStore:
                     self._client = await self._stack.enter_async_context(self._open_client())
         return self._client
 
+    async def check_bucket(self) -> None:
+        """Check that the bucket exists and can be reached (HeadBucket).
+
+        Raises:
+            PayloadNotFound: No such bucket.
+            PayloadError: Access denied, or another refusal.
+            PayloadUnavailable: S3 could not be reached.
+        """
+        if self.bucket is None:
+            return
+        client = await self._s3()
+        with _s3_errors("HeadBucket", S3Pointer(self.bucket, "")):
+            await client.head_bucket(Bucket=self.bucket)
+
     async def put(self, body: str) -> S3Pointer:
         """Store a payload under a new key in the bucket; return its pointer.
 

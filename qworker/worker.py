@@ -38,7 +38,13 @@ from qworker.exceptions import (
 )
 from qworker.handler import HandlerSpec
 from qworker.outcome import RetryPolicy
-from qworker.payloads import PayloadResolver, PayloadStore, open_s3_client
+from qworker.payloads import (
+    PayloadError,
+    PayloadResolver,
+    PayloadStore,
+    PayloadUnavailable,
+    open_s3_client,
+)
 from qworker.producer import Producer
 from qworker.role import Identity
 from qworker.settings import QWorkerSettings
@@ -217,6 +223,7 @@ class Worker:
                 if found is None:
                     return
                 resolved.append(found)
+            await self._check_payload_bucket()
             self.consumers = [self._consumer(r) for r in resolved]
             self.ready.set()
             if self.stopping:
@@ -267,6 +274,24 @@ class Worker:
                     self._stopping.wait(), self._sleep(min(delay, max(0.0, deadline - loop.time())))
                 )
         return None
+
+    async def _check_payload_bucket(self) -> None:
+        """A payload bucket that does not exist, or is refused, stops the start with its name."""
+        bucket = self.settings.payload_bucket
+        if bucket is None:
+            return
+        try:
+            await self.payloads.store.check_bucket()
+        except PayloadUnavailable as exc:
+            log.warning(
+                "payload bucket not reachable at start-up; large bodies sent will fail until it is",
+                extra={"action": "payload_bucket_unreachable", "error": str(exc)},
+            )
+        except PayloadError as exc:
+            raise ConfigError(
+                f"payload bucket {bucket!r} cannot be used ({exc}); create it, grant the task "
+                "role s3:PutObject on it, or fix QWORKER_PAYLOAD_BUCKET (--payload-bucket)"
+            ) from None
 
     def _unreachable(self, endpoint: str, error: str) -> ConfigError:
         timeout_s = self.settings.startup_timeout_s

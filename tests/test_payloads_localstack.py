@@ -24,6 +24,7 @@ from botocore.config import Config
 from pydantic import BaseModel
 
 from qworker import Message, QWorker, Reject, Retry
+from qworker.exceptions import ConfigError
 from qworker.local import create_queue_with_dlq, dead_letter_name
 from qworker.payloads import LEGACY_SIZE_ATTRIBUTE, POINTER_CLASS, SIZE_ATTRIBUTE
 from qworker.role import Identity
@@ -342,3 +343,17 @@ async def test_a_pointer_to_a_missing_object_is_rejected_naming_it(world: World)
     reason = dead[0]["MessageAttributes"]["qworker.reject_reason"]["StringValue"]
     assert f"s3://{world.bucket}/{key} not found" in reason
     assert worker.statistics()[world.queue].rejected == 1
+
+
+async def test_a_payload_bucket_that_does_not_exist_stops_the_start_naming_it(
+    world: World,
+) -> None:
+    app = QWorker("payloads")
+    collector(app, world.queue, 1)
+    settings = world.settings().model_copy(update={"payload_bucket": "no-such-bucket-here"})
+    worker = Worker(app, settings, identity=Identity(service="payloads"), local=True)
+    with pytest.raises(ConfigError, match="QWORKER_PAYLOAD_BUCKET") as caught:
+        async with asyncio.timeout(60):
+            await worker.run()
+    assert "'no-such-bucket-here'" in str(caught.value)
+    assert not worker.ready.is_set()
