@@ -2,8 +2,9 @@
 
 A canary (`QWORKER_DEPLOYMENT_ROLE=canary`) has the defect named by `HANDBACK_DEFECT`: `fail`
 (raise), `reject` (raise `Reject`), `retry` (raise `Retry(1)`) or none; a primary always does the
-work, unless `HANDBACK_PRIMARY_DEFECT=first`: then it fails every message's first counted attempt
-(effective receive count 1, a transient error) and succeeds on later ones. Independently of the
+work, unless `HANDBACK_PRIMARY_DEFECT` says otherwise: `first` fails every message's first counted
+attempt (effective receive count 1, a transient error) and succeeds on later ones, `flaky` fails a
+random 30 % of its attempts. Independently of the
 role, a body with `poison` always raises (a FIFO group's poison head, a standard queue's poison).
 Each run is journaled like tests/fault_handlers.py does (one appended line per event, so several
 worker processes can share the file), with the effective receive count (`ApproximateReceiveCount`
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from pathlib import Path
 from typing import Final
@@ -31,6 +33,7 @@ JOURNAL: Final = Path(os.environ.get("QWORKER_TEST_JOURNAL", "journal.txt"))
 ROLE: Final = os.environ.get("QWORKER_DEPLOYMENT_ROLE", "primary")
 DEFECT: Final = os.environ.get("HANDBACK_DEFECT", "") if ROLE == "canary" else ""
 PRIMARY_DEFECT: Final = os.environ.get("HANDBACK_PRIMARY_DEFECT", "") if ROLE == "primary" else ""
+FLAKY_RATE: Final = 0.3
 
 
 class Job(BaseModel):
@@ -50,6 +53,15 @@ def _journal(event: str, job: Job, message: Message) -> None:
         out.write(line)
 
 
+def _primary_fails(message: Message) -> bool:
+    """Whether the primary's transient defect fails this attempt."""
+    if PRIMARY_DEFECT == "first":
+        return message.effective_receive_count == 1
+    if PRIMARY_DEFECT == "flaky":
+        return random.random() < FLAKY_RATE  # noqa: S311 (a test's coin, not cryptography)
+    return False
+
+
 async def handle(job: Job, message: Message) -> None:
     """Do the work, or fail the way the canary's defect (or a poison body) says."""
     _journal("start", job, message)
@@ -58,8 +70,7 @@ async def handle(job: Job, message: Message) -> None:
     except asyncio.CancelledError:
         _journal("cancel", job, message)
         raise
-    first_counted = PRIMARY_DEFECT == "first" and message.effective_receive_count == 1
-    if job.poison or DEFECT == "fail" or first_counted:
+    if job.poison or DEFECT == "fail" or _primary_fails(message):
         _journal("fail", job, message)
         raise RuntimeError(f"message {job.n} fails ({ROLE})")
     if DEFECT == "reject":

@@ -537,6 +537,60 @@ async def test_messages_the_primary_failed_before_keep_their_budget_on_a_failing
     assert not report.duplicates, report
 
 
+@scenario
+async def test_a_flaky_primary_gets_exactly_its_budget_beside_a_failing_canary(
+    sqs_client: Any,
+    tmp_path: Path,
+    start: Start,
+) -> None:
+    """maxReceiveCount 3: the primary fails a random 30 % of its attempts, the canary fails
+    everything. Whatever the dice say, a message reaches the DLQ exactly when the primary failed
+    it three times, and every other message succeeded once, on the primary, after at most two
+    primary failures: the canary's deliveries never count."""
+    budget = 3
+    queues = await make_queues(sqs_client, "handback-flaky", max_receive_count=budget)
+    total = 60
+    journal = tmp_path / "journal.txt"
+    primary = start(queues.name, journal, "primary", "--concurrency", "4", defect="flaky")
+    canary = start(queues.name, journal, "canary", defect="fail")
+    await wait_started([primary, canary])
+    began = time.monotonic()
+    sent = await send_tagged(sqs_client, queues.url, {n: job(n) for n in range(total)})
+    await wait_settled(queues, [primary, canary])
+    settled_s = time.monotonic() - began
+    codes = [(await w.stop())[0] for w in (primary, canary)]
+    ran = Journal.read(journal)
+    primary_fails = Counter(e.n for e in ran.of("fail") if e.pid == primary.pid)
+    failures = [primary_fails[n] for n in range(total)]
+    handed = canary.actions("handed_back")
+    report = await account_for(
+        "hand-back keeps the budget: a flaky primary (30 %), a failing canary (maxReceiveCount 3)",
+        queues,
+        sent=sent,
+        journal=journal,
+        timings={"queue empty": settled_s},
+        notes=[
+            f"messages by primary failures: {dict(sorted(Counter(failures).items()))}",
+            (
+                f"canary handed back {len(handed)}, {sum(1 for e in handed if e['receives'])} "
+                "carrying spent deliveries"
+            ),
+        ],
+    )
+
+    assert codes == [0, 0], (primary.tail(), canary.tail())
+    assert report.balanced, report
+    spent = {n for n in range(total) if primary_fails[n] == budget}
+    assert set(report.dead_letters) == spent, report
+    assert report.deleted_after_success == sorted(set(range(total)) - spent), report
+    assert {e.pid for e in ran.of("done")} == {primary.pid}, report
+    assert max(primary_fails.values(), default=0) <= budget, report
+    # A message succeeds at the attempt after its failures: the canary's runs never counted.
+    assert all(e.receive_count == primary_fails[e.n] + 1 for e in ran.of("done")), report
+    assert not canary.actions("hand_back_skipped"), report
+    assert not report.duplicates, report
+
+
 # -- LocalStack: FIFO poison without collateral, real worker processes ---------------------------
 
 FIFO_GROUPS = {"g1": range(5), "g2": range(5, 10)}

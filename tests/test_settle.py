@@ -693,6 +693,27 @@ async def test_without_a_dead_letter_queue_a_spent_copy_takes_the_normal_path(
     assert ids(queues.queue.in_flight) == [copy.message_id]
 
 
+async def test_a_fifo_message_is_never_dead_lettered_by_the_settlers_budget(
+    queues: Queues,
+) -> None:
+    """FIFO heads keep their own in-place budget (qworker.groups); the settler leaves them be."""
+    sqs = FakeSqs(clock=queues.clock)
+    source, dlq = sqs.create_queue("jobs.fifo"), sqs.create_queue("jobs-dlq.fifo")
+    settler = Settler(
+        source, dead_letter=dlq, retry_policy=POLICY, max_receive_count=1, batch_wait_s=0
+    )
+    await source.send("{}", group_id="g", attributes={"qworker.receives": "2"})
+    [message] = await source.receive(1, wait_time_s=0)
+
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(settler.run())
+        assert await settler.settle(message, record(message, Outcome.FAILED))
+        task.cancel()
+
+    assert dlq.messages == []
+    assert ids(source.in_flight) == [message.message_id]  # hidden for the backoff
+
+
 def test_max_receive_count_below_one_is_refused(queues: Queues) -> None:
     with pytest.raises(ValueError, match="max_receive_count"):
         Settler(queues.queue, max_receive_count=0)
