@@ -385,7 +385,8 @@ class Settler:
                 "error": record.error,
             },
         )
-        if await self._send_dead_letter(message, message.message_attributes):
+        bare = {k: v for k, v in message.message_attributes.items() if k != RECEIVES_ATTRIBUTE}
+        if await self._send_dead_letter(message, bare):
             return await self._acknowledge(message, record)
         # Refused for good even as sent.
         log.error(

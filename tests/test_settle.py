@@ -649,6 +649,21 @@ async def test_primary_dead_letters_a_copy_at_its_effective_budget(
     assert (vars(line)["receive_count"], vars(line)["prior_receives"]) == (3, 2)
 
 
+async def test_a_spent_copy_refused_with_our_attributes_goes_without_the_spent_count(
+    queues: Queues, primary: Settler
+) -> None:
+    copy = await receive_one(
+        queues.queue, attributes={"qworker.hops": "1", "qworker.receives": "2"}
+    )
+    queues.dlq.fail_next("send_batch", BadRequest("message too long"))
+
+    assert await primary.settle(copy, record(copy, Outcome.FAILED, error="boom"))
+
+    [dead] = queues.dlq.messages
+    assert strings(dead) == {"qworker.hops": "1"}  # a redrive from there starts a fresh budget
+    assert ids(queues.queue.deleted) == [copy.message_id]
+
+
 async def test_primary_backs_off_below_the_budget_from_the_effective_count(
     queues: Queues, primary: Settler
 ) -> None:
