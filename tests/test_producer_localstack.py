@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from qworker import Message, QWorker
 from qworker.local import create_queue_with_dlq
 from qworker.payloads import pointer_of
+from qworker.producer import SendError
 from qworker.role import Identity
 from qworker.settings import QWorkerSettings
 from qworker.transport import SqsTransport
@@ -198,3 +199,24 @@ async def test_qworker_send_offloads_to_s3_and_refuses_bad_options(
     )
     assert refused.returncode == 2
     assert "nothing sent: FIFO queues take no per-message delay" in refused.stderr
+
+
+async def test_an_entry_the_server_refuses_is_listed_and_the_rest_sent(
+    localstack_server: Any, sqs_client: Any
+) -> None:
+    name = f"send-{uuid.uuid4().hex[:8]}"
+    url = await create_queue_with_dlq(sqs_client, name)
+    app = QWorker("shop")
+    settings = QWorkerSettings(endpoint_url=localstack_server.endpoint_url, region="us-east-1")
+    async with app.producer(settings, local=True):
+        with pytest.raises(SendError) as caught:
+            await app.send_batch(name, ["first", "bad \x00 char", "third"])
+    error = caught.value
+    assert [(f.index, f.code) for f in error.failed] == [(1, "InvalidMessageContents")]
+    assert (error.sent, error.total) == (2, 3)
+    queue = SqsTransport(sqs_client, url)
+    bodies: list[str] = []
+    async with asyncio.timeout(30):
+        while len(bodies) < 2:
+            bodies += [m.body for m in await queue.receive(10, wait_time_s=1)]
+    assert sorted(bodies) == ["first", "third"]
