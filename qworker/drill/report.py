@@ -100,12 +100,14 @@ def describe_policy(policy: JudgePolicy) -> str:
     return (
         f"pass needs >= {policy.min_canary_messages} canary and >= "
         f"{policy.min_primary_messages} primary first attempts and >= {policy.min_bake_s:g} s, "
-        f"with the canary surely below the {policy.absolute_failure_ceiling:.0%} ceiling; fail as "
-        f"soon as the canary is worse than the primary by more than max({policy.abs_margin:.1%}, "
-        f"{policy.rel_margin:.0%} of the primary's rate) at one-sided alpha {policy.alpha:g} "
-        f"(sequential boundary, >= {policy.min_test_messages} canary first attempts and "
-        f">= {policy.min_test_failures} failures), or surely above the ceiling; no decision "
-        f"after {policy.max_bake_s:g} s is inconclusive ({policy.inconclusive_policy.value})"
+        f"with an upper bound on canary - primary (at {policy.pass_alpha:g}) below the margin "
+        f"max({policy.abs_margin:.2%}, {policy.rel_margin:.0%} of the primary's rate); fail as "
+        f"soon as the canary is worse by more than that margin at one-sided alpha "
+        f"{policy.alpha:g} (sequential boundary, >= {policy.min_test_messages} canary first "
+        f"attempts and >= {policy.min_test_failures} failures), above the "
+        f"{policy.absolute_failure_ceiling:.0%} ceiling while the primary is surely below it, "
+        "slower than the primary, or dead; no decision after "
+        f"{policy.max_bake_s:g} s is inconclusive ({policy.inconclusive_policy.value})"
     )
 
 
