@@ -219,13 +219,23 @@ def test_clustered_minutes_widen_the_error() -> None:
     assert lumpy.decision is Decision.CONTINUE  # two bad minutes are not yet evidence
 
 
-@pytest.mark.parametrize(("backlog", "primary_processed"), [(25, 0), (0, 500), (None, 500)])
+@pytest.mark.parametrize(("backlog", "primary_processed"), [(25, 5), (0, 500), (None, 500)])
 def test_silent_canary_fails(backlog: int | None, primary_processed: int) -> None:
     primary = counts(primary_processed, 0)
     verdict = judge(RoleCounts(), primary, elapsed_s=301.0, backlog=backlog)
     assert verdict.decision is Decision.FAIL
     assert verdict.reasons[0].startswith("silent canary: 0 processed in 301 s")
     assert judge(RoleCounts(), primary, 200.0, backlog).decision is Decision.CONTINUE
+
+
+def test_no_data_from_either_role_is_inconclusive_not_a_silent_canary() -> None:
+    verdict = judge(RoleCounts(), RoleCounts(), elapsed_s=301.0, backlog=25)
+    assert verdict.decision is Decision.INCONCLUSIVE
+    assert verdict.reasons[0].startswith("no metrics from either role in 301 s")
+    assert "--namespace" in verdict.reasons[0]
+    # Before silent_after_s, or without a backlog, the bake goes on.
+    assert judge(RoleCounts(), RoleCounts(), 299.0, backlog=25).decision is Decision.CONTINUE
+    assert judge(RoleCounts(), RoleCounts(), 301.0, backlog=0).decision is Decision.CONTINUE
 
 
 def test_dead_canary_fails_on_its_share() -> None:

@@ -54,7 +54,10 @@ The method (all parameters are `JudgePolicy` fields, all reachable from the CLI)
   bake or over the last (up to `share_window_minutes`) complete minutes (a canary that dies late);
   while a canary looks dead but not yet surely, "cannot reach N" waits for this guard. And,
   without an expected share, FAIL a canary that processed nothing for `silent_after_s` while the
-  primary was busy or the queue had a backlog.
+  primary was busy or the queue had a backlog the primary was seen working on. Neither role
+  reporting anything for `silent_after_s` while the queue has a backlog is no evidence about the
+  canary: INCONCLUSIVE at once, naming the likely cause (both down, or the judge reading other
+  series than the workers write).
 - Latency by distribution. Where CloudWatch serves percentiles, the reader takes the primary's
   `latency_percentile` (p90) over the bake as a threshold and reads, per minute, how many of each
   role's messages were slower (PR statistic): the share of slow canary messages is tested against
@@ -546,13 +549,29 @@ def _evidence(reading: Reading, elapsed_s: float, policy: JudgePolicy) -> Eviden
 
 def _silent(ev: Evidence, policy: JudgePolicy) -> str | None:
     busy = ev.primary.processed >= policy.silent_min_primary_processed
-    work = busy or (ev.backlog or 0) >= policy.silent_min_backlog
+    # A backlog shows there is work only while the primary is seen working: with no data from
+    # either role the metrics say nothing about the canary (see `_no_data`).
+    backlog = (ev.backlog or 0) >= policy.silent_min_backlog and ev.primary.processed > 0
+    work = busy or backlog
     quiet = ev.canary.processed <= policy.silent_max_processed
     if ev.elapsed_s < policy.silent_after_s or not work or not quiet:
         return None
     return (
         f"silent canary: {ev.canary.processed} processed in {ev.elapsed_s:.0f} s while "
         f"the primary processed {ev.primary.processed} (backlog {ev.backlog})"
+    )
+
+
+def _no_data(ev: Evidence, policy: JudgePolicy) -> str | None:
+    """Why the bake cannot judge at all: neither role reported anything while there is work."""
+    quiet = ev.canary.processed == 0 and ev.primary.processed == 0
+    work = (ev.backlog or 0) >= policy.silent_min_backlog
+    if ev.elapsed_s < policy.silent_after_s or not quiet or not work:
+        return None
+    return (
+        f"no metrics from either role in {ev.elapsed_s:.0f} s while the queue has a backlog of "
+        f"{ev.backlog}: both roles are down, or the judge reads other series than the workers "
+        "write (check --namespace, --service and --queue against the workers' settings)"
     )
 
 
@@ -753,7 +772,7 @@ def judge_reading(
     missing = _missing(ev, policy)
     if not missing:
         return Verdict(Decision.PASS, (_passed(ev),), ev)
-    if (unreachable := _unreachable(ev, policy)) is not None:
+    if (unreachable := _no_data(ev, policy) or _unreachable(ev, policy)) is not None:
         return Verdict(Decision.INCONCLUSIVE, (unreachable, *missing), ev)
     if elapsed_s >= policy.max_bake_s:
         reasons = (f"no decision after {policy.max_bake_s:.0f} s", *missing)
