@@ -391,9 +391,28 @@ def test_equal_rates_stay_quiet_even_when_high(alarms: AlarmSet) -> None:
 
 
 def test_a_noisy_difference_between_two_bad_rates_stays_quiet(alarms: AlarmSet) -> None:
-    # 21% against 19%: both broken (the ceiling fires), but not the canary's fault.
+    # 21% against 19%: both broken (the fleet alarm fires), but not the canary's fault.
     close = Minute(canary=Traffic(40, 8.4), primary=Traffic(800, 152))
-    assert alarms.states(steady(close))["canary-vs-primary"] == "OK"
+    states = alarms.states(steady(close))
+    assert states["canary-vs-primary"] == "OK"
+    assert states["canary-failure-rate"] == "OK"
+
+
+def test_a_shared_outage_fires_no_canary_alarm(alarms: AlarmSet) -> None:
+    # Both roles at 30% for ten minutes (a downstream both depend on): the fleet alarm may fire,
+    # no canary alarm does, so nothing that gates or judges the canary blames it.
+    outage = Minute(canary=Traffic(40, 12), primary=Traffic(800, 240))
+    world = [*steady(HEALTHY, MINUTES - 10), *steady(outage, 10)]
+    states = alarms.states(world)
+    assert {name for name in firing(states) if name.startswith("canary")} == set()
+    assert states["fleet-failure-rate"] == "ALARM"
+
+
+def test_the_ceiling_needs_a_primary_to_compare_with(alarms: AlarmSet) -> None:
+    # A canary failing 50% beside a primary with too little traffic to tell: the comparison and
+    # the judge decide, the ceiling stays quiet.
+    lonely = Minute(canary=Traffic(40, 20), primary=Traffic(2, 0))
+    assert alarms.states(steady(lonely))["canary-failure-rate"] == "OK"
 
 
 def test_tiny_canary_volume_stays_under_the_minimum_count(alarms: AlarmSet) -> None:
