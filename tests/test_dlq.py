@@ -185,6 +185,25 @@ async def test_redrive_fifo_keeps_groups_and_their_order(backend: Backend) -> No
     assert groups == {"g-0": ["o-0", "o-2", "o-4"], "g-1": ["o-1", "o-3", "o-5"]}
 
 
+async def test_a_redriven_copy_starts_with_a_fresh_receive_budget(backend: Backend) -> None:
+    queue, dlq = await backend.queue("dlq-budget")
+    spent = {
+        "qworker.hops": MessageAttribute("Number", "2"),
+        "qworker.receives": MessageAttribute("Number", "2"),
+        "tenant": MessageAttribute("String", "t-1"),
+    }
+    assert await dlq.send_batch([SendEntry(order(0), spent)]) == []
+
+    report = await redrive(dlq, queue, method=RedriveMethod.COPY, wait_time_s=0)
+
+    assert report.moved == 1
+    [message] = await queue.receive(10, wait_time_s=0)
+    assert message.attribute("qworker.hops") is None
+    assert message.attribute("qworker.receives") is None
+    assert message.attribute("tenant") == "t-1"
+    assert message.effective_receive_count == 1
+
+
 async def test_dry_run_moves_nothing(backend: Backend) -> None:
     queue, dlq = await seed(backend)
 

@@ -17,6 +17,7 @@ from qworker.dlq.move_task import (
 )
 from qworker.dlq.peek import RECEIVE_WAIT_S, release
 from qworker.exceptions import AccessDenied, BadRequest, ConfigError, TransportError
+from qworker.message import HOPS_ATTRIBUTE, RECEIVES_ATTRIBUTE
 from qworker.settle import REJECT_ATTRIBUTES
 from qworker.transport import MAX_BATCH, Message, QueueTransport, SendEntry, queue_name_from_arn
 
@@ -59,8 +60,13 @@ class RedriveReport:
     fallback_reason: str | None = None
 
 
+_DROPPED: Final = frozenset({*REJECT_ATTRIBUTES, HOPS_ATTRIBUTE, RECEIVES_ATTRIBUTE})
+"""What a redriven message leaves behind: the reject reason and the hand-back budget it spent (a
+redriven message starts with a fresh receive budget)."""
+
+
 def _redrive_entry(message: Message, *, fifo: bool) -> SendEntry:
-    attributes = {k: v for k, v in message.message_attributes.items() if k not in REJECT_ATTRIBUTES}
+    attributes = {k: v for k, v in message.message_attributes.items() if k not in _DROPPED}
     if not fifo:
         return SendEntry(message.body, attributes)
     return SendEntry(
