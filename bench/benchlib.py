@@ -110,7 +110,7 @@ class Server:
 def start_localstack() -> tuple[Server, Callable[[], None]]:
     """Install (if needed) and start LocalStack on 127.0.0.1; return it and its `stop`.
 
-    It runs with `SQS_DISABLE_CLOUDWATCH_METRICS=1` (DESIGN.md: about three times the SQS
+    It runs with `SQS_DISABLE_CLOUDWATCH_METRICS=1` (about three times the SQS
     throughput) and is stopped by its PID.
     """
     script = _localstack_script()

@@ -1,7 +1,7 @@
 """Small asyncio building blocks the consumer and the worker share.
 
 - `Capacity`: free handler slots; pollers take up to a batch before they receive, settlement gives
-  them back (STYLE.md 5: capacity before receive).
+  them back (capacity before receive, docs/architecture.md).
 - `first()`: wait until the first of several awaitables is done (a receive or `stop()`, a pause or
   `stop()`), cancelling the others.
 - `leaves()`: the exceptions inside (nested) exception groups, so one failure inside task groups

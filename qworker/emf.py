@@ -5,7 +5,7 @@ ages of the current interval, per dimension key (role and queue). `snapshot()` t
 numbers and starts the next one; `build_document()` is the pure function that turns one key's
 numbers into an EMF document; `EmfStdoutSink` writes documents to stdout through the
 aws-embedded-metrics library. Writing one document per key every few seconds, instead of one per
-message, costs a few bytes per message instead of ~570 (DESIGN.md, "Metrics").
+message, costs a few bytes per message instead of ~570 (docs/architecture.md, "The message path").
 
 One document carries both dimension sets, `[Service, DeploymentRole]` and
 `[Service, DeploymentRole, Queue]`: CloudWatch adds up every document of a period, so the role-level

@@ -1,7 +1,7 @@
 """Outcomes: what happened to each message, and the retry policy that decides when it comes back.
 
 Every message a worker receives ends in exactly one `Outcome`; the consumer logs it, counts it,
-and turns it into one action on the queue (DESIGN.md, "Outcomes"):
+and turns it into one action on the queue (docs/architecture.md, "The message path"):
 
 | outcome     | meaning                                              | action on the queue         |
 | ----------- | ---------------------------------------------------- | --------------------------- |

@@ -1,6 +1,6 @@
 """Tracing: one OpenTelemetry CONSUMER span per message, linked to the producer's context.
 
-`TracingMiddleware` wraps the handler call (STYLE.md 16): it opens `process <queue>` with the
+`TracingMiddleware` wraps the handler call (a middleware): it opens `process <queue>` with the
 messaging semantic-convention attributes, the worker's role and version, and records the outcome
 (`failed` and `rejected` set an error status). The span is linked, not parented, to the context
 the producer sent: the `traceparent` message attribute (W3C Trace Context), or else the

@@ -2,7 +2,7 @@
 """Install, start and stop LocalStack on 127.0.0.1, without Docker.
 
 LocalStack runs in host mode (``python -m localstack.runtime.main``) from its OWN virtualenv,
-because its pins clash with aiobotocore's botocore (DESIGN.md, "Local servers"). This file is both a
+because its pins clash with aiobotocore's botocore. This file is both a
 standalone, stdlib-only script (run it with ``python3`` or the project's venv) and a module the test
 suite imports (``tests/servers.py``)::
 
@@ -40,7 +40,7 @@ VERSION: Final = "4.13.1"
 PYTHON_VERSION: Final = "3.11"  # localstack-core 4.13.1 runs on 3.11; newer releases need 3.13
 REQUIREMENTS: Final = (
     f"localstack-core[runtime]=={VERSION}",
-    # Pins LocalStack's own metadata does not carry but its runtime needed here (DESIGN.md).
+    # Pins LocalStack's own metadata does not carry but its runtime needs here.
     "cbor2<6",
     "pyopenssl==25.3.0",
     "cryptography>=45.0.7,<47",
@@ -265,7 +265,7 @@ def start(
 
     Args:
         port: the port to listen on; a free one when None.
-        fast: disable LocalStack's own per-queue CloudWatch metrics (DESIGN.md: ~3x SQS
+        fast: disable LocalStack's own per-queue CloudWatch metrics (about 3x SQS
             throughput).
         data_dir: holds LocalStack's files, its log and pid file; a temp dir (removed by
             ``stop()``) when None.
