@@ -467,6 +467,9 @@ def _cli_start(args: argparse.Namespace, out: IO[str]) -> None:
     if old and _is_localstack(int(old)):
         raise LocalStackError(f"LocalStack already runs with pid {old.strip()} ({pidfile})")
     began = time.monotonic()
+    if _read(venv_dir() / _STAMP) is None:
+        print(f"installing LocalStack {VERSION} into {venv_dir()} (once) ...", file=sys.stderr)
+    install()  # a no-op once installed
     server = start(args.port, fast=args.fast, data_dir=data_dir, gateway=args.gateway)
     print(
         f"LocalStack {VERSION} pid {server.pid} healthy in {time.monotonic() - began:.1f} s; "
