@@ -90,6 +90,37 @@ def test_run_on_the_embedded_server_fed_by_send(tmp_path: Path) -> None:
     assert not (tmp_path / ".qworker" / "embedded.json").exists()
 
 
+def test_the_readme_example_file_shows_every_outcome(tmp_path: Path) -> None:
+    # README: `make run`, then `qworker send --file handlers/orders.jsonl` from another terminal.
+    worker = qworker(
+        "run", "handlers.orders", "--local-port", "0", "--log-level", "DEBUG", cwd=tmp_path
+    )
+    lines = Lines(worker)
+    try:
+        lines.wait_for('"action":"consumer_started"')
+        send = qworker("send", "--file", str(ROOT / "handlers" / "orders.jsonl"), cwd=tmp_path)
+        _, err = send.communicate(timeout=60)
+        assert send.returncode == 0, err
+        assert "sent 5 message(s)" in err
+        outcomes: dict[str, str] = {}
+        while len(outcomes) < 5:
+            entry = json.loads(lines.wait_for('"action":"message_'))
+            outcomes[entry["message_id"]] = entry["outcome"]
+        assert sorted(outcomes.values()) == [
+            "rejected",
+            "rejected",
+            "retried",
+            "succeeded",
+            "succeeded",
+        ]
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+    finally:
+        worker.kill()
+        worker.wait()
+        lines.close(worker)
+
+
 @pytest.mark.parametrize(
     ("args", "env", "named"),
     [
