@@ -239,7 +239,7 @@ class Lost:
 
     sent: int
     succeeded: int
-    dead_lettered: dict[str, str]  # event id -> reject reason ("" when none)
+    dead_lettered: dict[str, str]  # event id -> reject reason, or the redrive policy's ("": none)
     left_on_queue: int
     missing: tuple[str, ...]  # sent, never succeeded, not in the DLQ
 
@@ -445,6 +445,7 @@ class World:
                 QueueUrl=self._dlq_url,
                 MaxNumberOfMessages=10,
                 MessageAttributeNames=["All"],
+                AttributeNames=["ApproximateReceiveCount"],
                 WaitTimeSeconds=1,
             )
             messages = response.get("Messages", [])
@@ -453,7 +454,13 @@ class World:
             for message in messages:
                 event = str(json.loads(message["Body"]).get("event_id", message["MessageId"]))
                 attributes = message.get("MessageAttributes", {})
-                dead[event] = str(attributes.get(REASON_ATTRIBUTE, {}).get("StringValue", ""))
+                reason = str(attributes.get(REASON_ATTRIBUTE, {}).get("StringValue", ""))
+                # Moved by the redrive policy: SQS gives no reason, but the receive count it kept
+                # says it (this receive is one more).
+                receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 0)) - 1
+                if not reason and receives >= MAX_RECEIVE_COUNT:
+                    reason = f"redrive policy: received {receives} times"
+                dead[event] = reason
                 await self._client.delete_message(
                     QueueUrl=self._dlq_url, ReceiptHandle=message["ReceiptHandle"]
                 )
