@@ -3,360 +3,119 @@
 Every setting of `QWorkerSettings` is a flag of `qworker run` (`concurrency` → `--concurrency`);
 flags win over `QWORKER_*` variables, which win over defaults. A bad setting prints one line naming
 it and exits with code 2.
+
+Commands are registered lazily: `COMMANDS` names each one, its help line and the module that adds
+its parser and runs it. `main` imports only the module of the command it runs (every other command
+gets a stub parser carrying its help line, so `qworker --help` still lists them all); the health
+check, `qworker health`, therefore imports nothing beyond the standard library.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import functools
-import importlib.metadata
-import os
-import socket
+import importlib
 import sys
-import urllib.parse
-from collections.abc import AsyncIterator, Iterator, Sequence
-from pathlib import Path
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NamedTuple, final
 
-from botocore.exceptions import ProfileNotFound
-
-from qworker import dlq, drill, health, observability, queue_cli, shutdown, tracing
-from qworker.app import QWorker
-from qworker.canary import cli as canary_cli
-from qworker.concurrency import leaves
 from qworker.exceptions import ConfigError, TransportError
-from qworker.local import EmbeddedSqs, create_queue_with_dlq, read_state
-from qworker.logs import configure_logging
-from qworker.payloads import PayloadStore, open_s3_client
-from qworker.producer import send_bodies
-from qworker.role import Identity, fetch_ecs_task_id
-from qworker.settings import QWorkerSettings, load_settings
-from qworker.signals import handle_signals
-from qworker.transport import SqsTransport
-from qworker.worker import Worker, open_sqs_client
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
 EXIT_CONFIG: Final = 2
-_CONNECTION_FIELDS: Final = ("queue_url", "queue_name", "endpoint_url", "region")
-_PAYLOAD_FIELDS: Final = ("payload_bucket", "payload_threshold_bytes", "payload_always")
 
 
-def _add_setting_flags(
-    parser: argparse.ArgumentParser, fields: Sequence[str] | None = None
-) -> None:
-    for name, info in QWorkerSettings.model_fields.items():
-        if fields is not None and name not in fields:
-            continue
-        flag = f"--{name.replace('_', '-')}"
-        help_text = info.description or ""
-        if info.annotation in (bool, bool | None):
-            parser.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text
-            )
-        else:
-            parser.add_argument(flag, dest=name, metavar=name.upper(), help=help_text)
+class Command(NamedTuple):
+    """A `qworker` subcommand.
 
-
-def _settings(args: argparse.Namespace) -> QWorkerSettings:
-    given = {k: getattr(args, k) for k in QWorkerSettings.model_fields if hasattr(args, k)}
-    return load_settings(**given)
-
-
-def _identity(settings: QWorkerSettings, app_name: str) -> Identity:
-    service = settings.service if "service" in settings.model_fields_set else app_name
-    return Identity(
-        service=service,
-        role=settings.deployment_role.value,
-        version=settings.version,
-        task_id=fetch_ecs_task_id(settings.ecs_container_metadata_uri_v4),
-    )
-
-
-# -- run ------------------------------------------------------------------------------------------
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        # Console scripts do not put the working directory on sys.path; handler modules live there.
-        sys.path.insert(0, cwd)
-    app = QWorker.from_module(args.module)
-    identity = _identity(settings, app.name)
-    _check_health_file(settings, identity)
-    _check_health_port(settings)
-    configure_logging(identity, level=settings.log_level, fmt=settings.log_format)
-    return shutdown.run(
-        lambda guard: serve(app, settings, identity, guard=guard),
-        grace_s=settings.shutdown_grace_s,
-    )
-
-
-def _check_health_file(settings: QWorkerSettings, identity: Identity) -> None:
-    """Fail at start-up when the health file cannot be written (ECS would see no health at all).
-
-    The report is written to a temporary file next to it, then renamed over it: the directory must
-    take a new file, and the path must not be a directory.
-
-    Raises:
-        ConfigError: It cannot; the message names the setting.
+    Attributes:
+        name: What follows `qworker`.
+        help: Its line in `qworker --help` (the same as its module's `add_parser` help).
+        register: `module:function` adding its full parser (imported only when needed).
     """
-    path = Path(settings.health_file or health.default_health_file(identity.role))
-    where = "QWORKER_HEALTH_FILE (--health-file)"
-    if path.is_dir():
-        raise ConfigError(f"invalid setting {where}: {path} is a directory")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise ConfigError(f"invalid setting {where}: {path.parent} is not a directory")
-    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigError(f"invalid setting {where}: cannot write {path} ({reason})") from None
+
+    name: str
+    help: str
+    register: str
+
+    def load(self) -> Callable[[Any], None]:
+        """Import the module that registers the command; return its register function."""
+        module, _, function = self.register.partition(":")
+        registered: Callable[[Any], None] = getattr(
+            importlib.import_module(module), function or "register"
+        )
+        return registered
 
 
-def _check_health_port(settings: QWorkerSettings) -> None:
-    """Fail at start-up when the health endpoint's port is taken (0 picks a free one).
+COMMANDS: Final = (
+    Command("run", "run a handler module's worker", "qworker.worker_cli:register_run"),
+    Command("send", "put messages on a queue", "qworker.worker_cli:register_send"),
+    Command("canary", "judge the canary", "qworker.canary.cli:register"),
+    Command(
+        "health",
+        "exit 0 if the worker(s) on this host are healthy, 1 if not (the ECS health check)",
+        "qworker.health_file:register",
+    ),
+    Command("dlq", "look at and redrive dead-letter queues", "qworker.dlq.cli:register"),
+    Command("queue", "create queues", "qworker.queue_cli:register"),
+    Command(
+        "drill",
+        "run a local canary drill: two workers, traffic, the judge, rollback or promotion",
+        "qworker.drill.cli:register",
+    ),
+)
 
-    Raises:
-        ConfigError: It is; the message names the setting.
+
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The command `argv` names: its first word that is not an option.
+
+    The top level has no option taking a value, so that word is the command.
     """
-    port = settings.health_port
-    if not port:
-        return
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise ConfigError(
-                f"invalid setting QWORKER_HEALTH_PORT (--health-port): cannot listen on "
-                f"127.0.0.1:{port} ({reason})"
-            ) from None
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
-async def serve(
-    app: QWorker,
-    settings: QWorkerSettings,
-    identity: Identity,
-    *,
-    guard: shutdown.ShutdownGuard | None = None,
-) -> None:
-    """Run `app` until a stop signal, on the embedded server when no queue is configured.
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser of the `qworker` command.
 
-    With a `guard`, a stop signal starts its countdown (see `qworker.shutdown`).
+    Args:
+        argv: The arguments it will parse: only the command they name gets its full parser (the
+            others a stub with their help line). `None`: every command's full parser.
     """
-    async with (
-        _embedded(app, settings) as (endpoint_url, settings_used),
-        observability.build(
-            settings_used,
-            identity,
-            endpoint_url=endpoint_url,
-            local=endpoint_url is not None and settings.use_embedded,
-        ) as obs,
-    ):
-        worker = Worker(
-            app,
-            settings_used,
-            identity=identity,
-            endpoint_url=endpoint_url,
-            local=endpoint_url is not None and settings.use_embedded,
-            middleware=obs.middleware,
-            sinks=obs.sinks,
-        )
-        if guard is not None:
-            guard.watch(worker)
-        with (
-            handle_signals(obs.stop),
-            guard.armed_by_signals() if guard is not None else contextlib.nullcontext(),
-        ):
-            await obs.run(worker)
-
-
-@contextlib.asynccontextmanager
-async def _embedded(
-    app: QWorker, settings: QWorkerSettings
-) -> AsyncIterator[tuple[str | None, QWorkerSettings]]:
-    if not settings.use_embedded:
-        yield None, settings
-        return
-    server = EmbeddedSqs(port=settings.local_port)
-    endpoint = await asyncio.to_thread(server.start)
-    try:
-        default_queue = settings.queue_name or app.name
-        names = [q or default_queue for q in app.handlers]
-        async with open_sqs_client(settings, endpoint_url=endpoint, local=True) as client:
-            for name in names:
-                await create_queue_with_dlq(
-                    client, name, max_receive_count=settings.max_receive_count
-                )
-        server.record_queues(names)
-        print(  # noqa: T201 (a hint for the person at the terminal)
-            f"qworker: embedded SQS on {endpoint}; queues {', '.join(names)}. Send with:\n"
-            f"  qworker send --queue-name {names[0]} '<json body>'",
-            file=sys.stderr,
-        )
-        yield endpoint, settings.model_copy(update={"queue_name": default_queue})
-    finally:
-        await asyncio.to_thread(server.stop)
-
-
-# -- send -----------------------------------------------------------------------------------------
-
-
-def _bodies(args: argparse.Namespace) -> Iterator[str]:
-    yield from args.bodies
-    if args.file:
-        stream = sys.stdin if args.file == "-" else Path(args.file).open(encoding="utf-8")  # noqa: SIM115 (closed below)
-        try:
-            yield from (line.rstrip("\n") for line in stream if line.strip())
-        finally:
-            if stream is not sys.stdin:
-                stream.close()
-    elif not args.bodies and not sys.stdin.isatty():
-        yield from (line.rstrip("\n") for line in sys.stdin if line.strip())
-
-
-def _cmd_send(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    endpoint = settings.endpoint_url
-    queue_name = settings.queue_name
-    if endpoint is None and settings.queue_url is None:
-        state = read_state()
-        if state is not None and not _listening(state.endpoint_url):
-            state = None  # left behind by a server that did not stop cleanly
-        if state is not None:
-            endpoint = state.endpoint_url
-            if queue_name is None and len(state.queues) == 1:
-                queue_name = state.queues[0]
-            elif queue_name is None and state.queues:
-                raise ConfigError(
-                    f"which queue? the local server has {', '.join(state.queues)}: "
-                    "pass --queue-name"
-                )
-        elif queue_name is None:
-            raise ConfigError(
-                "no local server is running; start one with `qworker run` (or name a queue with "
-                "--queue-name / --queue-url)"
-            )
-    if settings.queue_url is None and queue_name is None:
-        raise ConfigError(
-            "which queue? set QWORKER_QUEUE_NAME or QWORKER_QUEUE_URL (--queue-name / --queue-url)"
-        )
-    attributes = dict(a.split("=", 1) for a in args.attribute)
-    bodies = list(_bodies(args))
-    if not bodies:
-        raise ConfigError(
-            "nothing to send: give bodies as arguments, --file FILE, or lines on stdin"
-        )
-    try:
-        sent = asyncio.run(
-            _send(
-                settings,
-                endpoint,
-                queue_name,
-                bodies,
-                attributes,
-                args.group_id,
-                args.delay_s,
-                args.message_type,
-            )
-        )
-    except ValueError as exc:  # an option or body SQS cannot take: nothing was sent
-        raise ConfigError(f"nothing sent: {exc}") from None
-    print(f"sent {sent} message(s)", file=sys.stderr)  # noqa: T201 (the command's answer)
-    return 0
-
-
-def _listening(endpoint_url: str) -> bool:
-    """Whether something accepts connections at the endpoint's host and port."""
-    parts = urllib.parse.urlsplit(endpoint_url)
-    if parts.hostname is None or parts.port is None:
-        return True  # not one the embedded server wrote: let the client say what is wrong
-    try:
-        with socket.create_connection((parts.hostname, parts.port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-async def _send(  # noqa: PLR0917 (a private call with positional plumbing)
-    settings: QWorkerSettings,
-    endpoint: str | None,
-    queue_name: str | None,
-    bodies: list[str],
-    attributes: dict[str, str],
-    group_id: str | None,
-    delay_s: int,
-    message_type: str | None = None,
-) -> int:
-    local = endpoint is not None and settings.endpoint_url is None
-    payloads = PayloadStore(
-        functools.partial(open_s3_client, settings, endpoint_url=endpoint, local=local),
-        bucket=settings.payload_bucket,
-        threshold_bytes=settings.payload_threshold_bytes,
-        always=settings.payload_always,
-    )
-    try:
-        async with open_sqs_client(settings, endpoint_url=endpoint, local=local) as client:
-            transport = await SqsTransport.open(client, name=queue_name, url=settings.queue_url)
-            with tracing.send_span(settings, transport.queue_name):
-                return await send_bodies(
-                    transport,
-                    bodies,
-                    attributes=attributes,
-                    group_id=group_id,
-                    delay_s=delay_s,
-                    message_type=message_type,
-                    payloads=payloads,
-                )
-    finally:
-        await payloads.aclose()
-
-
-# -- main -----------------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the `qworker` command."""
     parser = argparse.ArgumentParser(
         prog="qworker", description="asyncio SQS workers with a judged canary"
     )
-    parser.add_argument("--version", action="version", version=f"qworker {_package_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    run = sub.add_parser("run", help="run a handler module's worker")
-    run.add_argument("module", help="the handler module, e.g. handlers.orders")
-    _add_setting_flags(run)
-    run.set_defaults(func=_cmd_run)
-
-    send = sub.add_parser("send", help="put messages on a queue")
-    send.add_argument("bodies", nargs="*", help="message bodies")
-    send.add_argument("--file", help="a file with one body per line ('-': stdin)")
-    send.add_argument("--attribute", action="append", default=[], metavar="NAME=VALUE")
-    send.add_argument("--group", "--group-id", dest="group_id", help="FIFO message group id")
-    send.add_argument(
-        "--type", dest="message_type", help="the 'type' message attribute (routes to a handler)"
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="show the installed version and exit"
     )
-    send.add_argument("--delay-s", type=int, default=0, help="delay before the messages show")
-    _add_setting_flags(send, (*_CONNECTION_FIELDS, *_PAYLOAD_FIELDS))
-    send.set_defaults(func=_cmd_send)
-
-    canary_cli.register(sub)
-    health.register(sub)
-    dlq.register(sub)
-    queue_cli.register(sub)
-    drill.register(sub)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = None if argv is None else _chosen(argv)
+    for command in COMMANDS:
+        if argv is None or command.name == chosen:
+            command.load()(sub)
+        else:
+            sub.add_parser(command.name, help=command.help)
     return parser
+
+
+@final
+class _Version(argparse.Action):
+    """`--version`: reads the package metadata only when asked (that import costs ~30 ms)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,  # noqa: ARG002 (argparse's signature)
+        values: object,  # noqa: ARG002 (argparse's signature)
+        option_string: str | None = None,  # noqa: ARG002 (argparse's signature)
+    ) -> None:
+        sys.stdout.write(f"qworker {_package_version()}\n")
+        parser.exit()
 
 
 def _package_version() -> str:
     """The installed package's version (from its metadata; a bare source tree has none)."""
+    import importlib.metadata  # noqa: PLC0415 (slow to import; only `--version` needs it)
+
     try:
         return importlib.metadata.version("qworker")
     except importlib.metadata.PackageNotFoundError:
@@ -370,24 +129,35 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `qworker` command; return its exit code."""
-    args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    args = build_parser(given).parse_args(given)
     try:
         try:
             return int(args.func(args))
         except BaseExceptionGroup as group:
             # Task groups wrap one failure in (nested) groups; report it as itself.
+            from qworker.concurrency import leaves  # noqa: PLC0415 (asyncio: not for every command)
+
             found = leaves(group)
             raise (found[0] if len(found) == 1 else group) from None
     except ConfigError as exc:
         print(f"qworker: error: {_one_line(exc)}", file=sys.stderr)  # noqa: T201 (the answer)
         return EXIT_CONFIG
-    except ProfileNotFound as exc:
+    except TransportError as exc:
+        print(f"qworker: error: {_one_line(exc)}", file=sys.stderr)  # noqa: T201 (the answer)
+        return 1
+    except Exception as exc:
+        if not _profile_not_found(exc):
+            raise
         print(  # noqa: T201 (the command's answer)
             f"qworker: error: invalid setting AWS_PROFILE: {_one_line(exc)}", file=sys.stderr
         )
         return EXIT_CONFIG
-    except TransportError as exc:
-        print(f"qworker: error: {_one_line(exc)}", file=sys.stderr)  # noqa: T201 (the answer)
-        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _profile_not_found(exc: Exception) -> bool:
+    """Whether `exc` is botocore's unknown AWS profile (only a command that loaded it raises it)."""
+    errors = sys.modules.get("botocore.exceptions")
+    return errors is not None and isinstance(exc, errors.ProfileNotFound)

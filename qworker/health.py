@@ -18,32 +18,44 @@ The worker writes the report to a small JSON file every few seconds, one file pe
 file named, every running worker's file in that directory) and exits 0 (healthy) or 1 (unhealthy),
 which makes it the ECS container health check command. A file that stopped changing is stale, and
 so unhealthy too: whatever stopped the writer stopped the worker. Optionally the same report is
-served over HTTP on 127.0.0.1 (`/health`, `/ready`).
+served over HTTP on 127.0.0.1 (`/health`, `/ready`). The file's format and the command live in
+`qworker.health_file`, which imports only the standard library, so a probe stays cheap; they are
+re-exported here.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import sys
 import sysconfig
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Final, final
+from typing import Final, final
 
 from qworker.consumer import Consumer, ConsumerStatistics
-from qworker.settings import load_settings
+from qworker.health_file import (
+    EXIT_HEALTHY,
+    EXIT_UNHEALTHY,
+    STALE_INTERVALS,
+    HealthReport,
+    default_health_dir,
+    default_health_file,
+    evaluate,
+    read_report,
+    register,
+    running_workers_files,
+    write_report,
+)
 
 __all__ = [
+    "EXIT_HEALTHY",
+    "EXIT_UNHEALTHY",
+    "STALE_INTERVALS",
     "HealthMonitor",
     "HealthReport",
     "LoopLagWatch",
@@ -57,81 +69,10 @@ __all__ = [
     "write_report",
 ]
 
-EXIT_HEALTHY: Final = 0
-EXIT_UNHEALTHY: Final = 1
-STALE_INTERVALS: Final = 3
-"""A health file older than this many write intervals is stale."""
 HTTP_READ_TIMEOUT_S: Final = 5.0
 
 
 log = logging.getLogger(__name__)
-
-
-def default_health_dir() -> Path:
-    """Where workers write their health files when the settings name none."""
-    return Path(tempfile.gettempdir()) / "qworker-health"
-
-
-def default_health_file(role: str, pid: int | None = None) -> Path:
-    """The health file of this worker process (of `role`) when the settings name none.
-
-    One file per process: two workers on one host never overwrite each other's health.
-    """
-    return default_health_dir() / f"{role}-{os.getpid() if pid is None else pid}.json"
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class HealthReport:
-    """One look at the worker's health.
-
-    Attributes:
-        time_s: When (epoch seconds).
-        live: No poll loop is stalled.
-        ready: Started, not stopping, not quarantined.
-        quarantined: A canary stopped itself (see `qworker.quarantine`).
-        problems: Why not live or not ready, one short line each.
-        stale_after_s: How old the report may grow before a reader calls it stale.
-        queues: Per queue: its counters and seconds since its poll loop last made progress.
-    """
-
-    time_s: float
-    live: bool
-    ready: bool
-    quarantined: bool = False
-    problems: tuple[str, ...] = ()
-    stale_after_s: float = 30.0
-    queues: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    @property
-    def healthy(self) -> bool:
-        """Live and not quarantined (what the container health check asks)."""
-        return self.live and not self.quarantined
-
-    def to_json(self) -> str:
-        """The report as one JSON object."""
-        return json.dumps({**asdict(self), "healthy": self.healthy, "pid": os.getpid()})
-
-    @classmethod
-    def from_json(cls, text: str) -> HealthReport:
-        """Read a report written by `to_json`.
-
-        Raises:
-            ValueError: Not a report.
-        """
-        raw = json.loads(text)
-        try:
-            return cls(
-                time_s=float(raw["time_s"]),
-                live=bool(raw["live"]),
-                ready=bool(raw["ready"]),
-                quarantined=bool(raw.get("quarantined", False)),
-                problems=tuple(str(p) for p in raw.get("problems", ())),
-                stale_after_s=float(raw.get("stale_after_s", 30.0)),
-                queues=dict(raw.get("queues", {})),
-            )
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"not a health report: {exc}") from None
 
 
 @final
@@ -417,51 +358,6 @@ def _running_message(consumer: Consumer, inner: str) -> str | None:
     return None
 
 
-# -- the file ---------------------------------------------------------------------------------
-
-
-def write_report(path: Path, report: HealthReport) -> None:
-    """Write `report` to `path` atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(report.to_json(), encoding="utf-8")
-    partial.replace(path)
-
-
-def read_report(path: Path) -> HealthReport:
-    """Read the report at `path`.
-
-    Raises:
-        OSError: No file.
-        ValueError: Not a report.
-    """
-    return HealthReport.from_json(path.read_text(encoding="utf-8"))
-
-
-def evaluate(
-    report: HealthReport,
-    *,
-    now_s: float,
-    require_ready: bool = False,
-    max_age_s: float | None = None,
-) -> list[str]:
-    """Return why `report` is unhealthy (empty: healthy).
-
-    Args:
-        report: What the worker wrote.
-        now_s: Epoch seconds now.
-        require_ready: Also require readiness.
-        max_age_s: Older reports are stale (default: the report's own `stale_after_s`).
-    """
-    age_s = now_s - report.time_s
-    limit = report.stale_after_s if max_age_s is None else max_age_s
-    if age_s > limit:
-        return [f"health file is {age_s:.0f} s old (limit {limit:g} s): the worker is not running"]
-    if report.healthy and (report.ready or not require_ready):
-        return []
-    return list(report.problems) or ["not ready"]
-
-
 # -- HTTP -------------------------------------------------------------------------------------
 
 
@@ -502,74 +398,3 @@ async def serve_http(monitor: HealthMonitor, *, port: int) -> AsyncIterator[int]
     server = await asyncio.start_server(answer, "127.0.0.1", port)
     async with server:
         yield int(server.sockets[0].getsockname()[1])
-
-
-# -- `qworker health` -------------------------------------------------------------------------
-
-
-def register(subparsers: Any) -> None:  # noqa: ANN401 (argparse's subparsers action is private)
-    """Add `qworker health` to the CLI."""
-    parser = subparsers.add_parser(
-        "health",
-        help="exit 0 if the worker(s) on this host are healthy, 1 if not (the ECS health check)",
-        description="Read the worker's health file; exit 0 when healthy, 1 when not. Without a "
-        "file named, every running worker's file in the default directory is read.",
-    )
-    parser.add_argument("--health-file", help="the file (default: from QWORKER_HEALTH_FILE)")
-    parser.add_argument("--ready", action="store_true", help="also require readiness")
-    parser.add_argument("--max-age-s", type=float, help="older files are stale")
-    parser.set_defaults(func=_cmd_health)
-
-
-def running_workers_files(directory: Path | None = None) -> list[Path]:
-    """The health files in `directory` (default: `default_health_dir()`) of running processes.
-
-    A worker that exited leaves its last file behind; its process id no longer runs.
-    """
-    found: list[Path] = []
-    for path in sorted((directory or default_health_dir()).glob("*-*.json")):
-        pid = path.stem.rsplit("-", 1)[-1]
-        if pid.isdigit() and _running(int(pid)):
-            found.append(path)
-    return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process: it runs
-    return True
-
-
-def _cmd_health(args: argparse.Namespace) -> int:
-    settings = load_settings(health_file=args.health_file)
-    if settings.health_file:
-        paths = [Path(settings.health_file)]
-    else:
-        paths = running_workers_files()
-        if not paths:
-            sys.stdout.write(
-                f"unhealthy: no running worker's health file in {default_health_dir()}\n"
-            )
-            return EXIT_UNHEALTHY
-    unhealthy = 0
-    for path in paths:
-        label = f"{path}: " if len(paths) > 1 else ""
-        try:
-            report = read_report(path)
-        except (OSError, ValueError) as exc:
-            sys.stdout.write(f"unhealthy: no readable health file at {path}: {exc}\n")
-            unhealthy += 1
-            continue
-        problems = evaluate(
-            report, now_s=time.time(), require_ready=args.ready, max_age_s=args.max_age_s
-        )
-        if problems:
-            sys.stdout.write(f"unhealthy: {label}{'; '.join(problems)}\n")
-            unhealthy += 1
-        else:
-            sys.stdout.write(f"healthy{': ' + str(path) if label else ''}\n")
-    return EXIT_UNHEALTHY if unhealthy else EXIT_HEALTHY
