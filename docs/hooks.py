@@ -1,0 +1,133 @@
+"""MkDocs hook: pages include the repository's markdown by section, so the site cannot drift.
+
+A line `<!-- include: README.md#Writing handlers -->` in a page is replaced by that section of
+`README.md` (path relative to the repository root): its heading line and everything up to the next
+heading of the same or a higher level. `<!-- include: README.md#Writing handlers..Runtime guarantees
+-->` stops at the named heading instead. Headings inside code fences are not headings. A file or
+heading that does not exist fails the build (`mkdocs build --strict` or not), and so does a page
+that names the same section twice.
+
+Links to README anchors (`](#large-payloads)`) in included text point at the page that includes
+that heading, so they work wherever the section lands.
+"""
+
+# ruff: noqa: INP001 (an MkDocs hook file, loaded by path from mkdocs.yml)
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from mkdocs.exceptions import PluginError
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+DIRECTIVE: Final = re.compile(
+    r"^<!-- include: (?P<file>[^#\s]+)#(?P<start>.+?)(?:\.\.(?P<stop>.+?))? -->$"
+)
+HEADING: Final = re.compile(r"^(?P<hashes>#{1,6}) (?P<title>.+?)\s*$")
+FENCE: Final = re.compile(r"^\s*(```|~~~)")
+ANCHOR_LINK: Final = re.compile(r"\]\(#(?P<slug>[a-z0-9-]+)\)")
+
+
+@dataclass(frozen=True)
+class Heading:
+    """One markdown heading: its line index, level and title."""
+
+    line: int
+    level: int
+    title: str
+
+
+def slug(title: str) -> str:
+    """GitHub's and Python-Markdown's anchor for a heading (for the plain titles used here)."""
+    text = re.sub(r"[^\w\s-]", "", title.lower())
+    return re.sub(r"\s+", "-", text.strip())
+
+
+def headings(lines: list[str]) -> list[Heading]:
+    """The headings of a markdown file, skipping lines inside code fences."""
+    found: list[Heading] = []
+    fenced = False
+    for index, line in enumerate(lines):
+        if FENCE.match(line):
+            fenced = not fenced
+            continue
+        match = None if fenced else HEADING.match(line)
+        if match:
+            found.append(Heading(index, len(match["hashes"]), match["title"]))
+    return found
+
+
+def section(file: str, start: str, stop: str | None) -> tuple[list[str], list[str]]:
+    """The lines of `file`'s section under heading `start`, and the titles of its headings."""
+    path = ROOT / file
+    if not path.is_file():
+        raise PluginError(f"include: {file} does not exist")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    marks = headings(lines)
+    first = next((h for h in marks if h.title == start), None)
+    if first is None:
+        raise PluginError(f"include: {file} has no heading {start!r}")
+    after = [h for h in marks if h.line > first.line]
+    if stop is None:
+        end = next((h.line for h in after if h.level <= first.level), len(lines))
+    else:
+        end_mark = next((h for h in after if h.title == stop), None)
+        if end_mark is None:
+            raise PluginError(f"include: {file} has no heading {stop!r} after {start!r}")
+        end = end_mark.line
+    titles = [h.title for h in marks if first.line <= h.line < end]
+    return lines[first.line : end], titles
+
+
+def directives(markdown: str) -> list[re.Match[str]]:
+    """The include directives of a page, in order."""
+    return [m for line in markdown.splitlines() if (m := DIRECTIVE.match(line.strip()))]
+
+
+_owner: dict[str, str] = {}
+"""Slug of every included heading -> the page (source path) that includes it."""
+
+
+def on_files(files: Any, config: Any) -> Any:  # noqa: ANN401, ARG001 (MkDocs' hook signature)
+    """Record which page includes which heading, for the anchor links in included text."""
+    _owner.clear()
+    for file in files.documentation_pages():
+        text = Path(file.abs_src_path).read_text(encoding="utf-8")
+        for match in directives(text):
+            _, titles = section(match["file"], match["start"], match["stop"])
+            for title in titles:
+                _owner.setdefault(slug(title), file.src_uri)
+    return files
+
+
+def _relink(text: str, page_uri: str) -> str:
+    """Point `](#anchor)` links at the page that includes the anchor's heading."""
+
+    def replace(match: re.Match[str]) -> str:
+        owner = _owner.get(match["slug"])
+        if owner is None or owner == page_uri:
+            return match[0]
+        depth = page_uri.count("/")
+        return f"]({'../' * depth}{owner}#{match['slug']})"
+
+    return ANCHOR_LINK.sub(replace, text)
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:  # noqa: ANN401, ARG001
+    """Replace each include directive with the section it names."""
+    out: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for line in markdown.splitlines():
+        match = DIRECTIVE.match(line.strip())
+        if match is None:
+            out.append(line)
+            continue
+        key = (match["file"], match["start"])
+        if key in seen:
+            raise PluginError(f"{page.file.src_uri}: includes {key[0]}#{key[1]} twice")
+        seen.add(key)
+        lines, _ = section(match["file"], match["start"], match["stop"])
+        out.append(_relink("\n".join(lines), page.file.src_uri))
+    return "\n".join(out) + "\n"
