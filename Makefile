@@ -10,7 +10,7 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV_VERSION := 3.3.30
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: run check lint typecheck cfn-lint test localstack bench clean
+.PHONY: run check lint typecheck cfn-lint test localstack bench clean docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,10 +46,14 @@ cfn-lint: $(STAMP) $(CHECKOV_STAMP)
 test: $(STAMP) localstack
 	$(BIN)/pytest
 
-check: lint typecheck cfn-lint test
+# The documentation site, into site/ (strict: a broken link, include or docstring fails it; offline).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+check: lint typecheck cfn-lint docs test
 
 bench: $(STAMP) localstack
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .mypy_cache .ruff_cache .pytest_cache .qworker
+	rm -rf $(VENV) $(CHECKOV_VENV) .mypy_cache .ruff_cache .pytest_cache .qworker site
