@@ -14,7 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sys
 import threading
+import urllib.parse
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, final
@@ -132,8 +135,68 @@ def _make_moto_server(port: int) -> Any:  # noqa: ANN401 (werkzeug's server, unt
             if keyword.lower() != "server" or keyword == "Server":
                 super().send_header(keyword, value)
 
-    app = DomainDispatcherApplication(create_backend_app)
+    app = _AnswerErrors(DomainDispatcherApplication(create_backend_app))
     return make_server(LOOPBACK, port, app, threaded=True, request_handler=OneServerHeader)
+
+
+_WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+@final
+class _AnswerErrors:
+    """Answers a request moto fails on with an SQS error, logging one warning line.
+
+    moto raises inside the server for actions it lacks (StartMessageMoveTask, for one); werkzeug
+    would print the whole traceback into the worker's terminal and answer a bare 500, which the
+    client retries. A missing action is answered `UnsupportedOperation` (HTTP 400, as SQS answers
+    an action it does not take, so the client does not retry); any other failure `InternalFailure`
+    (HTTP 500).
+    """
+
+    def __init__(self, app: _WsgiApp) -> None:
+        self._app = app
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        try:
+            return self._app(environ, start_response)
+        except Exception as exc:  # noqa: BLE001 (every failure is answered, none kills the server)
+            return self._answer(environ, start_response, exc)
+
+    @staticmethod
+    def _answer(
+        environ: dict[str, Any], start_response: Callable[..., Any], exc: Exception
+    ) -> list[bytes]:
+        operation = _operation(environ)
+        unsupported = isinstance(exc, NotImplementedError)
+        code = "UnsupportedOperation" if unsupported else "InternalFailure"
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        log.warning(
+            "embedded SQS server (moto) %s %s: %s",
+            "does not support" if unsupported else "failed on",
+            operation,
+            reason,
+            extra={"action": "embedded_server_error", "operation": operation, "code": code},
+        )
+        body = json.dumps({"__type": f"com.amazonaws.sqs#{code}", "message": reason}).encode()
+        status = "400 Bad Request" if unsupported else "500 Internal Server Error"
+        headers = [
+            ("Content-Type", "application/x-amz-json-1.0"),
+            ("Content-Length", str(len(body))),
+            ("x-amzn-query-error", f"AWS.SimpleQueueService.{code};Sender"),
+        ]
+        start_response(status, headers, sys.exc_info())
+        return [body]
+
+
+def _operation(environ: dict[str, Any]) -> str:
+    """The SQS action a request asks for (JSON protocol's target header, or the query's Action)."""
+    target = str(environ.get("HTTP_X_AMZ_TARGET", ""))
+    if target:
+        return target.rpartition(".")[2]
+    query = urllib.parse.parse_qs(str(environ.get("QUERY_STRING", "")))
+    return query.get("Action", ["an unnamed action"])[0]
 
 
 @final
