@@ -17,8 +17,10 @@ LocalStack and moto and take a few tens of seconds each (`pytest -m rehearsal`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -366,10 +368,11 @@ async def test_an_alarm_already_firing_stops_the_release_before_anything_changes
         world.set_outage([CANARY], 0.6)  # a bad canary host: the canary alone fails (A/A)
         assert world.alarms is not None
         name = next(n for n in world.alarms.names if n.endswith("-canary-vs-primary"))
-        for _ in range(20 * MINUTE_S):
-            if world.alarms.state(name, __import__("time").time()) == "ALARM":
+        for _ in range(20 * MINUTE_S):  # bounded polling: up to 20 alarm minutes
+            if world.alarms.state(name, time.time()) == "ALARM":
                 break
-            await __import__("asyncio").sleep(1)
+            await asyncio.sleep(1)
+        assert world.alarms.state(name, time.time()) == "ALARM"
         execution = await rehearsal.release("v2")
         assert not execution.succeeded
         assert execution.stages[-1].result is Result.FAILED_AT_ENTRY
