@@ -6,6 +6,7 @@ cannot be built is a broken gate.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import re
 import subprocess
@@ -163,3 +164,59 @@ def test_mkdocs_build_strict_offline(tmp_path: Path) -> None:
         path.relative_to(site) for path in site.rglob("*.html") if external.search(path.read_text())
     ]
     assert pages == []
+
+
+# `qworker <command> [<subcommand>] ...` in the pages' sources, continuation lines joined.
+COMMAND_LINE = re.compile(r"(?:^|[\s/`])qworker (?P<args>[a-z][^`#\n]*)")
+
+
+def _options(parser: argparse.ArgumentParser, words: list[str]) -> tuple[set[str], list[str]]:
+    """The option strings of the (sub)command `words` name, and the words that named it."""
+    named: list[str] = []
+    while words:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None or words[0] not in sub.choices:
+            break
+        parser = sub.choices[words[0]]
+        named.append(words.pop(0))
+    return {o for action in parser._actions for o in action.option_strings}, named
+
+
+def _documented_command_lines() -> list[tuple[str, str]]:
+    sources = [ROOT / "README.md", ROOT / "deploy" / "README.md", *(ROOT / "docs").glob("*.md")]
+    found: list[tuple[str, str]] = []
+    for path in sources:
+        text = path.read_text(encoding="utf-8").replace("\\\n", " ")
+        found.extend((path.name, m["args"]) for m in COMMAND_LINE.finditer(text))
+    return found
+
+
+def test_the_documented_commands_and_flags_exist() -> None:
+    from qworker.cli import COMMANDS, build_parser  # noqa: PLC0415 (the full CLI, only here)
+
+    parser = build_parser(None)
+    names = {command.name for command in COMMANDS}
+    checked = 0
+    for source, args in _documented_command_lines():
+        words = args.split()
+        if words[0] not in names:
+            continue  # prose ("qworker runs ...") or a handler module
+        options, named = _options(parser, list(words))
+        flags = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", args))  # `[--fifo]` too
+        unknown = flags - options
+        assert unknown == set(), f"{source}: `qworker {' '.join(named)}` has no {sorted(unknown)}"
+        checked += 1
+    assert checked >= 20  # the README's command lines are all seen
+
+
+def test_the_documented_settings_exist() -> None:
+    from qworker.settings import ENV_PREFIX, QWorkerSettings  # noqa: PLC0415
+
+    sources = [ROOT / "README.md", ROOT / "deploy" / "README.md", *(ROOT / "docs").glob("*.md")]
+    named = {
+        name.removeprefix(ENV_PREFIX).lower()
+        for path in sources
+        for name in re.findall(r"\bQWORKER_[A-Z0-9_]+\b", path.read_text(encoding="utf-8"))
+    }
+    assert named
+    assert named - set(QWorkerSettings.model_fields) == set()
