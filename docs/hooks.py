@@ -3,7 +3,8 @@
 A line `<!-- include: README.md#Writing handlers -->` in a page is replaced by that section of
 `README.md` (path relative to the repository root): its heading line and everything up to the next
 heading of the same or a higher level. `<!-- include: README.md#Writing handlers..Runtime guarantees
--->` stops at the named heading instead. Headings inside code fences are not headings. A file or
+-->` stops at the named heading instead. The section's headings are shifted to nest under the
+page's own (see `on_page_markdown`). Headings inside code fences are not headings. A file or
 heading that does not exist fails the build (`mkdocs build --strict` or not), and so does a page
 that names the same section twice.
 
@@ -115,13 +116,36 @@ def _relink(text: str, page_uri: str) -> str:
     return ANCHOR_LINK.sub(replace, text)
 
 
+def nest(lines: list[str], level: int) -> list[str]:
+    """`lines` with every heading shifted so that the first one is at `level` (at most 6)."""
+    marks = headings(lines)
+    if not marks:
+        return lines
+    shift = level - marks[0].level
+    nested = list(lines)
+    for mark in marks:
+        nested[mark.line] = "#" * min(6, mark.level + shift) + " " + mark.title
+    return nested
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:  # noqa: ANN401, ARG001
-    """Replace each include directive with the section it names."""
+    """Replace each include directive with the section it names, nested under the page's heading.
+
+    The section's heading goes one level below the page's last heading before the directive; a
+    page that starts with an include takes its level 1 title from it, and the includes that follow
+    go to level 2. Subheadings keep their depth below the section's heading.
+    """
     out: list[str] = []
     seen: set[tuple[str, str]] = set()
+    level = 1
+    fenced = False
     for line in markdown.splitlines():
-        match = DIRECTIVE.match(line.strip())
+        match = None if fenced else DIRECTIVE.match(line.strip())
         if match is None:
+            if FENCE.match(line):
+                fenced = not fenced
+            elif not fenced and (heading := HEADING.match(line)):
+                level = len(heading["hashes"]) + 1
             out.append(line)
             continue
         key = (match["file"], match["start"])
@@ -129,5 +153,6 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str: 
             raise PluginError(f"{page.file.src_uri}: includes {key[0]}#{key[1]} twice")
         seen.add(key)
         lines, _ = section(match["file"], match["start"], match["stop"])
-        out.append(_relink("\n".join(lines), page.file.src_uri))
+        out.append(_relink("\n".join(nest(lines, level)), page.file.src_uri))
+        level = max(level, 2)  # a page that starts with an include takes its title from it
     return "\n".join(out) + "\n"

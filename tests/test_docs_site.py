@@ -11,6 +11,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -121,6 +122,28 @@ def test_section_stops_at_the_next_heading_of_its_level_outside_code_fences() ->
     # `# handlers/orders.py` inside the example's code fence is not a heading.
     assert "handlers/orders.py" not in titles
     assert any(line.startswith("# handlers/orders.py") for line in lines)
+
+
+def test_included_sections_nest_under_the_page_heading() -> None:
+    hooks = _hooks()
+    page = types.SimpleNamespace(file=types.SimpleNamespace(src_uri="judge.md"))
+    first = hooks.on_page_markdown(
+        "<!-- include: README.md#The canary judge -->\n\ntext\n\n"
+        "<!-- include: bench/JUDGE.md#Canary judge: measured -->\n",
+        page=page,
+        config=None,
+        files=None,
+    )
+    assert first.startswith("# The canary judge\n")  # `### ` in the README: the page's title
+    assert "\n## Canary judge: measured\n" in first  # `# ` in JUDGE.md: a section of the page
+    assert "\n### Method\n" in first
+    under = hooks.on_page_markdown(
+        "# Page\n\n<!-- include: README.md#Runtime guarantees -->\n",
+        page=page,
+        config=None,
+        files=None,
+    )
+    assert "\n## Runtime guarantees\n" in under
 
 
 def test_the_api_reference_documents_every_public_name() -> None:
