@@ -1,9 +1,10 @@
 """A small line chart written as a PNG, with no dependency beyond the standard library.
 
 `line_chart()` draws series of (x, y) points with axes, ticks, grid, a title, axis labels, a
-legend, and optional dashed marker lines, and returns the PNG file's bytes. Text uses a built-in
-5x7 pixel font (upper case, digits and common punctuation), scaled up. It is enough for the canary
-drill's failure-rate chart; it is not a plotting library.
+legend, optional dashed marker lines and labelled points, and returns the PNG file's bytes. Text
+uses a built-in 5x7 pixel font (upper and lower case, digits and common punctuation; descenders
+below the baseline), scaled up, so version tags and labels read as written. It is enough for the
+canary drill's failure-rate chart; it is not a plotting library.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, final
 
-__all__ = ["Canvas", "Line", "Series", "line_chart", "nice_ticks", "png_bytes"]
+__all__ = ["Canvas", "Line", "Point", "Series", "line_chart", "nice_ticks", "png_bytes"]
 
 Color = tuple[int, int, int]
 
@@ -27,8 +28,11 @@ AXIS: Final[Color] = (60, 60, 60)
 
 GLYPH_WIDTH: Final = 5
 GLYPH_HEIGHT: Final = 7
+"""Rows from the top of a capital to the baseline; descenders add `DESCENDER` rows below."""
+DESCENDER: Final = 2
 
-# Each line: the character, then its 7 rows ('#' on, '.' off). The space is blank.
+# Each line: the character, then its 7 rows ('#' on, '.' off), and for letters that reach below
+# the baseline (g, j, p, q, y) 2 more rows drawn under it. The space is blank.
 _FONT_TABLE: Final = """
 0 .###. #...# #..## #.#.# ##..# #...# .###.
 1 ..#.. .##.. ..#.. ..#.. ..#.. ..#.. .###.
@@ -66,6 +70,32 @@ W #...# #...# #...# #.#.# #.#.# #.#.# .#.#.
 X #...# #...# .#.#. ..#.. .#.#. #...# #...#
 Y #...# #...# .#.#. ..#.. ..#.. ..#.. ..#..
 Z ##### ....# ...#. ..#.. .#... #.... #####
+a ..... ..... .###. ....# .#### #...# .####
+b #.... #.... #.##. ##..# #...# #...# ####.
+c ..... ..... .###. #.... #.... #...# .###.
+d ....# ....# .##.# #..## #...# #...# .####
+e ..... ..... .###. #...# ##### #.... .###.
+f ..##. .#..# .#... ###.. .#... .#... .#...
+g ..... ..... .#### #...# #...# #...# .#### ....# .###.
+h #.... #.... #.##. ##..# #...# #...# #...#
+i ..#.. ..... .##.. ..#.. ..#.. ..#.. .###.
+j ...#. ..... ..##. ...#. ...#. ...#. ...#. #..#. .##..
+k #.... #.... #..#. #.#.. ##... #.#.. #..#.
+l .##.. ..#.. ..#.. ..#.. ..#.. ..#.. .###.
+m ..... ..... ##.#. #.#.# #.#.# #.#.# #.#.#
+n ..... ..... #.##. ##..# #...# #...# #...#
+o ..... ..... .###. #...# #...# #...# .###.
+p ..... ..... ####. #...# #...# #...# ####. #.... #....
+q ..... ..... .#### #...# #...# #...# .#### ....# ....#
+r ..... ..... #.##. ##..# #.... #.... #....
+s ..... ..... .###. #.... .###. ....# ####.
+t .#... .#... ###.. .#... .#... .#..# ..##.
+u ..... ..... #...# #...# #...# #..## .##.#
+v ..... ..... #...# #...# #...# .#.#. ..#..
+w ..... ..... #...# #...# #.#.# #.#.# .#.#.
+x ..... ..... #...# .#.#. ..#.. .#.#. #...#
+y ..... ..... #...# #...# #...# #...# .#### ....# .###.
+z ..... ..... ##### ...#. ..#.. .#... #####
 . ..... ..... ..... ..... ..... .##.. .##..
 , ..... ..... ..... ..... .##.. ..#.. .#...
 : ..... .##.. .##.. ..... .##.. .##.. .....
@@ -95,14 +125,15 @@ def _parse_font(table: str) -> dict[str, tuple[str, ...]]:
     font: dict[str, tuple[str, ...]] = {" ": ("." * GLYPH_WIDTH,) * GLYPH_HEIGHT}
     for line in table.strip().splitlines():
         char, *rows = line.split()
-        if len(rows) != GLYPH_HEIGHT or any(len(row) != GLYPH_WIDTH for row in rows):
+        heights = (GLYPH_HEIGHT, GLYPH_HEIGHT + DESCENDER)
+        if len(rows) not in heights or any(len(row) != GLYPH_WIDTH for row in rows):
             raise ValueError(f"bad glyph for {char!r}")
         font[char] = tuple(rows)
     return font
 
 
 FONT: Final = _parse_font(_FONT_TABLE)
-"""The built-in font: upper case letters, digits, punctuation (text is drawn upper-cased)."""
+"""The built-in font: upper and lower case letters, digits, punctuation."""
 
 
 def png_bytes(width: int, height: int, rgb: bytes | bytearray) -> bytes:
@@ -205,12 +236,12 @@ class Canvas:
         align: str = "left",
         vertical: bool = False,
     ) -> None:
-        """Draw `text` (upper-cased) with its top-left corner at (x, y).
+        """Draw `text` with its top-left corner at (x, y).
 
         Args:
             x: Left edge (right edge or centre per `align`); for vertical text, the left edge.
             y: Top edge; for vertical text, the bottom edge (or centre per `align`).
-            text: The text; characters the font lacks are drawn as '?'.
+            text: The text; a character the font lacks is drawn as its upper case, else as '?'.
             color: The colour.
             scale: Pixels per font pixel.
             align: `left`, `center` or `right` along the text's direction.
@@ -218,8 +249,8 @@ class Canvas:
         """
         width = self.text_width(text, scale)
         shift = {"left": 0, "center": width // 2, "right": width}[align]
-        for index, char in enumerate(text.upper()):
-            glyph = FONT.get(char, FONT["?"])
+        for index, char in enumerate(text):
+            glyph = FONT.get(char) or FONT.get(char.upper(), FONT["?"])
             origin = index * (GLYPH_WIDTH + 1) * scale - shift
             for row, bits in enumerate(glyph):
                 for column, bit in enumerate(bits):
@@ -244,6 +275,19 @@ class Series:
 
     label: str
     points: Sequence[tuple[float, float]]
+    color: Color
+    dash: tuple[int, int] | None = None
+    """Dashed (pixels on, off) and without dots at the points; `None`: solid, dotted points."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Point:
+    """A labelled ring around one point of the plot (e.g. where a decision was taken)."""
+
+    x: float
+    y: float
+    label: str
     color: Color
 
 
@@ -310,17 +354,43 @@ def _axes(
     canvas.line(frame.left, frame.bottom, frame.right, frame.bottom, AXIS, thickness=2)
 
 
-def _legend(canvas: Canvas, frame: _Frame, entries: Sequence[tuple[str, Color]]) -> None:
-    """One row of entries, centred between the title and the plot."""
-    widths = [Canvas.text_width(label) + 60 for label, _ in entries]
-    total = sum(widths) + 30 * (len(entries) - 1)
-    x = (frame.left + frame.right - total) // 2
-    y = frame.top - 24
-    for (label, color), entry_width in zip(entries, widths, strict=True):
-        canvas.line(x, y, x + 40, y, color, thickness=3)
-        canvas.fill_rect(x + 17, y - 3, x + 23, y + 3, color)
-        canvas.text(x + 50, y - GLYPH_HEIGHT, label, BLACK)
-        x += entry_width + 30
+LEGEND_ROW: Final = 24
+
+
+def _legend_rows(entries: Sequence[Series], width: int) -> list[list[Series]]:
+    """The legend's entries in rows that fit `width`."""
+    rows: list[list[Series]] = [[]]
+    used = 0
+    for entry in entries:
+        entry_width = Canvas.text_width(entry.label) + 90
+        if rows[-1] and used + entry_width > width:
+            rows.append([])
+            used = 0
+        rows[-1].append(entry)
+        used += entry_width
+    return rows
+
+
+def _legend(canvas: Canvas, frame: _Frame, rows: Sequence[Sequence[Series]]) -> None:
+    """Rows of entries, each centred, between the title and the plot."""
+    for index, row in enumerate(rows):
+        widths = [Canvas.text_width(entry.label) + 60 for entry in row]
+        total = sum(widths) + 30 * (len(row) - 1)
+        x = (frame.left + frame.right - total) // 2
+        y = frame.top - 24 - LEGEND_ROW * (len(rows) - 1 - index)
+        for entry, entry_width in zip(row, widths, strict=True):
+            canvas.line(x, y, x + 40, y, entry.color, thickness=3, dash=entry.dash and (8, 4))
+            if entry.dash is None:
+                canvas.fill_rect(x + 17, y - 3, x + 23, y + 3, entry.color)
+            canvas.text(x + 50, y - GLYPH_HEIGHT, entry.label, BLACK)
+            x += entry_width + 30
+
+
+def _ring(canvas: Canvas, x: int, y: int, radius: int, color: Color) -> None:
+    for degree in range(0, 360, 3):
+        angle = math.radians(degree)
+        px, py = x + round(radius * math.cos(angle)), y + round(radius * math.sin(angle))
+        canvas.fill_rect(px - 1, py - 1, px + 1, py + 1, color)
 
 
 def line_chart(
@@ -330,6 +400,7 @@ def line_chart(
     x_label: str,
     y_label: str,
     lines: Sequence[Line] = (),
+    points: Sequence[Point] = (),
     width: int = 1000,
     height: int = 560,
     x_min: float | None = None,
@@ -344,7 +415,8 @@ def line_chart(
         title: Drawn above the plot.
         x_label: Below the x axis.
         y_label: Beside the y axis, bottom to top.
-        lines: Dashed marker lines, labelled beside them and in the legend.
+        lines: Dashed marker lines, labelled beside them.
+        points: Points circled and labelled (left of the point, or right near the left edge).
         width: Image width in pixels.
         height: Image height in pixels.
         x_min: The x axis starts here or lower (default: at the smallest x).
@@ -354,8 +426,12 @@ def line_chart(
     """
     xs = [x for s in series for x, _ in s.points] + [m.value for m in lines if m.vertical]
     ys = [y for s in series for _, y in s.points] + [m.value for m in lines if not m.vertical]
+    xs += [p.x for p in points]
+    ys += [p.y for p in points]
     y_max = max(ys, default=1.0)
-    frame = _Frame(left=110, top=100, right=width - 40, bottom=height - 80)
+    legend = _legend_rows([s for s in series if s.label], width - 150)
+    top = 100 + LEGEND_ROW * (len(legend) - 1)
+    frame = _Frame(left=110, top=top, right=width - 40, bottom=height - 80)
     x_low = min(xs, default=0.0) if x_min is None else min([x_min, *xs])
     frame.x_ticks = nice_ticks(x_low, max(xs, default=1.0))
     frame.y_ticks = nice_ticks(min([y_min, *ys]), y_max + (y_max - y_min) * 0.08)
@@ -372,12 +448,24 @@ def line_chart(
         else:
             y = frame.py(marker.value)
             canvas.line(frame.left, y, frame.right, y, marker.color, thickness=2, dash=(10, 6))
-            canvas.text(frame.right - 6, y - 20, marker.label, marker.color, align="right")
+            # At the left: the right end is where a decision marker usually stands.
+            canvas.text(frame.left + 8, y - 20, marker.label, marker.color)
     for s in series:
-        points = [(frame.px(x), frame.py(y)) for x, y in s.points]
-        for (x0, y0), (x1, y1) in itertools.pairwise(points):
-            canvas.line(x0, y0, x1, y1, s.color, thickness=3)
-        for x, y in points:
-            canvas.fill_rect(x - 3, y - 3, x + 3, y + 3, s.color)
-    _legend(canvas, frame, [(s.label, s.color) for s in series])
+        pixels = [(frame.px(x), frame.py(y)) for x, y in s.points]
+        for (x0, y0), (x1, y1) in itertools.pairwise(pixels):
+            canvas.line(x0, y0, x1, y1, s.color, thickness=2 if s.dash else 3, dash=s.dash)
+        if s.dash is None:
+            for x, y in pixels:
+                canvas.fill_rect(x - 3, y - 3, x + 3, y + 3, s.color)
+    for point in points:
+        x, y = frame.px(point.x), frame.py(point.y)
+        _ring(canvas, x, y, 9, point.color)
+        label_width = Canvas.text_width(point.label)
+        left = x - 14 - label_width > frame.left
+        x0 = x - 14 - label_width if left else x + 14
+        # Above the ring in the plot's lower half, below it in the upper half; on a white box.
+        y0 = y - 34 if y > (frame.top + frame.bottom) // 2 else y + 16
+        canvas.fill_rect(x0 - 4, y0 - 4, x0 + label_width + 4, y0 + 2 * GLYPH_HEIGHT + 3, WHITE)
+        canvas.text(x0, y0, point.label, point.color)
+    _legend(canvas, frame, legend)
     return canvas.png()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Final, final
 
 from qworker.canary.judge import Decision, JudgePolicy, Verdict
-from qworker.chart import Line, Series, line_chart
+from qworker.chart import Line, Point, Series, line_chart
 from qworker.drill.audit import Accounting
 from qworker.drill.config import Action
 
@@ -233,6 +233,44 @@ CANARY_COLOR: Final = (214, 39, 40)
 PRIMARY_COLOR: Final = (31, 119, 180)
 DECISION_COLOR: Final = (110, 0, 110)
 CEILING_COLOR: Final = (140, 140, 140)
+MARGIN_COLOR: Final = (230, 120, 0)
+BOUND_COLOR: Final = (120, 120, 120)
+
+
+def boundary_series(
+    looks: Sequence[Verdict],
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Per look, in the canary's rate (%): the fail boundary and the canary's upper bound.
+
+    The judge compares the stratified difference D with the margin m (fail above it, once z
+    reaches the critical value) and its upper bound U with m (pass below it). Shifted by the
+    canary's rate minus D, the canary's line crosses the boundary exactly when D crosses m, and the
+    bound line falls under the boundary exactly when U does.
+    """
+    margin: list[tuple[float, float]] = []
+    bound: list[tuple[float, float]] = []
+    for look in looks:
+        ev = look.evidence
+        if ev.canary_rate is None or ev.difference is None or ev.margin is None:
+            continue
+        base = ev.canary_rate - ev.difference  # the primary's rate as the judge weighs it
+        margin.append((ev.elapsed_s, (base + ev.margin) * 100))
+        if ev.upper_bound is not None:
+            bound.append((ev.elapsed_s, (base + ev.upper_bound) * 100))
+    return margin, bound
+
+
+def verdict_point(verdict: Verdict) -> list[Point]:
+    """A ring on the canary's rate where the verdict was taken, saying what decided it."""
+    ev = verdict.evidence
+    if ev.canary_rate is None:
+        return []
+    why = verdict.decision.value
+    if verdict.decision is Decision.FAIL and ev.z is not None and ev.critical_z is not None:
+        why += f": z {ev.z:.2f} >= {ev.critical_z:.2f}"
+    elif verdict.decision is Decision.PASS and None not in (ev.upper_bound, ev.margin):
+        why += f": bound {ev.upper_bound:.2%} < margin {ev.margin:.2%}"
+    return [Point(ev.elapsed_s, ev.canary_rate * 100, why, DECISION_COLOR)]
 
 
 def render_chart(report: DrillReport) -> bytes:
@@ -247,10 +285,20 @@ def render_chart(report: DrillReport) -> bytes:
     ceiling = report.policy.absolute_failure_ceiling * 100
     ev = report.verdict.evidence
     n_canary, n_primary = ev.canary.first_attempt_processed, ev.primary.first_attempt_processed
+    margin, bound = boundary_series(report.looks)
+    # The bound starts wide; drawn from where it enters the range the rates span.
+    cap = 1.5 * max([ceiling, *(y for _, y in (*canary, *primary, *margin))])
+    bound = [(x, y) for x, y in bound if y <= cap]
     return line_chart(
         [
             Series(f"canary {report.canary_version} (n={n_canary})", canary, CANARY_COLOR),
             Series(f"primary {report.primary_version} (n={n_primary})", primary, PRIMARY_COLOR),
+            Series("fail boundary: primary + margin", margin, MARGIN_COLOR, dash=(10, 6)),
+            *(
+                [Series("canary upper bound (pass below the boundary)", bound, BOUND_COLOR, (4, 4))]
+                if report.verdict.decision is not Decision.FAIL  # a fail is decided by z alone
+                else []
+            ),
         ],
         title="canary drill: first-attempt failure rate",
         x_label="seconds since the traffic started",
@@ -263,6 +311,7 @@ def render_chart(report: DrillReport) -> bytes:
             ),
             Line(ceiling, f"ceiling {ceiling:g}%", CEILING_COLOR, vertical=False),
         ],
+        points=verdict_point(report.verdict),
         x_min=0.0,
         y_format=lambda v: f"{v:g}%",
     )
