@@ -8,6 +8,9 @@ page's own (see `on_page_markdown`). Headings inside code fences are not heading
 heading that does not exist fails the build (`mkdocs build --strict` or not), and so does a page
 that names the same section twice.
 
+`<!-- settings-table -->` is replaced by a table of every worker setting, read from
+`QWorkerSettings` and from the `qworker run` parser.
+
 Links to README anchors (`](#large-payloads)`) in included text point at the page that includes
 that heading, so they work wherever the section lands.
 """
@@ -15,12 +18,15 @@ that heading, so they work wherever the section lands.
 # ruff: noqa: INP001 (an MkDocs hook file, loaded by path from mkdocs.yml)
 from __future__ import annotations
 
+import argparse
+import enum
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from mkdocs.exceptions import PluginError
+from pydantic_core import PydanticUndefined
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 DIRECTIVE: Final = re.compile(
@@ -116,6 +122,47 @@ def _relink(text: str, page_uri: str) -> str:
     return ANCHOR_LINK.sub(replace, text)
 
 
+SETTINGS_TABLE: Final = "<!-- settings-table -->"
+
+
+def _run_flags() -> dict[str, list[str]]:
+    """Setting name -> the flags `qworker run` takes for it, read from the CLI's own parser."""
+    from qworker.cli import build_parser  # noqa: PLC0415 (only the settings page needs the CLI)
+
+    parser = build_parser(["run"])
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001 (argparse has no public walk)
+    run = commands.choices["run"]
+    return {action.dest: list(action.option_strings) for action in run._actions}  # noqa: SLF001
+
+
+def _default(value: object) -> str:
+    if value is None or value is PydanticUndefined:
+        return "\u2013"
+    if isinstance(value, enum.Enum):
+        value = value.value
+    return f"`{value}`"
+
+
+def settings_table() -> str:
+    """A markdown table of every worker setting: variable, flag, default and description."""
+    from pydantic import AliasChoices  # noqa: PLC0415
+
+    from qworker.settings import ENV_PREFIX, QWorkerSettings  # noqa: PLC0415
+
+    flags = _run_flags()
+    rows = ["| variable | flag of `qworker run` | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, info in QWorkerSettings.model_fields.items():
+        alias = info.validation_alias
+        names = (
+            alias.choices if isinstance(alias, AliasChoices) else [f"{ENV_PREFIX}{name.upper()}"]
+        )
+        variables = " / ".join(f"`{choice}`" for choice in names)
+        flag = " / ".join(f"`{option}`" for option in flags.get(name, [])) or "\u2013"
+        meaning = (info.description or "").replace("|", "\\|")
+        rows.append(f"| {variables} | {flag} | {_default(info.default)} | {meaning} |")
+    return "\n".join(rows)
+
+
 def nest(lines: list[str], level: int) -> list[str]:
     """`lines` with every heading shifted so that the first one is at `level` (at most 6)."""
     marks = headings(lines)
@@ -141,6 +188,9 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str: 
     fenced = False
     for line in markdown.splitlines():
         match = None if fenced else DIRECTIVE.match(line.strip())
+        if not fenced and line.strip() == SETTINGS_TABLE:
+            out.append(settings_table())
+            continue
         if match is None:
             if FENCE.match(line):
                 fenced = not fenced

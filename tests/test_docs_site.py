@@ -181,6 +181,22 @@ def test_mkdocs_build_strict_offline(tmp_path: Path) -> None:
     assert 'id="qworker.app.QWorker"' in reference
     assert 'id="qworker.settings.QWorkerSettings"' in reference
     assert not (site / "hooks.py").exists()
+    # The settings page's table has a row for every setting, with its flag.
+    from qworker.settings import QWorkerSettings  # noqa: PLC0415
+
+    settings_page = (site / "settings" / "index.html").read_text()
+    rows = (
+        settings_page.count("<tr>")
+        - 1
+        - settings_page.count("<tr>", 0, settings_page.index('id="every-setting"'))
+    )
+    assert rows == len(QWorkerSettings.model_fields)
+    missing = [
+        n
+        for n in QWorkerSettings.model_fields
+        if f"--{n.replace('_', '-')}</code>" not in settings_page
+    ]
+    assert missing == []
     # No page loads anything from another host (fonts, scripts, styles, images).
     external = re.compile(r'<(?:script|link|img|iframe)[^>]*(?:src|href)="(?:https?:)?//')
     pages = [
