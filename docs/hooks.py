@@ -96,30 +96,57 @@ def directives(markdown: str) -> list[re.Match[str]]:
 _owner: dict[str, str] = {}
 """Slug of every included heading -> the page (source path) that includes it."""
 
+_file_owner: dict[str, str] = {}
+"""Repository markdown file -> the page that includes its title (its first heading)."""
+
+FILE_LINK: Final = re.compile(r"\]\((?P<target>[^)#\s:]+)(?P<anchor>#[^)\s]*)?\)")
+
 
 def on_files(files: Any, config: Any) -> Any:  # noqa: ANN401, ARG001 (MkDocs' hook signature)
     """Record which page includes which heading, for the anchor links in included text."""
     _owner.clear()
+    _file_owner.clear()
     for file in files.documentation_pages():
         text = Path(file.abs_src_path).read_text(encoding="utf-8")
         for match in directives(text):
             _, titles = section(match["file"], match["start"], match["stop"])
             for title in titles:
                 _owner.setdefault(slug(title), file.src_uri)
+            first = headings((ROOT / match["file"]).read_text(encoding="utf-8").splitlines())
+            if first and first[0].title == match["start"]:
+                _file_owner.setdefault(match["file"], file.src_uri)
     return files
 
 
-def _relink(text: str, page_uri: str) -> str:
-    """Point `](#anchor)` links at the page that includes the anchor's heading."""
+def _relink(text: str, source: str, page_uri: str) -> str:
+    """Make the links of text included from `source` work on the page `page_uri`.
 
-    def replace(match: re.Match[str]) -> str:
+    `](#anchor)` goes to the page that includes the anchor's heading; a link to a repository file
+    goes to the page that includes that file, or to a page of the site (`docs/...`). A link to any
+    other file stays as it is, so the strict build reports it.
+    """
+    up = "../" * page_uri.count("/")
+
+    def anchor(match: re.Match[str]) -> str:
         owner = _owner.get(match["slug"])
         if owner is None or owner == page_uri:
             return match[0]
-        depth = page_uri.count("/")
-        return f"]({'../' * depth}{owner}#{match['slug']})"
+        return f"]({up}{owner}#{match['slug']})"
 
-    return ANCHOR_LINK.sub(replace, text)
+    def file(match: re.Match[str]) -> str:
+        target = (ROOT / source).parent / match["target"]
+        try:
+            relative = target.resolve().relative_to(ROOT).as_posix()
+        except ValueError:
+            return match[0]
+        page = _file_owner.get(relative)
+        if page is None and relative.startswith("docs/") and relative.endswith(".md"):
+            page = relative.removeprefix("docs/")
+        if page is None:
+            return match[0]
+        return f"]({up}{page}{match['anchor'] or ''})"
+
+    return FILE_LINK.sub(file, ANCHOR_LINK.sub(anchor, text))
 
 
 SETTINGS_TABLE: Final = "<!-- settings-table -->"
@@ -203,6 +230,6 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str: 
             raise PluginError(f"{page.file.src_uri}: includes {key[0]}#{key[1]} twice")
         seen.add(key)
         lines, _ = section(match["file"], match["start"], match["stop"])
-        out.append(_relink("\n".join(nest(lines, level)), page.file.src_uri))
+        out.append(_relink("\n".join(nest(lines, level)), match["file"], page.file.src_uri))
         level = max(level, 2)  # a page that starts with an include takes its title from it
     return "\n".join(out) + "\n"

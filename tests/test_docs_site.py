@@ -146,6 +146,27 @@ def test_included_sections_nest_under_the_page_heading() -> None:
     assert "\n## Runtime guarantees\n" in under
 
 
+def test_included_links_point_at_the_pages_that_include_their_targets() -> None:
+    hooks = _hooks()
+    pages = [
+        types.SimpleNamespace(abs_src_path=str(path), src_uri=path.name)
+        for path in (ROOT / "docs").glob("*.md")
+    ]
+    hooks.on_files(types.SimpleNamespace(documentation_pages=lambda: pages), config=None)
+    text = (
+        "[guide](deploy/README.md#runbooks) [judge](bench/JUDGE.md) [map](docs/architecture.md) "
+        "[sizes](#large-payloads) [template](deploy/pipeline.yaml)"
+    )
+    assert hooks._relink(text, "README.md", "settings.md") == (
+        "[guide](deploying.md#runbooks) [judge](judge.md) [map](architecture.md) "
+        "[sizes](sending.md#large-payloads) [template](deploy/pipeline.yaml)"
+    )
+    # From deploy/README.md, `../README.md` is the README, whose title is the home page's.
+    assert (
+        hooks._relink("[top](../README.md)", "deploy/README.md", "a/b.md") == "[top](../index.md)"
+    )
+
+
 def test_the_api_reference_documents_every_public_name() -> None:
     reference = (ROOT / "docs" / "reference.md").read_text(encoding="utf-8")
     documented = {
