@@ -102,6 +102,7 @@ def measure(rounds: int = ROUNDS) -> Section:
     """Run every contender `rounds` times, interleaved; return the section."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QWORKER_")}
     env["PYTHONPATH"] = str(ROOT)
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="qworker-probe-") as tmp:
         health_file = Path(tmp) / "worker.json"
         contenders = {
@@ -135,7 +136,7 @@ def measure(rounds: int = ROUNDS) -> Section:
     markdown = (
         f"{rounds} rounds, each a fresh process per contender, interleaved; figures of each "
         "process alone (`os.wait4`). `qworker health` reads a healthy report written by "
-        "`write_report`.\n\n"
+        f"`write_report`. Load average before: {load}; the machine was shared.\n\n"
         + table(
             [
                 "process",
@@ -155,9 +156,30 @@ def measure(rounds: int = ROUNDS) -> Section:
     return Section(TITLE, markdown, {name: dict(d) for name, d in data.items()})
 
 
+SUMMARY_ROW: Final = "| Health probe (`qworker health`): median wall / worst peak RSS |"
+
+
 def update_results(section: Section) -> None:
-    """Put `section` into RESULTS.md, replacing its previous copy (or after the last section)."""
+    """Put `section` and its summary row into RESULTS.md, replacing their previous copies.
+
+    The row is the one `run_all.py` writes into the summary table; the section goes after the
+    last one (or where it was).
+    """
     text = RESULTS.read_text(encoding="utf-8")
+    probe = section.data["qworker health"]
+    row = (
+        f"{SUMMARY_ROW} {probe['median_wall_ms']:.0f} ms | {probe['max_rss_mb']:.1f} MB | "
+        "≤ 50 ms, ≤ 25 MB |"
+    )
+    lines = text.split("\n")
+    old = [i for i, line in enumerate(lines) if line.startswith(SUMMARY_ROW)]
+    if old:
+        lines[old[0]] = row
+    else:
+        start = lines.index("## Summary")
+        end = next(i for i in range(start + 3, len(lines)) if not lines[i].startswith("|"))
+        lines.insert(end, row)
+    text = "\n".join(lines)
     block = f"## {section.title}\n\n{section.markdown}\n"
     head = f"## {section.title}\n"
     if head in text:

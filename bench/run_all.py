@@ -23,7 +23,13 @@ from benchlib import ENDPOINT_ENV, PID_ENV, ROOT, Section, machine, start_locals
 
 BENCH: Final = Path(__file__).resolve().parent
 RESULTS: Final = BENCH / "RESULTS.md"
-BENCHMARKS: Final = ("bench_throughput", "bench_overhead", "bench_memory", "bench_calls")
+BENCHMARKS: Final = (
+    "bench_throughput",
+    "bench_overhead",
+    "bench_memory",
+    "bench_calls",
+    "bench_health_probe",
+)
 OBSERVABILITY: Final = "bench_observability"
 """Another benchmark (metrics and tracing cost); it prints text, which goes in as it is."""
 TIMEOUT_S: Final = 240.0
@@ -165,6 +171,15 @@ def summary(sections: dict[str, Section]) -> str:
             "≤ 0.25",
         ],
     ]
+    probe = sections.get("bench_health_probe")
+    rows.append(
+        [
+            "Health probe (`qworker health`): median wall / worst peak RSS",
+            _num(_get(probe, "qworker health", "median_wall_ms"), lambda v: f"{v:.0f} ms"),
+            _num(_get(probe, "qworker health", "max_rss_mb"), lambda v: f"{v:.1f} MB"),
+            "≤ 50 ms, ≤ 25 MB",
+        ]
+    )
     return table(["measure", "value", "relative / second value", "target"], rows)
 
 
