@@ -103,6 +103,18 @@ def test_every_include_names_an_existing_section() -> None:
             assert (ROOT / snippet).is_file(), f"{page.name}: {snippet} does not exist"
 
 
+def test_every_readme_section_is_on_the_site() -> None:
+    hooks = _hooks()
+    included: set[str] = set()
+    for page in (ROOT / "docs").glob("*.md"):
+        for match in hooks.directives(page.read_text(encoding="utf-8")):
+            if match["file"] == "README.md":
+                included.update(hooks.section("README.md", match["start"], match["stop"])[1])
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    sections = {h.title for h in hooks.headings(readme) if h.level <= 3}
+    assert sections - included == set()
+
+
 def test_a_missing_section_fails_the_build() -> None:
     from mkdocs.exceptions import PluginError  # noqa: PLC0415 (mkdocs is only needed here)
 
