@@ -2,8 +2,8 @@
 
 `line_chart()` draws series of (x, y) points with axes, ticks, grid, a title, axis labels, a
 legend, optional dashed marker lines and labelled points, and returns the PNG file's bytes. Text
-uses a built-in 5x7 pixel font (upper and lower case, digits and common punctuation; descenders
-below the baseline), scaled up, so version tags and labels read as written. It is enough for the
+uses the built-in 5x7 pixel font of `qworker.chart_font` (upper and lower case, digits, common
+punctuation), scaled up, so version tags and labels read as written. It is enough for the
 canary drill's failure-rate chart; it is not a plotting library.
 """
 
@@ -17,7 +17,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, final
 
-__all__ = ["Canvas", "Line", "Point", "Series", "line_chart", "nice_ticks", "png_bytes"]
+from qworker.chart_font import DESCENDER, FONT, GLYPH_HEIGHT, GLYPH_WIDTH
+
+__all__ = [
+    "DESCENDER",
+    "FONT",
+    "GLYPH_HEIGHT",
+    "GLYPH_WIDTH",
+    "Canvas",
+    "Line",
+    "Point",
+    "Series",
+    "line_chart",
+    "nice_ticks",
+    "png_bytes",
+]
 
 Color = tuple[int, int, int]
 
@@ -25,115 +39,6 @@ WHITE: Final[Color] = (255, 255, 255)
 BLACK: Final[Color] = (0, 0, 0)
 GRID: Final[Color] = (225, 225, 225)
 AXIS: Final[Color] = (60, 60, 60)
-
-GLYPH_WIDTH: Final = 5
-GLYPH_HEIGHT: Final = 7
-"""Rows from the top of a capital to the baseline; descenders add `DESCENDER` rows below."""
-DESCENDER: Final = 2
-
-# Each line: the character, then its 7 rows ('#' on, '.' off), and for letters that reach below
-# the baseline (g, j, p, q, y) 2 more rows drawn under it. The space is blank.
-_FONT_TABLE: Final = """
-0 .###. #...# #..## #.#.# ##..# #...# .###.
-1 ..#.. .##.. ..#.. ..#.. ..#.. ..#.. .###.
-2 .###. #...# ....# ...#. ..#.. .#... #####
-3 ##### ...#. ..#.. ...#. ....# #...# .###.
-4 ...#. ..##. .#.#. #..#. ##### ...#. ...#.
-5 ##### #.... ####. ....# ....# #...# .###.
-6 ..##. .#... #.... ####. #...# #...# .###.
-7 ##### ....# ...#. ..#.. .#... .#... .#...
-8 .###. #...# #...# .###. #...# #...# .###.
-9 .###. #...# #...# .#### ....# ...#. .##..
-A .###. #...# #...# ##### #...# #...# #...#
-B ####. #...# #...# ####. #...# #...# ####.
-C .###. #...# #.... #.... #.... #...# .###.
-D ###.. #..#. #...# #...# #...# #..#. ###..
-E ##### #.... #.... ####. #.... #.... #####
-F ##### #.... #.... ####. #.... #.... #....
-G .###. #...# #.... #.### #...# #...# .####
-H #...# #...# #...# ##### #...# #...# #...#
-I .###. ..#.. ..#.. ..#.. ..#.. ..#.. .###.
-J ..### ...#. ...#. ...#. ...#. #..#. .##..
-K #...# #..#. #.#.. ##... #.#.. #..#. #...#
-L #.... #.... #.... #.... #.... #.... #####
-M #...# ##.## #.#.# #.#.# #...# #...# #...#
-N #...# #...# ##..# #.#.# #..## #...# #...#
-O .###. #...# #...# #...# #...# #...# .###.
-P ####. #...# #...# ####. #.... #.... #....
-Q .###. #...# #...# #...# #.#.# #..#. .##.#
-R ####. #...# #...# ####. #.#.. #..#. #...#
-S .#### #.... #.... .###. ....# ....# ####.
-T ##### ..#.. ..#.. ..#.. ..#.. ..#.. ..#..
-U #...# #...# #...# #...# #...# #...# .###.
-V #...# #...# #...# .#.#. .#.#. ..#.. ..#..
-W #...# #...# #...# #.#.# #.#.# #.#.# .#.#.
-X #...# #...# .#.#. ..#.. .#.#. #...# #...#
-Y #...# #...# .#.#. ..#.. ..#.. ..#.. ..#..
-Z ##### ....# ...#. ..#.. .#... #.... #####
-a ..... ..... .###. ....# .#### #...# .####
-b #.... #.... #.##. ##..# #...# #...# ####.
-c ..... ..... .###. #.... #.... #...# .###.
-d ....# ....# .##.# #..## #...# #...# .####
-e ..... ..... .###. #...# ##### #.... .###.
-f ..##. .#..# .#... ###.. .#... .#... .#...
-g ..... ..... .#### #...# #...# #...# .#### ....# .###.
-h #.... #.... #.##. ##..# #...# #...# #...#
-i ..#.. ..... .##.. ..#.. ..#.. ..#.. .###.
-j ...#. ..... ..##. ...#. ...#. ...#. ...#. #..#. .##..
-k #.... #.... #..#. #.#.. ##... #.#.. #..#.
-l .##.. ..#.. ..#.. ..#.. ..#.. ..#.. .###.
-m ..... ..... ##.#. #.#.# #.#.# #.#.# #.#.#
-n ..... ..... #.##. ##..# #...# #...# #...#
-o ..... ..... .###. #...# #...# #...# .###.
-p ..... ..... ####. #...# #...# #...# ####. #.... #....
-q ..... ..... .#### #...# #...# #...# .#### ....# ....#
-r ..... ..... #.##. ##..# #.... #.... #....
-s ..... ..... .###. #.... .###. ....# ####.
-t .#... .#... ###.. .#... .#... .#..# ..##.
-u ..... ..... #...# #...# #...# #..## .##.#
-v ..... ..... #...# #...# #...# .#.#. ..#..
-w ..... ..... #...# #...# #.#.# #.#.# .#.#.
-x ..... ..... #...# .#.#. ..#.. .#.#. #...#
-y ..... ..... #...# #...# #...# #...# .#### ....# .###.
-z ..... ..... ##### ...#. ..#.. .#... #####
-. ..... ..... ..... ..... ..... .##.. .##..
-, ..... ..... ..... ..... .##.. ..#.. .#...
-: ..... .##.. .##.. ..... .##.. .##.. .....
-; ..... .##.. .##.. ..... .##.. ..#.. .#...
-- ..... ..... ..... ##### ..... ..... .....
-+ ..... ..#.. ..#.. ##### ..#.. ..#.. .....
-% ##..# ##..# ...#. ..#.. .#... #..## #..##
-( ...#. ..#.. .#... .#... .#... ..#.. ...#.
-) .#... ..#.. ...#. ...#. ...#. ..#.. .#...
-[ .###. .#... .#... .#... .#... .#... .###.
-] .###. ...#. ...#. ...#. ...#. ...#. .###.
-/ ..... ....# ...#. ..#.. .#... #.... .....
-= ..... ..... ##### ..... ##### ..... .....
-< ...#. ..#.. .#... #.... .#... ..#.. ...#.
-> .#... ..#.. ...#. ....# ...#. ..#.. .#...
-_ ..... ..... ..... ..... ..... ..... #####
-' ..#.. ..#.. .#... ..... ..... ..... .....
-! ..#.. ..#.. ..#.. ..#.. ..#.. ..... ..#..
-? .###. #...# ....# ...#. ..#.. ..... ..#..
-* ..... ..#.. #.#.# .###. #.#.# ..#.. .....
-# .#.#. .#.#. ##### .#.#. ##### .#.#. .#.#.
-| ..#.. ..#.. ..#.. ..#.. ..#.. ..#.. ..#..
-"""
-
-
-def _parse_font(table: str) -> dict[str, tuple[str, ...]]:
-    font: dict[str, tuple[str, ...]] = {" ": ("." * GLYPH_WIDTH,) * GLYPH_HEIGHT}
-    for line in table.strip().splitlines():
-        char, *rows = line.split()
-        heights = (GLYPH_HEIGHT, GLYPH_HEIGHT + DESCENDER)
-        if len(rows) not in heights or any(len(row) != GLYPH_WIDTH for row in rows):
-            raise ValueError(f"bad glyph for {char!r}")
-        font[char] = tuple(rows)
-    return font
-
-
-FONT: Final = _parse_font(_FONT_TABLE)
-"""The built-in font: upper and lower case letters, digits, punctuation."""
 
 
 def png_bytes(width: int, height: int, rgb: bytes | bytearray) -> bytes:
