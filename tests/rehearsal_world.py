@@ -283,6 +283,7 @@ class World:
         self._cloudwatch: Any = None
         self._cloudformation: Any = None
         self._labels = Counter[str]()
+        self._tasks: list[WorkerProcess] = []  # every task started, to stop them all at the end
         self._locks: dict[str, asyncio.Lock] = {}
         self._stand_in = json.dumps(_stand_in_template())
 
@@ -372,14 +373,15 @@ class World:
         return await self._account(left)
 
     async def stop_all(self) -> None:
-        """Stop every task of every stack."""
-        await asyncio.gather(*(t.stop() for s in self.stacks.values() for t in s.tasks))
+        """Stop every task ever started (a rollout cut short may have started some)."""
+        await asyncio.gather(*(t.stop() for t in self._tasks))
 
     async def close(self) -> None:
         """Stop everything this world started."""
         self._stop.set()
         for task in self._background:
             task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.stop_all()
         await self._exit.aclose()
         for client in (self._cloudwatch, self._cloudformation):
@@ -837,6 +839,7 @@ class World:
         self._labels[role.value] += 1
         label = f"{role.value}-{revision}-{self._labels[role.value]}"
         task = WorkerProcess(role, revision, label=label, run_dir=self.run_dir)
+        self._tasks.append(task)
         await task.start(HANDLER_MODULE, self._environment(rendered, role, revision, label))
         try:
             await task.wait_ready()
