@@ -607,6 +607,7 @@ class World:
         spec = yaml.safe_load((ROOT / spec_path).read_text())
         env = self._codebuild_env(project, action, artifacts)
         work = Path(tempfile.mkdtemp(prefix="build-", dir=self.run_dir))
+        source = _source_artifact(work)
         exports = work / ".exported.json"
         script = self._build_script(spec, spec_path, exports)
         log = work / "build.log"
@@ -615,8 +616,8 @@ class World:
                 "bash",
                 "-c",
                 script,
-                cwd=ROOT,  # CODEBUILD_SRC_DIR: the source artifact (this checkout)
-                env={**env, "REHEARSAL_WORK_DIR": str(work)},
+                cwd=source,  # CODEBUILD_SRC_DIR: the source artifact
+                env={**env, "CODEBUILD_SRC_DIR": str(source), "REHEARSAL_WORK_DIR": str(work)},
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
             )
@@ -638,9 +639,8 @@ class World:
         for output in action.get("OutputArtifacts", []):
             files = artifacts.files.setdefault(str(output["Name"]), {})
             for pattern in spec.get("artifacts", {}).get("files", []):
-                for path in ROOT.glob(str(pattern)):
+                for path in source.glob(str(pattern)):
                     files[path.name] = path.read_text()
-                    path.unlink()  # written into the checkout by the buildspec: ours to remove
         for files in artifacts.files.values():
             if "image-params.json" in files:
                 tag = json.loads(files["image-params.json"])["Parameters"]["ImageTag"]
@@ -983,3 +983,13 @@ def expected_canary_share(stages: Sequence[Stage]) -> float:
             role, pollers = service_capacity({**overrides, "ImageTag": "x"})
             capacity[role] = pollers
     return capacity[DeploymentRole.CANARY] / sum(capacity.values())
+
+
+def _source_artifact(work: Path) -> Path:
+    """A build's own source directory: the checkout's entries linked, so what a buildspec writes
+    at the top (image-params.json) stays with that build (rehearsals may run side by side)."""
+    source = work / "src"
+    source.mkdir()
+    for entry in ROOT.iterdir():
+        (source / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    return source
