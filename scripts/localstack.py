@@ -47,7 +47,7 @@ REQUIREMENTS: Final = (
     "service-identity",
 )
 HOST: Final = "127.0.0.1"
-SERVICES: Final = "sqs,cloudwatch,logs,cloudformation,iam,sts,s3,events"
+SERVICES: Final = "sqs,cloudwatch,logs,cloudformation,iam,sts,s3,events,sns"
 CACHE_DIR: Final = Path.home() / ".cache" / "qworker"
 DEFAULT_DATA_DIR: Final = CACHE_DIR / "localstack-run"  # the CLI's; start() uses a temp dir
 START_TIMEOUT_S: Final = 60.0
