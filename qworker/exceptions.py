@@ -9,8 +9,8 @@ QWorkerError
 │   ├── HandlerAlreadyRegistered
 │   ├── HandlerSignatureError (TypeError)
 │   └── HandlerNotFound (LookupError)
-├── TransportError                a queue operation failed (botocore errors are mapped to these in
-│   │                             one place, `qworker.transport.map_errors`)
+├── TransportError                an AWS call failed (botocore errors are mapped to these in one
+│   │                             place, `qworker._aws.map_errors`; `.code` is the server's code)
 │   ├── TransientTransportError   worth retrying after a backoff
 │   │   ├── QueueUnavailable      connection refused, timed out, reset
 │   │   ├── Throttled             the server asked us to slow down
@@ -135,6 +135,16 @@ class HandlerNotFound(ConfigError, LookupError):
 
 class TransportError(QWorkerError):
     """A queue operation failed."""
+
+    def __init__(self, message: str | None = None, *, code: str = "") -> None:
+        """Record the server's error code (empty when there was no answer).
+
+        Args:
+            message: What failed (default: the class docstring).
+            code: The server's error code, e.g. `AWS.SimpleQueueService.NonExistentQueue`.
+        """
+        super().__init__(message)
+        self.code = code
 
 
 class TransientTransportError(TransportError):

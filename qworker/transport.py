@@ -6,9 +6,10 @@ over one long-lived aiobotocore client (and, for visibility changes, an optional
 with short timeouts and no pooled connections: see `SqsTransport`);
 `qworker.testing.FakeQueueTransport` implements it in memory.
 
-botocore errors never leave this module: `map_errors()` turns them into the `TransportError` family
-in one place, so the consumer can tell a transient outage (back off, try again) from a lasting
-error.
+botocore errors never leave this module: each call runs inside `qworker._aws.map_errors()`, the
+package's one mapping of botocore errors to the `TransportError` family (re-exported here with its
+`ERROR_CODES` table), so the consumer can tell a transient outage (back off, try again) from a
+lasting error.
 
 The message and queue types themselves live in `qworker.message` and are re-exported here.
 """
@@ -16,32 +17,11 @@ The message and queue types themselves live in `qworker.message` and are re-expo
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Protocol, final
 
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    HTTPClientError,
-    NoCredentialsError,
-    ProxyConnectionError,
-    ReadTimeoutError,
-)
-
-from qworker.exceptions import (
-    AccessDenied,
-    BadRequest,
-    InvalidReceiptHandle,
-    QueueDoesNotExist,
-    QueueUnavailable,
-    ServerError,
-    Throttled,
-    TransportError,
-)
+from qworker._aws import ERROR_CODES, map_errors
+from qworker.exceptions import QueueUnavailable
 from qworker.message import (
     BatchFailure,
     Message,
@@ -120,85 +100,6 @@ class QueueTransport(Protocol):
     async def get_attributes(self) -> QueueAttributes:
         """Read the queue's attributes."""
         ...
-
-
-# Error codes we claim to handle, and the qworker class each maps to. Both the query-protocol codes
-# and the JSON-protocol (`AWS.SimpleQueueService.*`) spellings appear, as servers use either.
-ERROR_CODES: Final[dict[str, type[TransportError]]] = {
-    "AWS.SimpleQueueService.NonExistentQueue": QueueDoesNotExist,
-    "QueueDoesNotExist": QueueDoesNotExist,
-    "AccessDenied": AccessDenied,
-    "AccessDeniedException": AccessDenied,
-    "InvalidClientTokenId": AccessDenied,
-    "UnrecognizedClientException": AccessDenied,
-    "ReceiptHandleIsInvalid": InvalidReceiptHandle,
-    "InvalidParameterValue": BadRequest,
-    "InvalidParameterCombination": BadRequest,
-    "MissingParameter": BadRequest,
-    "InvalidAttributeName": BadRequest,
-    "InvalidMessageContents": BadRequest,
-    "AWS.SimpleQueueService.BatchEntryIdsNotDistinct": BadRequest,
-    "AWS.SimpleQueueService.TooManyEntriesInBatchRequest": BadRequest,
-    "AWS.SimpleQueueService.UnsupportedOperation": BadRequest,
-    "UnsupportedOperation": BadRequest,
-    "ThrottlingException": Throttled,
-    "Throttling": Throttled,
-    "RequestThrottled": Throttled,
-    "OverLimit": Throttled,
-    "KmsThrottled": Throttled,
-    "InternalError": ServerError,
-    "InternalFailure": ServerError,
-    "ServiceUnavailable": ServerError,
-}
-
-
-def _error_class(code: str, http_status: int) -> type[TransportError]:
-    known = ERROR_CODES.get(code)
-    if known is not None:
-        return known
-    if http_status >= 500:  # noqa: PLR2004 (HTTP's server-error range)
-        return ServerError
-    if http_status == 429:  # noqa: PLR2004 (HTTP's Too Many Requests)
-        return Throttled
-    return TransportError
-
-
-@contextlib.contextmanager
-def map_errors(operation: str) -> Iterator[None]:
-    """Translate botocore errors raised inside the block into qworker's `TransportError` family.
-
-    Args:
-        operation: The SQS operation, for the error's message.
-
-    Raises:
-        TransportError: A subclass naming what went wrong.
-    """
-    try:
-        yield
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        text = f"{operation}: {code}: {error.get('Message', '')}".rstrip(": ")
-        raise _error_class(code, status)(text) from exc
-    except (
-        EndpointConnectionError,
-        ConnectTimeoutError,
-        ConnectionClosedError,
-        ReadTimeoutError,
-        HTTPClientError,  # aiobotocore's wrapper for any other aiohttp error
-        ProxyConnectionError,
-        ConnectionError,
-    ) as exc:
-        raise QueueUnavailable(f"{operation}: {exc}") from exc
-    except NoCredentialsError as exc:
-        raise AccessDenied(
-            f"{operation}: no AWS credentials found: set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY, a profile, or a task role"
-        ) from exc
-    except BotoCoreError as exc:
-        # Anything else botocore raises (SSL, parameter validation, ...) is not worth retrying.
-        raise TransportError(f"{operation}: {exc}") from exc
 
 
 def _failures(response: Mapping[str, Any]) -> list[BatchFailure]:
