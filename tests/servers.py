@@ -1,9 +1,11 @@
 """Real SQS-compatible servers on 127.0.0.1 for the test suite: moto and LocalStack, as fixtures.
 
 Both run as subprocesses that tests can kill and bring back on the same port (fault tests), and both
-are checked to listen on loopback only. LocalStack comes from ``scripts/localstack.py``, which
-installs it in its own virtualenv; if it cannot be installed or started, its fixture FAILS, so CI
-goes red instead of skipping. A restarted server starts empty: neither keeps state across restarts.
+are checked to listen on loopback only; both are `qworker._process.ManagedProcess`es (started in
+their own session, stopped by PID). LocalStack comes from ``qworker.localstack`` (the launcher
+``scripts/localstack.py`` runs), which installs it in its own virtualenv; if it cannot be installed
+or started, its fixture FAILS, so CI goes red instead of skipping. A restarted server starts empty:
+neither keeps state across restarts.
 
 ``tests/conftest.py`` imports the fixtures: ``moto_server``, ``localstack_server`` (session-scoped)
 and ``aws_env``.
@@ -11,13 +13,10 @@ and ``aws_env``.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,15 +24,32 @@ from typing import TYPE_CHECKING, Final, Protocol, final
 
 import pytest
 
+from qworker import localstack
+from qworker._process import (
+    HOST,
+    ManagedProcess,
+    ProcessError,
+    check_loopback_only,
+    free_port,
+    listening_addresses,
+)
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from types import ModuleType
 
-HOST: Final = "127.0.0.1"
+__all__ = [
+    "HOST",
+    "MotoServer",
+    "SqsServer",
+    "aws_env",
+    "free_port",
+    "listening_addresses",
+    "localstack_server",
+    "moto_server",
+]
+
 MOTO_START_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 5.0
-_POLL_S: Final = 0.05
-LOCALSTACK_SCRIPT: Final = Path(__file__).resolve().parent.parent / "scripts" / "localstack.py"
 
 # `python -m moto.server`, minus one header. http.server sends `Server: Werkzeug/...`, then moto's
 # app sends its own `server: amazon.com` (getmoto/moto#9930). aiohttp rejects a duplicate Server
@@ -51,20 +67,6 @@ class OneServerHeader(server.MotoRequestHandler):
 server.MotoRequestHandler = OneServerHeader
 server.main(sys.argv[1:])
 """
-
-
-def _load_localstack_script() -> ModuleType:
-    # scripts/ is not a package, and the file must not shadow the real `localstack` package.
-    spec = importlib.util.spec_from_file_location("qworker_localstack_script", LOCALSTACK_SCRIPT)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {LOCALSTACK_SCRIPT}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # classes look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
-
-
-localstack_script = _load_localstack_script()
 
 
 class SqsServer(Protocol):
@@ -88,18 +90,6 @@ class SqsServer(Protocol):
         """Start it again, empty, on the same port, and wait until it answers."""
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    port: int = localstack_script.free_port()
-    return port
-
-
-def listening_addresses(pid: int) -> dict[str, set[int]]:
-    """Map each address `pid` and its descendants listen on (TCP) to its ports, from /proc."""
-    found: dict[str, set[int]] = localstack_script.listening_addresses(pid)
-    return found
-
-
 @final
 class MotoServer:
     """moto's server mode (``python -m moto.server``) on 127.0.0.1, in a subprocess."""
@@ -109,7 +99,11 @@ class MotoServer:
         self.port = port or free_port()
         self.data_dir = Path(tempfile.mkdtemp(prefix="qworker-moto-"))
         self.log_path = self.data_dir / "moto.log"
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process = ManagedProcess(
+            [sys.executable, "-c", _MOTO_LAUNCHER, "-H", HOST, "-p", str(self.port)],
+            log_path=self.log_path,
+            name="moto",
+        )
 
     @property
     def endpoint_url(self) -> str:
@@ -119,44 +113,28 @@ class MotoServer:
     @property
     def pid(self) -> int:
         """The moto process id."""
-        if self._process is None:
-            raise RuntimeError("moto is not running")
         return self._process.pid
 
     def is_running(self) -> bool:
         """Return whether the process is alive."""
-        return self._process is not None and self._process.poll() is None
+        return self._process.is_running()
 
     def restart(self, timeout_s: float = MOTO_START_TIMEOUT_S) -> None:
         """(Re)start moto on the same port, wait until it answers, check it is on loopback only."""
         if self.is_running():
             self.kill()
-        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
-            self._process = subprocess.Popen(
-                [sys.executable, "-c", _MOTO_LAUNCHER, "-H", HOST, "-p", str(self.port)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, like LocalStack's
-            )
+        pid = self._process.start()
         try:
-            self._wait_answering(time.monotonic() + timeout_s)
-            localstack_script.check_loopback_only(self._process.pid)
+            self._process.wait_ready(self._answering, timeout_s=timeout_s, what="answering")
+            check_loopback_only(pid)
         except BaseException:
             self.kill()
             raise
 
-    def _wait_answering(self, deadline: float) -> None:
-        assert self._process is not None
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"moto exited with {self._process.returncode}: {self._log()}")
-            # Ask only once it listens itself: the port may be someone else's.
-            listening = self.port in listening_addresses(self._process.pid).get(HOST, set())
-            if listening and self._request("GET", "/moto-api/data.json", timeout_s=1) is not None:
-                return
-            time.sleep(_POLL_S)
-        raise RuntimeError(f"moto did not answer at {self.endpoint_url}: {self._log()}")
+    def _answering(self) -> bool:
+        # Ask only once it listens itself: the port may be someone else's.
+        listening = self.port in listening_addresses(self._process.pid).get(HOST, set())
+        return listening and self._request("GET", "/moto-api/data.json", timeout_s=1) is not None
 
     def reset(self) -> None:
         """Delete every resource (queues, messages) through ``/moto-api/reset``."""
@@ -165,14 +143,12 @@ class MotoServer:
 
     def stop(self) -> None:
         """Stop moto (SIGTERM, then SIGKILL) and remove its log."""
-        if self._process is not None:
-            localstack_script.terminate(self._process.pid, STOP_TIMEOUT_S, self._process)
+        self._process.stop(STOP_TIMEOUT_S)
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def kill(self) -> None:
         """SIGKILL moto at once; `restart()` brings it back on the same port."""
-        if self._process is not None:
-            localstack_script.terminate(self._process.pid, 0, self._process)
+        self._process.kill()
 
     def _request(self, method: str, path: str, *, timeout_s: float) -> int | None:
         url = f"{self.endpoint_url}{path}"  # always http://127.0.0.1, never a file: URL
@@ -187,12 +163,9 @@ class MotoServer:
         except OSError:  # refused, reset or timed out: not answering yet
             return None
 
-    def _log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
-
     def __repr__(self) -> str:
         """Show the endpoint and the process."""
-        pid = self._process.pid if self._process else None
+        pid = self._process.pid if self._process.started else None
         return f"<MotoServer {self.endpoint_url} pid={pid} running={self.is_running()}>"
 
 
@@ -215,13 +188,10 @@ def localstack_server() -> Iterator[SqsServer]:
     LocalStack cannot be installed or started.
     """
     try:
-        localstack_script.install()
-        server: SqsServer = localstack_script.start(fast=True)
-    except (localstack_script.LocalStackError, OSError) as error:
-        pytest.fail(
-            f"LocalStack could not be installed or started by {LOCALSTACK_SCRIPT}: {error}",
-            pytrace=False,
-        )
+        localstack.install()
+        server: SqsServer = localstack.start(fast=True)
+    except (ProcessError, OSError) as error:
+        pytest.fail(f"LocalStack could not be installed or started: {error}", pytrace=False)
     try:
         yield server
     finally:

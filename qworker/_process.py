@@ -1,0 +1,357 @@
+"""Start and stop server and worker processes by PID: one helper for every subprocess we own.
+
+A `ManagedProcess` runs a command in its own session (so its group id is its pid and a signal to
+the group reaches its children), with stdout and stderr captured to files; `wait_ready()` polls a
+readiness check until it holds, the process exits, or the time is up; `stop()` sends SIGTERM to
+the group, waits a bounded time, then SIGKILLs the group. It is used by the LocalStack launcher
+(`qworker.localstack`), the drill's workers (`qworker.drill.workers`) and the test suite's servers.
+
+Stdlib only, Linux only (``/proc``): `scripts/localstack.py` runs it on any ``python3``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Final, final
+
+__all__ = [
+    "HOST",
+    "ManagedProcess",
+    "ProcessError",
+    "alive",
+    "check_loopback_only",
+    "free_port",
+    "listening_addresses",
+    "read_text",
+    "terminate",
+]
+
+HOST: Final = "127.0.0.1"
+STOP_TIMEOUT_S: Final = 5.0
+POLL_S: Final = 0.05
+_TCP_LISTEN: Final = "0A"  # socket state in /proc/net/tcp (include/net/tcp_states.h)
+
+
+class ProcessError(RuntimeError):
+    """A process did not start, exited early, was not ready in time, or listened too widely."""
+
+
+def read_text(path: Path) -> str | None:
+    """The file's text, or None when it cannot be read."""
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return None
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last `lines` lines of a log file (or a note that there is none)."""
+    return "\n".join((read_text(path) or f"(no log at {path})").splitlines()[-lines:])
+
+
+@final
+class ManagedProcess:
+    """One subprocess in its own session, its output in log files, stopped by PID.
+
+    `start()` runs it; `restart()` runs it again with the same command (after stopping it).
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        stdout_path: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Describe the process.
+
+        Args:
+            argv: The command.
+            log_path: Its stderr (and its stdout, unless `stdout_path` is given), appended to.
+            stdout_path: Its stdout, appended to, when it should not go to the log.
+            env: Its environment (default: ours).
+            cwd: Its working directory (default: ours).
+            name: How messages name it (default: the command's first word).
+        """
+        self.argv = tuple(argv)
+        self.log_path = log_path
+        self.stdout_path = stdout_path
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.name = name or Path(self.argv[0]).name
+        self._process: subprocess.Popen[bytes] | None = None
+        self.log_offset = 0  # where this run's output starts in the log
+
+    @property
+    def pid(self) -> int:
+        """The process id (also its process group id).
+
+        Raises:
+            ProcessError: It was never started.
+        """
+        if self._process is None:
+            raise ProcessError(f"{self.name} was never started")
+        return self._process.pid
+
+    @property
+    def started(self) -> bool:
+        """Whether `start()` ran."""
+        return self._process is not None
+
+    @property
+    def returncode(self) -> int | None:
+        """Its exit code once stopped and reaped (`stop()`, `kill()`, `wait_exit()`), else None."""
+        return self._process.returncode if self._process is not None else None
+
+    def start(self) -> int:
+        """Start it in a new session, output appended to its log files; return its pid."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as files:
+            log = files.enter_context(self.log_path.open("ab"))  # the child keeps its own copy
+            self.log_offset = log.tell()
+            out = files.enter_context(self.stdout_path.open("ab")) if self.stdout_path else log
+            self._process = subprocess.Popen(  # noqa: S603 (our own command, no shell)
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=log if out is not log else subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() reaches its children
+            )
+        return self._process.pid
+
+    def exited(self) -> bool:
+        """Whether it has exited (without reaping it: its pid stays ours until `stop()`)."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return True
+        try:
+            # WNOWAIT: see whether it exited, but leave the zombie (and its group id) in place.
+            return (
+                os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            )
+        except ChildProcessError:  # reaped elsewhere (Popen.poll)
+            process.poll()
+            return True
+
+    def is_running(self) -> bool:
+        """Whether it was started and has not exited."""
+        return self._process is not None and not self.exited()
+
+    def _check(self, ready: Callable[[], bool]) -> bool:
+        if self.exited():
+            self.stop(0)
+            raise ProcessError(f"{self.name} exited with {self.returncode}:\n{self.log_tail()}")
+        return ready()
+
+    def wait_ready(
+        self,
+        ready: Callable[[], bool],
+        *,
+        timeout_s: float,
+        what: str = "ready",
+        poll_s: float = POLL_S,
+    ) -> float:
+        """Poll `ready()` until it holds; return the seconds it took.
+
+        `ready` may raise `ProcessError` itself to give up early (e.g. the port is taken).
+
+        Raises:
+            ProcessError: It exited first, or was not `what` after `timeout_s` (with its log's end).
+        """
+        began = time.monotonic()
+        while time.monotonic() - began < timeout_s:
+            if self._check(ready):
+                return time.monotonic() - began
+            time.sleep(poll_s)
+        raise ProcessError(f"{self.name} not {what} after {timeout_s:g} s:\n{self.log_tail()}")
+
+    async def wait_ready_async(
+        self,
+        ready: Callable[[], bool],
+        *,
+        timeout_s: float,
+        what: str = "ready",
+        poll_s: float = 0.2,
+    ) -> float:
+        """`wait_ready()` for an event loop: the same checks, sleeping with `asyncio.sleep`.
+
+        Raises:
+            ProcessError: It exited first, or was not `what` after `timeout_s`.
+        """
+        began = time.monotonic()
+        while time.monotonic() - began < timeout_s:
+            if self._check(ready):
+                return time.monotonic() - began
+            await asyncio.sleep(poll_s)  # bounded polling of another process's state
+        raise ProcessError(f"{self.name} not {what} after {timeout_s:g} s:\n{self.log_tail()}")
+
+    async def wait_exit_async(self, poll_s: float = 0.2) -> int:
+        """Wait until it exits by itself; reap it (and SIGKILL any child left); return its code."""
+        while True:
+            if self.exited():
+                return self.stop(0)
+            await asyncio.sleep(poll_s)  # polling: asyncio cannot watch a Popen it did not start
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM its group, wait up to `timeout_s`, SIGKILL the group, reap; return its code.
+
+        A process never started, or already reaped, is left alone. 0 kills at once.
+        """
+        process = self._process
+        if process is None:
+            return 0
+        terminate(process.pid, timeout_s, process)
+        return process.returncode if process.returncode is not None else -1
+
+    def kill(self) -> None:
+        """SIGKILL its group at once, as a crash would."""
+        self.stop(0)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of its log."""
+        return tail(self.log_path, lines)
+
+    def log_since_start(self) -> str:
+        """What this run wrote to its log so far."""
+        try:
+            with self.log_path.open("rb") as file:
+                file.seek(self.log_offset)
+                return file.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def __repr__(self) -> str:
+        """Show the command's name and the process."""
+        pid = self._process.pid if self._process is not None else None
+        return f"<ManagedProcess {self.name} pid={pid} running={self.is_running()}>"
+
+
+def terminate(pid: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM the process group of `pid`, wait up to `timeout_s`, then SIGKILL the group.
+
+    Args:
+        pid: A process started in its own session, so its group id is its pid.
+        timeout_s: Grace period; 0 kills at once.
+        process: Its `Popen` when we are its parent. We reap it only after the last signal: until
+            then it is at worst a zombie, so neither its pid nor its group id can be someone else's.
+    """
+    if process is not None and process.returncode is not None:
+        return  # reaped already: the pid may belong to another process by now
+    if timeout_s > 0:
+        _signal_group(pid, signal.SIGTERM)
+        _wait_exit(pid, time.monotonic() + timeout_s, process)
+    _signal_group(pid, signal.SIGKILL)  # stragglers: children, or a leader that ignored SIGTERM
+    if process is not None:
+        process.wait(STOP_TIMEOUT_S)
+    else:
+        _wait_exit(pid, time.monotonic() + STOP_TIMEOUT_S, None)
+
+
+def _signal_group(pid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signum)
+
+
+def _wait_exit(pid: int, deadline: float, process: subprocess.Popen[bytes] | None) -> None:
+    while time.monotonic() < deadline:
+        if process is not None:
+            try:
+                if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                    return
+            except ChildProcessError:
+                return
+        elif not alive(pid):
+            return
+        time.sleep(POLL_S)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie."""
+    stat = read_text(Path(f"/proc/{pid}/stat"))
+    return stat is not None and stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def check_loopback_only(pid: int) -> None:
+    """Fail if `pid` or a descendant listens on anything but a loopback address.
+
+    Raises:
+        ProcessError: Naming the offending addresses, or saying it listens on nothing.
+    """
+    listening = listening_addresses(pid)
+    exposed = sorted(
+        address for address in listening if not ipaddress.ip_address(address).is_loopback
+    )
+    if exposed:
+        raise ProcessError(f"pid {pid} listens beyond loopback on {exposed}: refusing to run")
+    if not listening:
+        raise ProcessError(f"pid {pid} listens on no TCP socket")
+
+
+def listening_addresses(pid: int) -> dict[str, set[int]]:
+    """Map each address that `pid` and its descendants listen on (TCP) to its ports.
+
+    Reads ``/proc``, as ``ss -ltnp`` does, so it needs no tool and parses no text meant for people.
+    """
+    pids = _descendants(pid) | {pid}
+    inodes: set[str] = set()
+    for member in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{member}/fd"):
+                with contextlib.suppress(OSError):
+                    target = str(Path(fd.path).readlink())
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    found: dict[str, set[int]] = {}
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        lines = (read_text(Path(f"/proc/{pid}/net/{table}")) or "").splitlines()[1:]
+        for fields in (line.split() for line in lines):
+            if fields[3] == _TCP_LISTEN and fields[9] in inodes:
+                address, port = fields[1].split(":")
+                found.setdefault(_decode_address(address, family), set()).add(int(port, 16))
+    return found
+
+
+def _decode_address(hex_address: str, family: int) -> str:
+    # /proc/net/tcp prints each 32-bit word of the address in the host's byte order.
+    words = (int(hex_address[i : i + 8], 16) for i in range(0, len(hex_address), 8))
+    return socket.inet_ntop(family, b"".join(struct.pack("=I", word) for word in words))
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        stat = read_text(entry / "stat") if entry.name.isdigit() else None
+        if stat:
+            ppid = int(stat.rpartition(")")[2].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
