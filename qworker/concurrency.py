@@ -3,7 +3,8 @@
 - `Capacity`: free handler slots; pollers take up to a batch before they receive, settlement gives
   them back (capacity before receive, docs/architecture.md).
 - `first()`: wait until the first of several awaitables is done (a receive or `stop()`, a pause or
-  `stop()`), cancelling the others.
+  `stop()`), cancelling the others and waiting for them to end (`cancel_and_wait()`), so no task
+  outlives the call.
 - `leaves()`: the exceptions inside (nested) exception groups, so one failure inside task groups
   can be reported as itself.
 """
@@ -11,10 +12,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import final
+from collections.abc import Awaitable, Iterable
+from typing import Any, final
 
-__all__ = ["Capacity", "first", "leaves"]
+__all__ = ["Capacity", "cancel_and_wait", "first", "leaves"]
 
 
 @final
@@ -45,19 +46,32 @@ class Capacity:
 
 
 async def first(*awaitables: Awaitable[object], cancel: bool = True) -> None:
-    """Wait until the first of `awaitables` is done; cancel the others.
+    """Wait until the first of `awaitables` is done; cancel the others and wait for them to end.
+
+    No task this creates outlives the call, also when the call itself is cancelled (a sibling
+    poller failed): the ones it cancels are awaited.
 
     Args:
         *awaitables: What to wait for.
-        cancel: With False, the first awaitable is left running (the caller decides its fate).
+        cancel: With False, the first awaitable is left running (the caller decides its fate,
+            also when the wait is interrupted: the caller must then cancel it itself).
     """
     tasks = [asyncio.ensure_future(a) for a in awaitables]
+    others = tasks if cancel else tasks[1:]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
-            if cancel or task is not tasks[0]:
-                task.cancel()
+        await cancel_and_wait(others)
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel the tasks not done yet and wait until they have ended (their errors are dropped)."""
+    pending = [task for task in tasks if not task.done()]
+    if not pending:
+        return
+    for task in pending:
+        task.cancel()
+    await asyncio.wait(pending)
 
 
 def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

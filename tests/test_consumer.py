@@ -12,7 +12,7 @@ from qworker.exceptions import AccessDenied, BadRequest, QueueUnavailable, Serve
 from qworker.outcome import Outcome, OutcomeRecord
 from qworker.role import Identity
 from qworker.testing import FakeQueueTransport, FakeSqs, ManualClock, consumer_for
-from qworker.transport import SendEntry
+from qworker.transport import Message, SendEntry
 
 
 async def no_sleep(_: float) -> None:
@@ -208,6 +208,38 @@ async def test_lasting_receive_error_stops_run_loudly() -> None:
     consumer = consumer_for(queue, handle, pollers=1)
     with pytest.raises(AccessDenied, match="ReceiveMessage"):
         await consumer.run_until_empty()
+
+
+async def test_a_failing_poller_leaves_no_task_behind() -> None:
+    """One poller's receive fails for good while its sibling's long poll is pending: `run()`
+    raises the failure, and the sibling's receive is cancelled and awaited, not leaked."""
+    queue = FakeSqs().create_queue("leak")
+    queue.fail_next("receive", AccessDenied("no sqs:ReceiveMessage"))
+    pending = asyncio.Event()
+    receive = queue.receive
+
+    async def receive_or_wait(
+        max_messages: int, *, wait_time_s: float, visibility_timeout_s: int | None = None
+    ) -> list[Message]:
+        if queue.calls["receive"] == 0:
+            return await receive(
+                max_messages, wait_time_s=wait_time_s, visibility_timeout_s=visibility_timeout_s
+            )
+        queue.calls["receive"] += 1
+        await pending.wait()  # a long poll that is still waiting when its sibling fails
+        return []
+
+    queue.receive = receive_or_wait  # type: ignore[method-assign]
+
+    async def handle(body: str) -> None:
+        pass
+
+    consumer = consumer_for(queue, handle, pollers=2)
+    with pytest.raises(AccessDenied, match="ReceiveMessage"):
+        await consumer.run()
+    assert queue.calls["receive"] == 2  # both pollers were receiving
+    left = asyncio.all_tasks() - {asyncio.current_task()}
+    assert not left, [t.get_name() for t in left]
 
 
 async def test_a_failed_delete_is_counted_and_the_message_comes_back() -> None:

@@ -1,0 +1,159 @@
+"""The end of one delivery: settle its outcome on the queue, free its slot, tell the sinks.
+
+`Finisher.finish()` is the one way a held message leaves the consumer: the heartbeat stops
+extending it (a success keeps being extended until its delete is confirmed, so a delete retried
+through an outage cannot outlive the visibility timeout), the `Settler` records the outcome on the
+queue, the slot goes back to the pollers, and the record goes to every sink. `release()` lets a
+message go unstarted; `drop_duplicate()` deletes a redelivery of a message whose success is still
+being deleted, without running it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Final, final
+
+from qworker.concurrency import Capacity
+from qworker.dispatch import Dispatcher
+from qworker.heartbeat import Heartbeat, Held
+from qworker.outcome import Outcome, OutcomeRecord
+from qworker.poller import Poller
+from qworker.settle import Settler
+from qworker.statistics import OutcomeCounts, OutcomeSink
+
+__all__ = ["Finisher"]
+
+log = logging.getLogger("qworker.consumer")  # the logger these lines always had
+
+_COMES_BACK: Final = frozenset({Outcome.FAILED, Outcome.RETRIED, Outcome.RELEASED})
+"""Outcomes that leave the message on the queue (a drain must look again)."""
+
+
+@final
+class Finisher:
+    """Settles, frees and reports the deliveries of one consumer."""
+
+    def __init__(
+        self,
+        *,
+        dispatcher: Dispatcher,
+        settler: Settler,
+        heartbeat: Heartbeat,
+        capacity: Capacity,
+        poller: Poller,
+        counts: OutcomeCounts,
+        sinks: Sequence[OutcomeSink],
+        stopping: Callable[[], bool],
+        fifo: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Create the finisher of one consumer.
+
+        Args:
+            dispatcher: Builds the records of releases.
+            settler: Records outcomes on the queue.
+            heartbeat: Holds the messages.
+            capacity: Gets a slot back per message finished.
+            poller: Woken when a message may come back; knows when long polls were cancelled.
+            counts: The consumer's counters (unsettled, duplicates).
+            sinks: Receive every record, in order (the counters and the log first).
+            stopping: Whether the consumer is stopping.
+            fifo: The queue is FIFO (a release at shutdown waits for cancelled polls).
+            clock: Monotonic seconds.
+        """
+        self._dispatcher = dispatcher
+        self._settler = settler
+        self._heartbeat = heartbeat
+        self._capacity = capacity
+        self._poller = poller
+        self._counts = counts
+        self._sinks = tuple(sinks)
+        self._stopping = stopping
+        self._fifo = fifo
+        self._clock = clock
+        self.deleting: Counter[str] = Counter()
+        """Ids whose success is being deleted (a redelivery of one is a duplicate)."""
+        self.unreleased: list[str] = []
+        """Ids of messages that could not be released while stopping (left to lapse)."""
+
+    async def finish(
+        self, held: Held, record: OutcomeRecord, settle_as: OutcomeRecord | None = None
+    ) -> None:
+        """Settle the outcome (or `settle_as`) on the queue, free the slot, tell the sinks."""
+        message_id = held.message.message_id
+        succeeded = record.outcome is Outcome.SUCCEEDED
+        try:
+            if succeeded:
+                # Keep extending it until the delete is confirmed: a delete retried through an
+                # outage must not outlive the visibility timeout. Only outcomes that set the
+                # visibility themselves stop the heartbeat first.
+                self.deleting[message_id] += 1
+            else:
+                await self._heartbeat.claim(held)
+            settled = await self._settler.settle(held.message, settle_as or record)
+        finally:
+            if succeeded:
+                self.deleting[message_id] -= 1
+                if not self.deleting[message_id]:
+                    del self.deleting[message_id]
+            self.free(held)
+        if not settled:
+            self._counts.unsettled += 1
+            record = replace(record, settled=False)
+            if self._stopping() and record.outcome is Outcome.RELEASED:
+                self.unreleased.append(message_id)
+        if not settled or record.outcome in _COMES_BACK or len(self._heartbeat) == 0:
+            self._poller.may_return()
+        self.note(record)
+
+    async def release(self, held: Held, error: str | None = None) -> None:
+        """Let a message go (visible again), unstarted or cancelled at shutdown."""
+        # A FIFO message let go at shutdown stays hidden until the long polls cancelled by the
+        # stop have surely ended on the server: one of them could take it, and that receive would
+        # count against its budget (qworker.groups).
+        delay = None
+        cancelled_at = self._poller.cancelled_at
+        if self._fifo and cancelled_at is not None:
+            polls_end = cancelled_at + self._poller.wait_time_s + 1
+            delay = max(0, math.ceil(polls_end - self._clock())) or None
+        record = self._dispatcher.record(held.message, Outcome.RELEASED, error=error, delay_s=delay)
+        await self.finish(held, record)
+
+    def note(self, record: OutcomeRecord) -> None:
+        """Tell every sink (the counters and the log first)."""
+        for sink in self._sinks:
+            sink.record(record)
+
+    def free(self, held: Held) -> None:
+        """Stop holding a message and give its slot back."""
+        self._heartbeat.drop(held)
+        self._capacity.give(1)
+        self._poller.changed.set()
+
+    async def drop_duplicate(self, held: Held) -> None:
+        """Delete a redelivered message whose success is still being deleted, without running it.
+
+        Its first run already counts; only this copy's receipt is deleted too.
+        """
+        try:
+            error = await self._settler.delete(held.message)
+        finally:
+            self.free(held)
+            if len(self._heartbeat) == 0:
+                self._poller.may_return()
+        self._counts.duplicates += 1
+        log.info(
+            "duplicate delivery of a message already handled; deleted without running it",
+            extra={
+                "action": "duplicate_dropped",
+                "queue": self._dispatcher.queue,
+                "message_id": held.message.message_id,
+                "receive_count": held.message.effective_receive_count,
+                "error": error,
+            },
+        )
