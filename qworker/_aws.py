@@ -48,12 +48,17 @@ from qworker.exceptions import (
 )
 
 __all__ = [
+    "CLOUDWATCH_PROFILE",
+    "CONTROL_CONNECT_TIMEOUT_S",
+    "CONTROL_READ_TIMEOUT_S",
     "ERROR_CODES",
+    "S3_PROFILE",
     "AwsTarget",
     "ClientProfile",
     "error_class",
     "map_errors",
     "open_client",
+    "sqs_profile",
     "sync_client",
     "user_agent",
 ]
@@ -200,6 +205,46 @@ class ClientProfile:
             "user_agent_extra": user_agent(),
             **self.extra,
         }
+
+
+CONTROL_CONNECT_TIMEOUT_S: Final = 2
+"""Connect timeout of visibility calls (the heartbeat's extensions, releases)."""
+
+CONTROL_READ_TIMEOUT_S: Final = 5
+"""Read timeout of visibility calls: far below any visibility timeout worth extending."""
+
+S3_PROFILE: Final = ClientProfile(connect_timeout_s=5, read_timeout_s=60, retries=3)
+"""Large payloads: a minute to move one, three retries."""
+
+CLOUDWATCH_PROFILE: Final = ClientProfile(connect_timeout_s=5, read_timeout_s=10, retries=2)
+"""Local metrics publishing: best effort, short."""
+
+
+def sqs_profile(
+    *, pollers: int = 1, wait_time_s: float = 20.0, control: bool = False
+) -> ClientProfile:
+    """The profile of a long-lived SQS client.
+
+    Args:
+        pollers: Receive loops per queue: every poller and every batch call in flight needs a
+            connection of the pool.
+        wait_time_s: The long poll's wait: the read timeout must outlast it.
+        control: The client for visibility calls: short connect and read timeouts of their own
+            and a fresh connection per call (retries included), so a pooled connection that
+            silently died cannot hang an extension.
+    """
+    pool = max(10, pollers * 2 + 16)
+    if control:
+        return ClientProfile(
+            connect_timeout_s=CONTROL_CONNECT_TIMEOUT_S,
+            read_timeout_s=CONTROL_READ_TIMEOUT_S,
+            retries=3,
+            max_pool_connections=pool,
+            fresh_connections=True,
+        )
+    return ClientProfile(
+        connect_timeout_s=5, read_timeout_s=wait_time_s + 15, retries=3, max_pool_connections=pool
+    )
 
 
 @functools.cache

@@ -19,11 +19,9 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Final, final
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
-
+from qworker._aws import CLOUDWATCH_PROFILE, AwsTarget, map_errors, open_client
 from qworker.emf import Aggregate, Snapshot
+from qworker.exceptions import TransportError
 from qworker.metrics import COUNT_METRICS, DIMENSION_SETS, METRICS, VALUE_METRICS, Dimension
 
 __all__ = ["CloudWatchPublisher", "metric_data", "open_cloudwatch_client"]
@@ -41,18 +39,15 @@ PUBLISH_TIMEOUT_S: Final = 10.0
 async def open_cloudwatch_client(
     *, region: str, endpoint_url: str | None, local: bool
 ) -> AsyncIterator[Any]:
-    """Open an aiobotocore CloudWatch client.
+    """Open an aiobotocore CloudWatch client (short timeouts: publishing is best effort).
 
     Args:
         region: The region.
         endpoint_url: The local endpoint (LocalStack, moto, the embedded server).
         local: Use dummy credentials (a local server does not check them).
     """
-    credentials = {"aws_access_key_id": "test", "aws_secret_access_key": "test"} if local else {}
-    config = AioConfig(connect_timeout=5, read_timeout=10, retries={"mode": "standard"})
-    async with get_session().create_client(
-        "cloudwatch", region_name=region, endpoint_url=endpoint_url, config=config, **credentials
-    ) as client:
+    target = AwsTarget(region, endpoint_url, local=local)
+    async with open_client("cloudwatch", target, CLOUDWATCH_PROFILE) as client:
         yield client
 
 
@@ -131,11 +126,12 @@ class CloudWatchPublisher:
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                 for start in range(0, len(datums), PUT_METRIC_DATA_MAX_DATUMS):
-                    await self._client.put_metric_data(
-                        Namespace=self.namespace,
-                        MetricData=datums[start : start + PUT_METRIC_DATA_MAX_DATUMS],
-                    )
-        except (ClientError, BotoCoreError, OSError, TimeoutError) as exc:
+                    with map_errors("PutMetricData"):
+                        await self._client.put_metric_data(
+                            Namespace=self.namespace,
+                            MetricData=datums[start : start + PUT_METRIC_DATA_MAX_DATUMS],
+                        )
+        except (TransportError, OSError, TimeoutError) as exc:
             self.failures += 1
             log.warning(
                 "publishing metrics to cloudwatch failed; this interval is dropped",

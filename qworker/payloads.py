@@ -30,17 +30,12 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final, final
+from typing import Any, Final, Protocol, final
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
-from botocore.exceptions import ClientError
-
+from qworker._aws import S3_PROFILE, AwsTarget, map_errors, open_client
 from qworker.exceptions import MessageDecodeError, TransientTransportError, TransportError
 from qworker.message import Message, MessageAttribute
 from qworker.outcome import Outcome, OutcomeRecord
-from qworker.settings import QWorkerSettings
-from qworker.transport import map_errors
 
 __all__ = [
     "DEFAULT_THRESHOLD_BYTES",
@@ -48,6 +43,7 @@ __all__ = [
     "LEGACY_SIZE_ATTRIBUTE",
     "POINTER_CLASS",
     "SIZE_ATTRIBUTE",
+    "Located",
     "PayloadError",
     "PayloadNotFound",
     "PayloadResolver",
@@ -170,45 +166,51 @@ def _s3_errors(operation: str, pointer: S3Pointer) -> Iterator[None]:
         with map_errors(f"{operation} {pointer}"):
             yield
     except TransportError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, ClientError):
-            code = str(cause.response.get("Error", {}).get("Code", ""))
-            if code in _MISSING_CODES:
-                raise PayloadNotFound(f"{operation} {pointer}: {code}") from cause
+        if exc.code in _MISSING_CODES:
+            raise PayloadNotFound(f"{operation} {pointer}: {exc.code}", code=exc.code) from exc
         kind = PayloadUnavailable if isinstance(exc, TransientTransportError) else PayloadError
-        raise kind(str(exc)) from exc
+        raise kind(str(exc), code=exc.code) from exc
 
 
 S3ClientFactory = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
 """Opens an aiobotocore S3 client (an async context manager)."""
 
 
+class Located(Protocol):
+    """Where S3 is: a region and an optional custom endpoint (`QWorkerSettings` is one)."""
+
+    @property
+    def region(self) -> str | None:
+        """The AWS region."""
+        ...
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """A custom endpoint (LocalStack, moto, the embedded server), or None for AWS."""
+        ...
+
+
 @contextlib.asynccontextmanager
 async def open_s3_client(
-    settings: QWorkerSettings, *, endpoint_url: str | None = None, local: bool = False
+    target: AwsTarget | Located, *, endpoint_url: str | None = None, local: bool = False
 ) -> AsyncIterator[Any]:
-    """Open an aiobotocore S3 client for the settings' region and endpoint.
+    """Open an aiobotocore S3 client (`qworker._aws.S3_PROFILE`).
 
     A custom endpoint (LocalStack, moto) is addressed path-style: `http://host:port/bucket/key`.
 
     Args:
-        settings: Region and endpoint.
-        endpoint_url: Overrides the settings' endpoint (the embedded server's).
-        local: Use dummy credentials (a local server does not check them).
+        target: Region, endpoint and credentials; or anything with a `region` and an
+            `endpoint_url` (the settings, for the callers that still pass them).
+        endpoint_url: Overrides the target's endpoint (the embedded server's); not with an
+            `AwsTarget`.
+        local: Use dummy credentials (a local server does not check them); not with an
+            `AwsTarget`.
     """
-    endpoint = endpoint_url or settings.endpoint_url
-    config = AioConfig(
-        retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=5,
-        read_timeout=60,
-        s3={"addressing_style": "path"} if endpoint else None,
-    )
-    credentials: dict[str, str] = (
-        {"aws_access_key_id": "test", "aws_secret_access_key": "test"} if local else {}
-    )
-    async with get_session().create_client(
-        "s3", region_name=settings.region, endpoint_url=endpoint, config=config, **credentials
-    ) as client:
+    if not isinstance(target, AwsTarget):
+        target = AwsTarget(target.region, endpoint_url or target.endpoint_url, local=local)
+    elif endpoint_url is not None or local:
+        raise TypeError("endpoint_url and local belong in the AwsTarget")
+    async with open_client("s3", target, S3_PROFILE) as client:
         yield client
 
 
@@ -232,7 +234,7 @@ class PayloadStore:
         """Create a store.
 
         Args:
-            open_client: Opens the S3 client (e.g. `functools.partial(open_s3_client, settings)`).
+            open_client: Opens the S3 client (e.g. `functools.partial(open_s3_client, target)`).
             bucket: Where the producer puts large payloads (None: it never offloads).
             threshold_bytes: A message (body plus attributes) larger than this is offloaded.
             always: Offload every message, whatever its size.

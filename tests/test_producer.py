@@ -22,9 +22,9 @@ from pydantic import BaseModel, Field
 
 from qworker import QWorker
 from qworker.exceptions import QueueUnavailable, TransportError
+from qworker._outgoing import MAX_BATCH_BYTES, NOT_ATTEMPTED
+from qworker.message import BatchFailure, MessageAttribute, SendEntry
 from qworker.producer import (
-    MAX_BATCH_BYTES,
-    NOT_ATTEMPTED,
     Outgoing,
     Producer,
     SendError,
@@ -35,7 +35,7 @@ from qworker.producer import (
 from qworker.role import Identity
 from qworker.testing import FakeQueueTransport, FakeSqs, consumer_for
 from qworker.tracing import TracingMiddleware
-from qworker.transport import BatchFailure, MessageAttribute, QueueTransport, SendEntry
+from qworker.transport import QueueTransport
 
 
 class Order(BaseModel):
