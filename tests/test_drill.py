@@ -29,13 +29,13 @@ from typing import Any, Final
 import boto3
 import pytest
 import yaml  # type: ignore[import-untyped]
-from servers import localstack_script
 
-from handlers import drill as drill_handler
-from qworker import chart, drill
+from qworker import chart, drill, localstack
 from qworker.canary.judge import Decision, RoleCounts, judge
 from qworker.cli import build_parser
+from qworker.drill import handlers as drill_handler
 from qworker.exceptions import ConfigError, Reject
+from qworker.message import HOPS_ATTRIBUTE, RECEIVES_ATTRIBUTE, Message, MessageAttribute
 from qworker.settings import ENV_PREFIX, DeploymentRole, QWorkerSettings, load_settings
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -195,16 +195,25 @@ def test_drill_bodies_validate_and_follow_the_mix() -> None:
 
 def test_the_handler_module_refuses_an_unknown_version() -> None:
     env = {**os.environ, "QWORKER_VERSION": "v9", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-c", "import handlers.drill"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    )
-    assert result.returncode != 0
-    assert "QWORKER_VERSION must be one of" in result.stderr
+    for module in ("qworker.drill.handlers", "handlers.drill"):
+        result = subprocess.run(
+            [sys.executable, "-c", f"import {module}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=ROOT,
+        )
+        assert result.returncode != 0
+        assert "QWORKER_VERSION must be one of" in result.stderr
+
+
+def test_the_checkouts_handler_name_is_the_packaged_handler() -> None:
+    from handlers import drill as old_name  # noqa: PLC0415 (the name the README's drill section uses)
+
+    assert drill.DrillConfig().handler_module == "qworker.drill.handlers"
+    assert old_name.handle is drill_handler.handle
+    assert old_name.BEHAVIOURS is drill_handler.BEHAVIOURS
 
 
 # -- configuration, environment, audit and report -------------------------------------------------
@@ -268,9 +277,10 @@ def test_the_cli_registers_the_drill() -> None:
         build_parser().parse_args(["drill", "--embedded", "--endpoint-url", "http://x"])
 
 
-def _ledger(path: Path, rows: list[tuple[str, int, str, str, str]]) -> Path:
+def _ledger(path: Path, rows: list[tuple[Any, ...]]) -> Path:
+    """Rows of (event id, receive count, role, version, outcome[, hops[, prior receives]])."""
     with path.open("w") as f:
-        for event_id, receive_count, role, version, outcome in rows:
+        for event_id, receive_count, role, version, outcome, *handed in rows:
             record = {
                 "event_id": event_id,
                 "message_id": f"m-{event_id}",
@@ -279,6 +289,9 @@ def _ledger(path: Path, rows: list[tuple[str, int, str, str, str]]) -> Path:
                 "version": version,
                 "outcome": outcome,
             }
+            if handed:
+                record["hops"] = handed[0]
+                record["prior_receives"] = handed[1] if len(handed) > 1 else 0
             f.write(json.dumps(record) + "\n")
     return path
 
@@ -307,6 +320,57 @@ def test_account_finds_lost_duplicated_and_recovered_messages(tmp_path: Path) ->
     clean = drill.account(["a", "b"], ledger, left_on_queue=0, dead_lettered=0)
     assert clean.ok
     assert not dataclasses.replace(clean, dead_lettered=1).ok
+
+
+def test_a_handed_back_copy_is_no_first_attempt(tmp_path: Path) -> None:
+    # The canary rejects "a" on its first delivery and hands it back: the copy arrives with a
+    # receive count of 1 and qworker.hops 1. "b" fails once on the primary, then the canary
+    # hands back its second delivery: that copy carries qworker.receives 1 as well.
+    ledger = _ledger(
+        tmp_path / "ledger.jsonl",
+        [
+            ("a", 1, "canary", "v2-rejects", "rejected", 0, 0),
+            ("a", 1, "primary", "v1", "succeeded", 1, 0),
+            ("b", 1, "primary", "v1", "failed", 0, 0),
+            ("b", 2, "canary", "v2-rejects", "rejected", 0, 0),
+            ("b", 1, "primary", "v1", "succeeded", 1, 1),
+            ("c", 1, "primary", "v1", "succeeded"),  # a ledger line without the hand-back fields
+        ],
+    )
+    audit = drill.account(["a", "b", "c"], ledger, left_on_queue=0, dead_lettered=0)
+    assert audit.ok
+    canary, primary = audit.tallies
+    assert (canary.attempts, canary.first_attempts, canary.first_attempt_failed) == (2, 1, 1)
+    assert (primary.attempts, primary.first_attempts, primary.first_attempt_failed) == (4, 2, 1)
+    assert primary.first_attempt_rate == 0.5
+    assert audit.canary_failures_recovered_by == {"primary v1": 2}
+
+
+async def test_the_ledger_records_what_makes_a_first_attempt(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.jsonl"
+    monkeypatch.setattr(drill_handler, "_LEDGER", str(ledger))
+    monkeypatch.setattr(random, "random", lambda: 0.5)  # no transient failure
+    event = _event("order", "EUR")
+    copy = Message(
+        message_id="copy-1",
+        receipt_handle="r",
+        body=event.model_dump_json(),
+        attributes={"ApproximateReceiveCount": "1"},
+        message_attributes={
+            HOPS_ATTRIBUTE: MessageAttribute("Number", "1"),
+            RECEIVES_ATTRIBUTE: MessageAttribute("Number", "2"),
+        },
+    )
+    original = Message(message_id="m-1", receipt_handle="r", body=event.model_dump_json())
+    await drill_handler.handle(event, original)
+    await drill_handler.handle(event, copy)
+    first, handed = (json.loads(line) for line in ledger.read_text().splitlines())
+    assert (first["receive_count"], first["hops"], first["prior_receives"]) == (1, 0, 0)
+    assert (handed["receive_count"], handed["hops"], handed["prior_receives"]) == (1, 1, 2)
+    assert drill.is_first_attempt(first)
+    assert not drill.is_first_attempt(handed)
 
 
 def test_report_shows_the_evidence_table_share_and_chart(tmp_path: Path) -> None:
@@ -403,7 +467,7 @@ def test_the_init_hook_creates_the_queue_and_its_dead_letter_queue(
     localstack_server: Any, tmp_path: Path, aws_env: None
 ) -> None:
     # The LocalStack image has `awslocal`; here a shim aims LocalStack's own AWS CLI at the server.
-    aws = localstack_script.venv_dir() / "bin" / "aws"
+    aws = localstack.venv_dir() / "bin" / "aws"
     assert aws.exists(), f"LocalStack's virtualenv has no AWS CLI at {aws}"
     shim = tmp_path / "awslocal"
     shim.write_text(

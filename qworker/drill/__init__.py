@@ -2,14 +2,14 @@
 
 The drill plays the pipeline's canary stage on one machine, with real processes and real metrics:
 
-1. a server: LocalStack started from `scripts/localstack.py` in its own virtualenv on 127.0.0.1
-   (stopped by PID at the end), a running server given by `--endpoint-url`, or moto in-process
-   (`--embedded`);
+1. a server: LocalStack started by `qworker.localstack` on 127.0.0.1 from its own virtualenv in
+   `~/.cache/qworker` (installed there on first use; stopped by PID at the end), a running server
+   given by `--endpoint-url`, or moto in-process (`--embedded`);
 2. one queue and its dead-letter queue (redrive policy, `maxReceiveCount` 5);
-3. two `qworker run handlers.drill` subprocesses on that queue: the PRIMARY on the good version
-   `v1` with many pollers, and the CANARY on `v2` (or a defective version with `--defect KIND`:
-   `bug` fails yen payments, `rejects` rejects GBP payments, `slow` is six times slower) with one
-   poller and a few slots, so it receives about a tenth of the traffic;
+3. two `qworker run qworker.drill.handlers` subprocesses on that queue: the PRIMARY on the good
+   version `v1` with many pollers, and the CANARY on `v2` (or a defective version with `--defect
+   KIND`: `bug` fails yen payments, `rejects` rejects GBP payments, `slow` is six times slower)
+   with one poller and a few slots, so it receives about a tenth of the traffic;
 4. a producer sending a steady mix of orders, payments and e-mails;
 5. the canary judge (`qworker.canary.judge.run_bake`, the pipeline's code) reading the two roles'
    first-attempt counts from the server's CloudWatch, where both workers publish every 2 s,
@@ -27,13 +27,14 @@ traffic share, the audit, and writes a PNG chart of both roles' failure rates ov
 logs, the attempt ledger and `report.json` go to the run directory.
 """
 
-# `config` holds the settings and versions, `servers` the server the drill runs on, `workers` the
-# worker subprocesses, `traffic` the producer, `judging` the bake, `audit` the ledger accounting,
-# `report` the evidence, report.json and chart, `run` the drill end to end, and `cli` the command.
+# `config` holds the settings and versions, `servers` the server the drill runs on, `handlers` the
+# workers' handler (imported only by the workers), `workers` the worker subprocesses, `traffic`
+# the producer, `judging` the bake, `audit` the ledger accounting, `report` the evidence,
+# report.json and chart, `run` the drill end to end, and `cli` the command.
 
 from __future__ import annotations
 
-from qworker.drill.audit import Accounting, WorkerTally, account
+from qworker.drill.audit import Accounting, WorkerTally, account, is_first_attempt
 from qworker.drill.cli import _config as _config
 from qworker.drill.cli import drill_command, register
 from qworker.drill.config import (
@@ -77,6 +78,7 @@ __all__ = [
     "drill_body",
     "drill_command",
     "format_report",
+    "is_first_attempt",
     "register",
     "render_chart",
     "run_drill",

@@ -59,6 +59,20 @@ def _read_ledger(ledger: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def is_first_attempt(attempt: dict[str, Any]) -> bool:
+    """Whether a ledger line is a true first delivery, as the worker's metrics count one.
+
+    A canary's hand-back copy is a fresh message (receive count 1) but carries `qworker.hops`,
+    and `qworker.receives` when earlier deliveries were spent (`qworker.settle`): it is the
+    message tried again, never a first attempt (`OutcomeRecord.first_attempt`).
+    """
+    return (
+        attempt["receive_count"] == 1
+        and not attempt.get("hops", 0)
+        and not attempt.get("prior_receives", 0)
+    )
+
+
 def account(
     sent: Iterable[str], ledger: Path, *, left_on_queue: int, dead_lettered: int
 ) -> Accounting:
@@ -66,7 +80,7 @@ def account(
 
     Args:
         sent: The ids of every event sent.
-        ledger: The JSON-lines file `handlers.drill` appends each attempt to.
+        ledger: The JSON-lines file `qworker.drill.handlers` appends each attempt to.
         left_on_queue: Messages still on the queue (visible, in flight or delayed).
         dead_lettered: Messages in the dead-letter queue.
     """
@@ -79,7 +93,7 @@ def account(
         tally = tallies.setdefault((a["role"], a["version"]), Counter())
         tally["attempts"] += 1
         tally["succeeded"] += a["outcome"] == "succeeded"
-        if a["receive_count"] == 1:
+        if is_first_attempt(a):
             tally["first"] += 1
             tally["first_failed"] += a["outcome"] != "succeeded"
     canary_failed = {

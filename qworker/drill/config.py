@@ -17,7 +17,7 @@ REJECTS_VERSION: Final = "v2-rejects"
 SLOW_VERSION: Final = "v2-slow"
 SERVICE: Final = "qworker-drill"
 REGION: Final = "us-east-1"
-HANDLER_MODULE: Final = "handlers.drill"
+HANDLER_MODULE: Final = "qworker.drill.handlers"
 
 DRILL_POLICY: Final = JudgePolicy(
     min_canary_messages=600,
@@ -62,7 +62,7 @@ class Defect(enum.StrEnum):
 
     @property
     def version(self) -> str:
-        """The handler version (`handlers.drill`) with this defect."""
+        """The handler version (`qworker.drill.handlers`) with this defect."""
         return {
             Defect.BUG: DEFECT_VERSION,
             Defect.REJECTS: REJECTS_VERSION,

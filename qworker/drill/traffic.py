@@ -21,7 +21,7 @@ SEND_TICK_S: Final = 0.05
 
 
 def drill_body(event_id: str, rng: random.Random) -> str:
-    """One event of the drill's traffic, as a JSON body `handlers.drill` accepts.
+    """One event of the drill's traffic, as a JSON body `qworker.drill.handlers` accepts.
 
     Args:
         event_id: The event's unique id.

@@ -5,20 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import Final, final
 
 from qworker import health
+from qworker._process import ManagedProcess, ProcessError
 from qworker.drill.config import REGION, SERVICE, DrillConfig, DrillError
 from qworker.settings import DeploymentRole
 
 READY_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 30.0
 WORKER_SHUTDOWN_GRACE_S: Final = 10.0
-POLL_S: Final = 0.2
+POLL_S: Final = 0.2  # how often to look at a starting worker's health file
 
 
 def worker_environment(  # noqa: PLR0917 (one call site, every value named there)
@@ -67,7 +66,7 @@ def worker_environment(  # noqa: PLR0917 (one call site, every value named there
 
 @final
 class WorkerProcess:
-    """One `qworker run` subprocess of the drill."""
+    """One `qworker run` subprocess of the drill (a `ManagedProcess`: stopped by PID)."""
 
     def __init__(self, role: DeploymentRole, version: str, *, label: str, run_dir: Path) -> None:
         """Describe a worker; `start()` runs it."""
@@ -77,7 +76,7 @@ class WorkerProcess:
         self.health_file = run_dir / f"{label}.health.json"
         self.log_file = run_dir / f"{label}.log"
         self.metrics_file = run_dir / f"{label}.emf.jsonl"
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: ManagedProcess | None = None
         self.exit_code: int | None = None
 
     @property
@@ -87,20 +86,23 @@ class WorkerProcess:
         return f"{self.role.value} {self.version} (pid {pid})"
 
     async def start(self, module: str, env: dict[str, str]) -> None:
-        """Start `qworker run <module>` in its own session (a terminal's Ctrl-C is ours to pass)."""
-        with self.log_file.open("ab") as log, self.metrics_file.open("ab") as metrics:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "qworker",
-                "run",
-                module,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=metrics,
-                stderr=log,
-                start_new_session=True,
-            )
+        """Start `qworker run <module>` in its own session (a terminal's Ctrl-C is ours to pass).
+
+        Its stderr (the logs) goes to `log_file`, its stdout (the EMF lines) to `metrics_file`.
+        """
+        self.process = ManagedProcess(
+            [sys.executable, "-m", "qworker", "run", module],
+            log_path=self.log_file,
+            stdout_path=self.metrics_file,
+            env=env,
+            name=f"{self.role.value} {self.version}",
+        )
+        await asyncio.to_thread(self.process.start)
+
+    def _ready(self) -> bool:
+        with contextlib.suppress(OSError, ValueError):
+            return health.read_report(self.health_file).ready
+        return False
 
     async def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> float:
         """Wait until its health file says ready; return the seconds it took.
@@ -108,38 +110,28 @@ class WorkerProcess:
         Raises:
             DrillError: It exited, or was not ready in time (with the end of its log).
         """
-        began = time.monotonic()
-        while time.monotonic() - began < timeout_s:
-            if self.process is None or self.process.returncode is not None:
-                raise DrillError(f"{self.name} exited at start-up:\n{self.log_tail()}")
-            with contextlib.suppress(OSError, ValueError):
-                if health.read_report(self.health_file).ready:
-                    return time.monotonic() - began
-            await asyncio.sleep(POLL_S)  # bounded polling of a subprocess's health file
-        raise DrillError(f"{self.name} not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
+        if self.process is None:
+            raise DrillError(f"{self.name} was never started")
+        try:
+            return await self.process.wait_ready_async(
+                self._ready, timeout_s=timeout_s, poll_s=POLL_S
+            )
+        except ProcessError as exc:
+            self.exit_code = self.process.returncode
+            raise DrillError(f"{self.name} did not start: {exc}") from None
 
     async def wait_exit(self) -> int:
         """Wait until it exits by itself; return its exit code."""
         if self.process is None:
             return 0
-        return await self.process.wait()
+        return await self.process.wait_exit_async()
 
     async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM it, wait for its graceful exit (SIGKILL after `timeout_s`); return the code."""
-        process = self.process
-        if process is None:
+        if self.process is None:
             return 0
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), timeout_s)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
-        self.exit_code = process.returncode
-        return self.exit_code if self.exit_code is not None else -1
+        self.exit_code = await asyncio.to_thread(self.process.stop, timeout_s)
+        return self.exit_code
 
     def log_tail(self, lines: int = 15) -> str:
         """The last lines of its log."""
