@@ -2,7 +2,9 @@
 
 These types carry no I/O; `qworker.transport` sends and receives them (and re-exports them), and
 `Message.from_sqs` / `SendEntry.to_sqs` / `QueueAttributes.from_sqs` convert to and from SQS's wire
-shapes.
+shapes. `Envelope` (with `SnsEnvelope` and `EventBridgeEnvelope`) is what `qworker.envelopes` read
+from an SNS notification or an EventBridge event around the body: a message that came through one
+carries it as `Message.envelope`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final, final
 
 __all__ = [
@@ -17,11 +20,14 @@ __all__ = [
     "ORIGINAL_ID_ATTRIBUTE",
     "RECEIVES_ATTRIBUTE",
     "BatchFailure",
+    "Envelope",
+    "EventBridgeEnvelope",
     "Message",
     "MessageAttribute",
     "QueueAttributes",
     "RedrivePolicy",
     "SendEntry",
+    "SnsEnvelope",
     "queue_name_from_arn",
     "queue_name_from_url",
 ]
@@ -61,16 +67,87 @@ class MessageAttribute:
 
 @final
 @dataclass(frozen=True, slots=True)
+class SnsEnvelope:
+    """What the SNS notification around a body said (a subscription without raw delivery).
+
+    Attributes:
+        topic_arn: The topic the message was published to.
+        message_id: SNS's id of the publication (not the SQS message id).
+        timestamp: When SNS accepted the publication.
+        subject: The subject given to `Publish`, if any.
+        message_attributes: The publisher's message attributes (`Binary` values decoded to bytes).
+        sequence_number: The FIFO topic's sequence number, if any.
+    """
+
+    topic_arn: str
+    message_id: str
+    timestamp: datetime | None = None
+    subject: str | None = None
+    message_attributes: Mapping[str, MessageAttribute] = field(default_factory=dict)
+    sequence_number: str | None = None
+
+    def attribute(self, name: str) -> str | None:
+        """Return a string-valued SNS message attribute, or None."""
+        attr = self.message_attributes.get(name)
+        return attr.value if attr is not None and isinstance(attr.value, str) else None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class EventBridgeEnvelope:
+    """The top-level fields of an EventBridge event around a body (its `detail`).
+
+    Attributes:
+        id: The event's id.
+        source: Who put the event (`com.example.orders`, `aws.s3`, ...).
+        detail_type: The event's `detail-type`.
+        time: When the event happened.
+        resources: The ARNs the event is about.
+        account: The account the event was put in.
+        region: The region the event was put in.
+        version: The envelope's version (`"0"`).
+    """
+
+    id: str
+    source: str
+    detail_type: str
+    time: datetime | None = None
+    resources: tuple[str, ...] = ()
+    account: str = ""
+    region: str = ""
+    version: str = "0"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The envelopes a body came in, outermost first: SNS, EventBridge, or both (EventBridge → SNS).
+
+    Attributes:
+        sns: The SNS notification's metadata, when the body came through an SNS topic.
+        eventbridge: The EventBridge event's metadata, when the body is an event's `detail`.
+        raw_body: The body as it was received, envelopes included.
+    """
+
+    sns: SnsEnvelope | None = None
+    eventbridge: EventBridgeEnvelope | None = None
+    raw_body: str = ""
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class Message:
     """One received message.
 
     Attributes:
         message_id: The id SQS gave the message when it was sent (the same on every delivery).
         receipt_handle: The handle of this delivery; deletes and visibility changes need it.
-        body: The body as sent.
+        body: The body as sent (a handler whose message came in an envelope sees its payload).
         attributes: System attributes (`ApproximateReceiveCount`, `SentTimestamp`, `MessageGroupId`,
             `AWSTraceHeader`, ...).
-        message_attributes: The sender's message attributes.
+        message_attributes: The sender's message attributes (SQS's; an SNS publisher's are on
+            `envelope.sns`).
+        envelope: The SNS / EventBridge envelope the body was taken out of (`None`: none).
     """
 
     message_id: str
@@ -78,6 +155,7 @@ class Message:
     body: str
     attributes: Mapping[str, str] = field(default_factory=dict)
     message_attributes: Mapping[str, MessageAttribute] = field(default_factory=dict)
+    envelope: Envelope | None = None
 
     @property
     def receive_count(self) -> int:
