@@ -1,0 +1,410 @@
+"""Several message types on one queue: a `TypeRouter` picks a handler by a discriminator.
+
+```python
+orders = TypeRouter(by_attribute("type"))          # or by_field("kind"), by_detail_type()
+
+@orders.route("OrderPlaced")
+async def placed(order: OrderPlaced) -> None: ...
+
+@orders.route("OrderCancelled")
+async def cancelled(order: OrderCancelled, message: Message) -> None: ...
+
+app.handler("orders")(orders.handle)
+```
+
+The discriminator is a message attribute (`by_attribute`: SQS's, or the SNS publisher's when the
+message came through a topic), a top-level field of the body (`by_field`: a route's name can be
+left out when its model types that field as a one-value `Literal`, as in a pydantic discriminated
+union), or an EventBridge event's `detail-type` (`by_detail_type`). Each route is bound like a
+handler (its first parameter's type is what the payload is validated into, a further `Message`
+parameter gets the message), checked when it is registered. Envelopes are taken off as a handler's
+are (`qworker.envelopes`): a discriminator that finds no route in the body as received is asked
+again of the payload inside an SNS notification or EventBridge event.
+
+A message whose type has no route gets the router's explicit answer: `unknown="reject"` (the
+default: rejected with a reason naming the type and the routes), `"retry"` (left for
+`unknown_retry_s`, e.g. while a deployment brings the handler), `"ignore"` (deleted, logged), or a
+`@router.fallback` handler.
+
+Each message's route name is its `message_type` (`TypeRouter.message_type`): a route's name, or
+`"unknown"`. It is bounded by construction (the routes are declared); as a metric dimension the
+first `METRIC_TYPE_LIMIT` (20) routes keep their names and the rest count as `"other"`
+(`TypeRouter.metric_message_type`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Final, Literal, Protocol, TypeVar, final, get_args, get_origin, overload
+
+from pydantic import BaseModel
+
+from qworker.envelopes import DEFAULT_ENVELOPE, EnvelopeMode, Unwrap, check_mode, unwrapper
+from qworker.envelopes import unwrap as unwrap_auto
+from qworker.exceptions import HandlerSignatureError, MessageDecodeError, Reject, Retry
+from qworker.handler import HandlerFunc, HandlerSpec
+from qworker.message import Message
+
+__all__ = [
+    "METRIC_TYPE_LIMIT",
+    "OTHER",
+    "UNKNOWN",
+    "Discriminator",
+    "TypeRouter",
+    "UnknownAnswer",
+    "by_attribute",
+    "by_detail_type",
+    "by_field",
+    "message_type_of",
+]
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=HandlerFunc)
+
+UNKNOWN: Final = "unknown"
+"""The `message_type` of a message no route takes (its own type is not repeated: unbounded)."""
+
+OTHER: Final = "other"
+"""The metric `MessageType` of the routes past `METRIC_TYPE_LIMIT`."""
+
+METRIC_TYPE_LIMIT: Final = 20
+"""At most this many route names become metric dimension values, per router; the rest `other`."""
+
+UnknownAnswer = Literal["reject", "retry", "ignore"]
+"""What a router does with a message whose type has no route (and no fallback)."""
+
+_UNKNOWN_ANSWERS: Final[tuple[str, ...]] = get_args(UnknownAnswer)
+_MAX_TYPE_CHARS: Final = 100
+_ATTRIBUTE: Final = "__qworker_type_router__"
+
+
+class Discriminator(Protocol):
+    """Reads a message's type; None when the message has none."""
+
+    @property
+    def description(self) -> str:
+        """What it reads, for messages: `attribute 'type'`."""
+        ...
+
+    @property
+    def field(self) -> str | None:
+        """The body field it reads, if it reads one (route names come from its `Literal`)."""
+        ...
+
+    def __call__(self, message: Message) -> str | None:
+        """The message's type, or None."""
+        ...
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Attribute:
+    name: str
+
+    @property
+    def description(self) -> str:
+        return f"attribute {self.name!r}"
+
+    @property
+    def field(self) -> str | None:
+        return None
+
+    def __call__(self, message: Message) -> str | None:
+        value = message.attribute(self.name)
+        if value is None and message.envelope is not None and message.envelope.sns is not None:
+            value = message.envelope.sns.attribute(self.name)
+        return value
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+
+    @property
+    def description(self) -> str:
+        return f"body field {self.name!r}"
+
+    @property
+    def field(self) -> str | None:
+        return self.name
+
+    def __call__(self, message: Message) -> str | None:
+        body = message.body
+        if f'"{self.name}"' not in body:
+            return None
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return None
+        value = parsed.get(self.name) if isinstance(parsed, dict) else None
+        return value if isinstance(value, str) else None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _DetailType:
+    @property
+    def description(self) -> str:
+        return "EventBridge detail-type"
+
+    @property
+    def field(self) -> str | None:
+        return None
+
+    def __call__(self, message: Message) -> str | None:
+        envelope = message.envelope
+        if envelope is None or envelope.eventbridge is None:
+            return None
+        return envelope.eventbridge.detail_type
+
+
+def by_attribute(name: str = "type") -> Discriminator:
+    """Route by a string message attribute (the SNS publisher's, through a topic)."""
+    if not name:
+        raise HandlerSignatureError("by_attribute: the attribute's name must not be empty")
+    return _Attribute(name)
+
+
+def by_field(name: str) -> Discriminator:
+    """Route by a top-level string field of the JSON body (a discriminated union's tag)."""
+    if not name:
+        raise HandlerSignatureError("by_field: the field's name must not be empty")
+    return _Field(name)
+
+
+def by_detail_type() -> Discriminator:
+    """Route by an EventBridge event's `detail-type` (the route gets its `detail`)."""
+    return _DetailType()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Route:
+    name: str
+    spec: HandlerSpec
+    unwrap: Unwrap | None
+
+
+class TypeRouter:
+    """Handlers for several message types of one queue, chosen by a discriminator."""
+
+    def __init__(
+        self,
+        by: Discriminator,
+        *,
+        unknown: UnknownAnswer = "reject",
+        unknown_retry_s: float = 60.0,
+        envelope: EnvelopeMode = DEFAULT_ENVELOPE,
+        name: str = "TypeRouter",
+    ) -> None:
+        """Create a router without routes.
+
+        Args:
+            by: What picks the route (`by_attribute`, `by_field`, `by_detail_type`).
+            unknown: What to do with a message whose type has no route and no fallback:
+                `"reject"` (with a reason), `"retry"` (after `unknown_retry_s`) or `"ignore"`.
+            unknown_retry_s: How long an unknown message stays hidden with `unknown="retry"`.
+            envelope: How routes take their payload out of SNS / EventBridge envelopes
+                (`qworker.envelopes`).
+            name: The handler's name in logs and metrics (`<module>.<name>`).
+
+        Raises:
+            HandlerSignatureError: An argument is invalid.
+        """
+        if unknown not in _UNKNOWN_ANSWERS:
+            raise HandlerSignatureError(
+                f"TypeRouter: unknown={unknown!r} is not one of "
+                f"{', '.join(map(repr, _UNKNOWN_ANSWERS))}"
+            )
+        if isinstance(unknown_retry_s, bool) or not unknown_retry_s >= 0:
+            raise HandlerSignatureError(
+                f"TypeRouter: unknown_retry_s must be a number of seconds >= 0, "
+                f"not {unknown_retry_s!r}"
+            )
+        self.by = by
+        self.unknown: UnknownAnswer = unknown
+        self.unknown_retry_s = float(unknown_retry_s)
+        self.envelope: EnvelopeMode = check_mode(envelope, "TypeRouter")
+        self._routes: dict[str, _Route] = {}
+        self._fallback: _Route | None = None
+        self._metric_names: frozenset[str] = frozenset()
+        # What opens an envelope to find the type inside: any unambiguous one for "auto".
+        self._open: Unwrap | None = (
+            unwrap_auto if self.envelope == "auto" else unwrapper(None, self.envelope)
+        )
+
+        async def handle(message: Message) -> None:
+            await self.dispatch(message)
+
+        handle.__qualname__ = name
+        handle.__name__ = name
+        handle.__module__ = _caller_module()
+        setattr(handle, _ATTRIBUTE, self)
+        self.handle: Callable[[Message], Awaitable[None]] = handle
+        """The handler to register for the queue: `app.handler("orders")(router.handle)`."""
+
+    def __repr__(self) -> str:
+        """Show the discriminator and the routes."""
+        return f"TypeRouter({self.by.description}: {', '.join(self._routes) or 'no routes'})"
+
+    @property
+    def routes(self) -> Mapping[str, HandlerSpec]:
+        """The routes by name, in the order they were declared."""
+        return {name: route.spec for name, route in self._routes.items()}
+
+    @overload
+    def route(self, name: F, /) -> F: ...
+
+    @overload
+    def route(self, name: str | None = None, /) -> Callable[[F], F]: ...
+
+    def route(self, name: str | F | None = None, /) -> F | Callable[[F], F]:
+        """Register a handler for one message type: `@router.route("OrderPlaced")`.
+
+        Without a name (`@router.route`), a `by_field` router takes it from the handler's model:
+        the field's one-value `Literal`.
+
+        Raises:
+            HandlerSignatureError: The name is missing, reserved or taken, or the function cannot
+                take a message.
+        """
+        if callable(name):
+            return self.route()(name)
+        given: str | None = name
+
+        def register(func: F) -> F:
+            spec = HandlerSpec.from_function(func)
+            route_name = given if given is not None else self._inferred_name(spec)
+            self._add(route_name, spec)
+            return func
+
+        return register
+
+    def fallback(self, func: F, /) -> F:
+        """Register the handler of every message whose type has no route.
+
+        Raises:
+            HandlerSignatureError: There is one already, or the function cannot take a message.
+        """
+        if self._fallback is not None:
+            raise HandlerSignatureError(
+                f"TypeRouter: fallback {self._fallback.spec.name} is registered already"
+            )
+        spec = HandlerSpec.from_function(func)
+        self._fallback = _Route(UNKNOWN, spec, unwrapper(spec.body_type, self.envelope))
+        return func
+
+    def _inferred_name(self, spec: HandlerSpec) -> str:
+        field = self.by.field
+        model = spec.body_type
+        if field is not None and isinstance(model, type) and issubclass(model, BaseModel):
+            info = model.model_fields.get(field)
+            if info is not None and get_origin(info.annotation) is Literal:
+                values = get_args(info.annotation)
+                if len(values) == 1 and isinstance(values[0], str):
+                    return values[0]
+        raise HandlerSignatureError(
+            f"route {spec.name}: give the route's name (@router.route('name')); it is inferred "
+            f"only for a by_field router from a model whose field is a one-value Literal"
+        )
+
+    def _add(self, name: str, spec: HandlerSpec) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise HandlerSignatureError(f"route {spec.name}: the name must be a non-blank string")
+        if name in (UNKNOWN, OTHER):
+            raise HandlerSignatureError(
+                f"route {spec.name}: {name!r} is reserved (the type of unrouted messages / the "
+                "metric value past the limit)"
+            )
+        if name in self._routes:
+            raise HandlerSignatureError(
+                f"route {name!r} has handler {self._routes[name].spec.name} already; "
+                f"cannot add {spec.name}"
+            )
+        self._routes[name] = _Route(name, spec, unwrapper(spec.body_type, self.envelope))
+        self._metric_names = frozenset(list(self._routes)[:METRIC_TYPE_LIMIT])
+
+    def _resolve(self, message: Message) -> tuple[str | None, Message]:
+        """The message's type, read from the body as received or else inside its envelope."""
+        value = self.by(message)
+        if value in self._routes or self._open is None:
+            return value, message
+        try:
+            opened = self._open(message)
+        except MessageDecodeError:
+            return value, message
+        if opened is message:
+            return value, message
+        inner = self.by(opened)
+        return (inner, opened) if inner is not None or value is None else (value, message)
+
+    def message_type(self, message: Message) -> str:
+        """The message's route name, or `"unknown"` (what its outcome records)."""
+        value, _ = self._resolve(message)
+        return value if value is not None and value in self._routes else UNKNOWN
+
+    def metric_message_type(self, message_type: str) -> str:
+        """The `MessageType` metric value: the name of one of the first 20 routes, or `"other"`."""
+        if message_type == UNKNOWN or message_type in self._metric_names:
+            return message_type
+        return OTHER
+
+    async def dispatch(self, message: Message) -> None:
+        """Run the message through its route's handler.
+
+        Raises:
+            Reject: The type has no route (`unknown="reject"`), or the payload is not valid for
+                the route's type.
+            Retry: The type has no route and `unknown="retry"`.
+        """
+        value, message = self._resolve(message)
+        route = self._routes.get(value) if value is not None else None
+        if route is None:
+            route = self._fallback
+            if route is None:
+                self._unknown(value, message)
+                return
+        try:
+            if route.unwrap is not None:
+                message = route.unwrap(message)
+            argument = route.spec.decode(message)
+        except MessageDecodeError as exc:
+            raise Reject(f"{route.name}: {exc}") from None
+        await route.spec.call(argument, message)
+
+    def _unknown(self, value: str | None, message: Message) -> None:
+        known = ", ".join(self._routes) or "none"
+        if value is None:
+            what = f"no message type ({self.by.description} absent)"
+        else:
+            what = f"unknown message type {value[:_MAX_TYPE_CHARS]!r} ({self.by.description})"
+        reason = f"{what}; routes: {known}"
+        if self.unknown == "retry":
+            raise Retry(self.unknown_retry_s, reason)
+        if self.unknown == "reject":
+            raise Reject(reason)
+        log.warning(
+            "ignored: %s",
+            reason,
+            extra={"action": "message_type_ignored", "message_id": message.message_id},
+        )
+
+
+def message_type_of(func: object) -> Callable[[Message], str] | None:
+    """The `message_type` function of a handler that is a router's `handle`, else None."""
+    router = getattr(func, _ATTRIBUTE, None)
+    return router.message_type if isinstance(router, TypeRouter) else None
+
+
+def _caller_module() -> str:
+    """The module that created the router (two frames up), for the handler's name."""
+    try:
+        return str(sys._getframe(2).f_globals.get("__name__", __name__))  # noqa: SLF001
+    except ValueError:  # pragma: no cover (a shallow stack)
+        return __name__
