@@ -197,7 +197,7 @@ async def run_qworker(
     middleware: Callable[[str], Sequence[Middleware]] | None = None,
 ) -> Run:
     """qworker's consumer in drain mode (tuned unless `options` say otherwise)."""
-    transport = await _filled(client, contender, messages)
+    transport = await filled(client, contender, messages)
     consumer = consumer_for(
         transport,
         handle,
@@ -217,49 +217,59 @@ async def run_qworker(
     return run
 
 
-async def run_bare(server: Server, client: Any, messages: int) -> Run:  # noqa: ANN401
+@dataclass(slots=True)
+class BareDrain:
     """P loops of receive(10, long poll) + handler + delete batch, until all are deleted."""
-    transport = await _filled(client, "bare", messages)
-    url = transport.queue_url
-    deleted = 0
-    receives = 0
-    done = asyncio.Event()
 
-    async def poller() -> None:
-        nonlocal deleted, receives
-        while deleted < messages:
-            response = await client.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=10,
+    client: Any
+    url: str
+    messages: int
+    pollers: int = POLLERS
+    deleted: int = 0
+    receives: int = 0
+
+    async def poller(self, done: asyncio.Event) -> None:
+        """One receive loop."""
+        while self.deleted < self.messages:
+            response = await self.client.receive_message(
+                QueueUrl=self.url,
+                MaxNumberOfMessages=MAX_BATCH,
                 WaitTimeSeconds=SEND_WAIT_S,
                 MessageSystemAttributeNames=list(SYSTEM_ATTRIBUTES),
                 MessageAttributeNames=list(MESSAGE_ATTRIBUTES),
             )
-            receives += 1
+            self.receives += 1
             found = response.get("Messages", [])
             if not found:
                 continue
             for message in found:
                 await handle(message["Body"])
-            result = await client.delete_message_batch(
-                QueueUrl=url,
+            result = await self.client.delete_message_batch(
+                QueueUrl=self.url,
                 Entries=[
                     {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(found)
                 ],
             )
-            deleted += len(result.get("Successful", []))
+            self.deleted += len(result.get("Successful", []))
         done.set()
 
-    async def work() -> int:
-        tasks = [asyncio.create_task(poller()) for _ in range(POLLERS)]
+    async def work(self) -> int:
+        """Drain; return how many messages were deleted."""
+        done = asyncio.Event()
+        tasks = [asyncio.create_task(self.poller(done)) for _ in range(self.pollers)]
         await done.wait()
         for task in tasks:  # the others wait in a long poll on an empty queue
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        return deleted
+        return self.deleted
 
-    run = await timed(server, "bare aiobotocore", work)
-    run.receives = receives
+
+async def run_bare(server: Server, client: Any, messages: int) -> Run:  # noqa: ANN401
+    """The bare loop on the drain workload."""
+    transport = await filled(client, "bare", messages)
+    bare = BareDrain(client, transport.queue_url, messages)
+    run = await timed(server, "bare aiobotocore", bare.work)
+    run.receives = bare.receives
     await delete_queue(transport)
     _check(run, messages)
     return run
@@ -267,7 +277,7 @@ async def run_bare(server: Server, client: Any, messages: int) -> Run:  # noqa: 
 
 async def run_qworker_io(server: Server, client: Any, messages: int) -> Run:  # noqa: ANN401
     """qworker's consumer on the I/O-bound workload, drain mode."""
-    transport = await _filled(client, "qworker-io", messages)
+    transport = await filled(client, "qworker-io", messages)
     consumer = consumer_for(transport, io_handle, pollers=IO_POLLERS, concurrency=IO_CONCURRENCY)
     _finished.clear()
 
@@ -362,7 +372,7 @@ class BareIoLoop:
 
 async def run_bare_io(server: Server, client: Any, messages: int) -> Run:  # noqa: ANN401
     """The bare loop on the I/O-bound workload."""
-    transport = await _filled(client, "bare-io", messages)
+    transport = await filled(client, "bare-io", messages)
     bare = BareIoLoop(client, transport.queue_url, messages)
     _finished.clear()
     run = await timed(server, "bare I/O-bound", bare.work)
@@ -375,7 +385,7 @@ async def run_bare_io(server: Server, client: Any, messages: int) -> Run:  # noq
 
 async def run_naive(server: Server, client: Any, budget_s: float) -> Run:  # noqa: ANN401
     """One boto3 thread: receive 1, handle, delete 1, until the time budget is spent."""
-    transport = await _filled(client, "naive", NAIVE_MESSAGES)
+    transport = await filled(client, "naive", NAIVE_MESSAGES)
     url = transport.queue_url
     endpoint = server.endpoint_url
     sync = boto3.session.Session().client(
@@ -404,7 +414,7 @@ async def run_naive(server: Server, client: Any, budget_s: float) -> Run:  # noq
     return run
 
 
-async def _filled(client: Any, prefix: str, messages: int) -> SqsTransport:  # noqa: ANN401
+async def filled(client: Any, prefix: str, messages: int) -> SqsTransport:  # noqa: ANN401
     transport = await fresh_queue(client, re.sub(r"[^a-z0-9]+", "-", prefix.lower()).strip("-"))
     seconds = await fill(transport, messages)
     print(f"# filled {messages} in {seconds:.2f} s", file=sys.stderr)

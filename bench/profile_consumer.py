@@ -1,30 +1,170 @@
-"""Profile qworker's consumer draining the in-memory fake (cProfile): where a message's time goes.
+"""Profile qworker's consumer (cProfile): where a message's time goes, vs a bare loop.
 
-`python bench/profile_consumer.py [--messages N] [--top K]` prints the functions with the most
-own time, then qworker's own functions by cumulative time. cProfile inflates the cost of calls,
-so read the ranking, not the absolute numbers.
+- `python bench/profile_consumer.py [--messages N] [--top K] [--tracing]`: drain the in-memory
+  fake (the hot path without network) with qworker and with a bare loop, print own time and calls
+  per message by package side by side, then qworker's functions with the most own time, then
+  qworker's own functions by cumulative time. `--tracing` adds the `TracingMiddleware` at sample
+  ratio 1.0 (a batch span processor whose exporter drops the spans).
+- `python bench/profile_consumer.py --localstack [--messages N] [--tracing]`: drain LocalStack
+  with qworker (8 pollers, concurrency 160) and with the bare aiobotocore loop (8 pollers), each
+  under the profiler, and print own time and calls per message by package side by side (qworker,
+  aiobotocore/botocore, aiohttp, asyncio, opentelemetry, ...): where qworker's extra client CPU
+  goes. It starts its own LocalStack unless `QWORKER_BENCH_ENDPOINT` names one.
+
+cProfile inflates the cost of calls (it charges each one), so read the shares and the differences,
+not the absolute numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import pstats
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
 
-from bench_overhead import filled, qworker_run
+from bench_overhead import fake_alone, filled, qworker_run
+from bench_throughput import (
+    CONCURRENCY,
+    POLLERS,
+    BareDrain,
+    handle,
+    tracing_middleware,
+)
+from benchlib import delete_queue, fill, fresh_queue, localstack, sqs_client, table
+
+from qworker.dispatch import Middleware
+from qworker.testing import consumer_for
+
+PACKAGES: Final = (
+    ("/qworker/", "qworker"),
+    ("/aiobotocore/", "aiobotocore"),
+    ("/botocore/", "botocore"),
+    ("/aiohttp/", "aiohttp"),
+    ("/yarl/", "aiohttp"),
+    ("/multidict/", "aiohttp"),
+    ("/opentelemetry/", "opentelemetry"),
+    ("/asyncio/", "asyncio"),
+    ("/json/", "json"),
+    ("/logging/", "logging"),
+)
 
 
-async def profile(messages: int) -> cProfile.Profile:
-    """Warm up, then drain `messages` messages under the profiler."""
-    run = qworker_run()
-    await run(await filled(500))
-    queue = await filled(messages)
+def package(filename: str) -> str:
+    """The group a profiled function belongs to."""
+    if filename == "~":
+        return "builtins (C)"
+    for marker, name in PACKAGES:
+        if marker in filename:
+            return name
+    if "/bench/" in filename:
+        return "the benchmark"
+    if "site-packages" in filename:
+        return "other libraries"
+    return "other stdlib"
+
+
+def by_package(stats: pstats.Stats) -> tuple[Counter[str], Counter[str]]:
+    """Own time (s) and primitive calls per package."""
+    seconds: Counter[str] = Counter()
+    calls: Counter[str] = Counter()
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    for (filename, _, _), (primitive, _, own, _, _) in raw.items():
+        group = package(filename)
+        seconds[group] += own
+        calls[group] += primitive
+    return seconds, calls
+
+
+async def profiled(work: Callable[[], Awaitable[int]]) -> tuple[pstats.Stats, int]:
+    """Run `work` under the profiler; return the stats and how many messages it handled."""
     profiler = cProfile.Profile()
     profiler.enable()
-    await run(queue)
-    profiler.disable()
-    return profiler
+    try:
+        handled = await work()
+    finally:
+        profiler.disable()
+    return pstats.Stats(profiler), handled
+
+
+async def profile_fake(
+    messages: int, middleware: Sequence[Middleware]
+) -> dict[str, tuple[pstats.Stats, int]]:
+    """Warm up, then drain `messages` messages of the fake under the profiler: qworker, then the
+    fake alone (one receive/handle/delete loop, no framework)."""
+    run = qworker_run(middleware)
+    await run(await filled(500))
+    queue = await filled(messages)
+    results = {"qworker": await profiled(lambda: run(queue))}
+    alone = await filled(messages)
+    results["fake alone"] = await profiled(lambda: fake_alone(alone))
+    return results
+
+
+async def profile_localstack(
+    endpoint: str, messages: int, middleware: Callable[[str], Sequence[Middleware]] | None
+) -> dict[str, tuple[pstats.Stats, int]]:
+    """Drain LocalStack with qworker and with the bare loop, each under the profiler."""
+    results: dict[str, tuple[pstats.Stats, int]] = {}
+    async with sqs_client(endpoint, pollers=POLLERS) as client:
+        for warm in (True, False):
+            count = 500 if warm else messages
+            transport = await fresh_queue(client, "profile-qworker")
+            await fill(transport, count)
+            consumer = consumer_for(
+                transport,
+                handle,
+                pollers=POLLERS,
+                concurrency=CONCURRENCY,
+                middleware=middleware(transport.queue_name) if middleware else (),
+            )
+
+            async def drain(consumer: Any = consumer) -> int:  # noqa: ANN401
+                await consumer.run_until_empty()
+                return int(consumer.statistics().acked)
+
+            outcome = await profiled(drain)
+            await delete_queue(transport)
+            if not warm:
+                results["qworker"] = outcome
+            transport = await fresh_queue(client, "profile-bare")
+            await fill(transport, count)
+            bare = BareDrain(client, transport.queue_url, count)
+            outcome = await profiled(bare.work)
+            await delete_queue(transport)
+            if not warm:
+                results["bare aiobotocore"] = outcome
+    return results
+
+
+def compare(results: dict[str, tuple[pstats.Stats, int]]) -> str:
+    """Own µs and calls per message by package, side by side, and the difference."""
+    grouped = {name: (by_package(stats), handled) for name, (stats, handled) in results.items()}
+    names = list(grouped)
+    groups = sorted(
+        {g for (seconds, _), _ in grouped.values() for g in seconds},
+        key=lambda g: -max(s[g] / n for (s, _), n in grouped.values()),
+    )
+    rows = []
+    for group in [*groups, "total"]:
+        row = [group]
+        per: list[float] = []
+        for name in names:
+            (seconds, calls), handled = grouped[name]
+            own = (sum(seconds.values()) if group == "total" else seconds[group]) / handled * 1e6
+            count = (sum(calls.values()) if group == "total" else calls[group]) / handled
+            per.append(own)
+            row += [f"{own:.1f}", f"{count:.1f}"]
+        row.append(f"{per[0] - per[-1]:+.1f}")
+        rows.append(row)
+    header = ["package"]
+    for name in names:
+        header += [f"{name}: own µs/msg", f"{name}: calls/msg"]
+    header.append(f"{names[0]} - {names[-1]} (µs/msg)")
+    return table(header, rows)
 
 
 def main() -> int:
@@ -32,13 +172,31 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--tracing", action="store_true", help="trace every message (ratio 1.0)")
+    parser.add_argument("--localstack", action="store_true", help="qworker vs bare on LocalStack")
     args = parser.parse_args()
-    profiler = asyncio.run(profile(args.messages))
-    stats = pstats.Stats(profiler)
-    print(f"# {args.messages} messages; own time")
-    stats.sort_stats("tottime").print_stats(args.top)
-    print("# qworker's functions, cumulative")
-    stats.sort_stats("cumulative").print_stats(r"qworker[/\\]", args.top)
+    make, shutdown = tracing_middleware() if args.tracing else (None, None)
+    try:
+        if args.localstack:
+            with localstack() as server:
+                results = asyncio.run(profile_localstack(server.endpoint_url, args.messages, make))
+            print(f"# LocalStack drain, {args.messages} messages, {POLLERS} pollers each")
+            print(compare(results))
+            stats = results["qworker"][0]
+        else:
+            middleware = make("bench") if make else ()
+            results = asyncio.run(profile_fake(args.messages, middleware))
+            print(f"# in-memory fake drain, {args.messages} messages")
+            print(compare(results))
+            stats = results["qworker"][0]
+        print(f"\n# {args.messages} messages; own time")
+        stats.sort_stats("tottime").print_stats(args.top)
+        print("# qworker's functions, cumulative")
+        stats.sort_stats("cumulative").print_stats(r"qworker[/\\]", args.top)
+    finally:
+        if shutdown is not None:
+            with contextlib.suppress(Exception):
+                shutdown()
     return 0
 
 
