@@ -40,6 +40,7 @@ from qworker.dispatch import Middleware
 from qworker.testing import consumer_for
 
 PACKAGES: Final = (
+    ("/qworker/testing.py", "the fake transport"),
     ("/qworker/", "qworker"),
     ("/aiobotocore/", "aiobotocore"),
     ("/botocore/", "botocore"),
