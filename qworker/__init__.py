@@ -10,6 +10,24 @@ async def handle(order: Order) -> None: ...
 ```
 
 Run it with `qworker run <module>`; see the README for settings, deployment and the canary.
+
+## Public and internal
+
+The public API, kept compatible within a major version, is:
+
+- the names in `qworker.__all__` (this package: `from qworker import QWorker`), each loaded from
+  the module that defines it;
+- the names in the `__all__` of the public modules: `qworker.app`, `qworker.envelopes`,
+  `qworker.exceptions`, `qworker.message`, `qworker.metrics`, `qworker.outcome`,
+  `qworker.producer`, `qworker.pytest_plugin`, `qworker.routing`, `qworker.settings` and
+  `qworker.testing`.
+
+Everything else is internal and may change in any release: every other module (the worker's
+parts, such as `qworker.consumer` or `qworker.transport`; the tools `qworker.canary`,
+`qworker.dlq` and `qworker.drill`; any module whose name starts with an underscore, such as
+`qworker._aws`), and any name missing from a public module's `__all__`. Data types are imported
+from the module that defines them (`qworker.message.Message`, not a re-export).
+`tests/test_public_api.py` holds this list and checks it.
 """
 
 import importlib as _importlib
@@ -17,17 +35,18 @@ import typing as _typing
 
 if _typing.TYPE_CHECKING:
     from qworker.app import QWorker, Router
-    from qworker.consumer import Consumer, ConsumerStatistics
+    from qworker.consumer import Consumer
     from qworker.exceptions import QWorkerError, Reject, Retry
+    from qworker.message import Message
     from qworker.outcome import Outcome, OutcomeRecord, RetryPolicy
-    from qworker.transport import Message
+    from qworker.statistics import ConsumerStatistics
 
 # The names load on first use, so `qworker health` (the container health check) and other light
 # commands do not import the AWS SDK and the rest of the worker.
 _WHERE: _typing.Final = {
     "Consumer": "qworker.consumer",
-    "ConsumerStatistics": "qworker.consumer",
-    "Message": "qworker.transport",
+    "ConsumerStatistics": "qworker.statistics",
+    "Message": "qworker.message",
     "Outcome": "qworker.outcome",
     "OutcomeRecord": "qworker.outcome",
     "QWorker": "qworker.app",

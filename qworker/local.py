@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, final
 
+from qworker._aws import map_errors
 from qworker.exceptions import ConfigError
-from qworker.transport import map_errors
 
 __all__ = [
     "STATE_FILE",

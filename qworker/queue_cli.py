@@ -14,11 +14,10 @@ import json
 import sys
 from typing import Any, Final
 
+from qworker._aws import AwsTarget, map_errors, open_client, sqs_profile
 from qworker.exceptions import ConfigError
 from qworker.local import DLQ_RETENTION_S, dead_letter_name, read_state
 from qworker.settings import load_settings
-from qworker.transport import map_errors
-from qworker.worker import open_sqs_client
 
 __all__ = ["FIFO_SUFFIX", "create_queue", "register"]
 
@@ -126,7 +125,8 @@ def _cmd_create(args: argparse.Namespace) -> int:
         endpoint, local = (state.endpoint_url, True) if state is not None else (None, False)
 
     async def run() -> tuple[str, str | None]:
-        async with open_sqs_client(settings, endpoint_url=endpoint, local=local) as client:
+        target = AwsTarget(settings.region, endpoint, local=local)
+        async with open_client("sqs", target, sqs_profile()) as client:
             return await create_queue(
                 client,
                 name,

@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
+from qworker._aws import AwsTarget, open_client, sqs_profile
 from qworker.dlq.move_task import MOVE_TASK_TIMEOUT_S, MoveTasks
 from qworker.dlq.peek import PEEK_VISIBILITY_S, DeadLetter, peek
 from qworker.dlq.queues import resolve
@@ -19,7 +20,6 @@ from qworker.exceptions import ConfigError
 from qworker.local import read_state
 from qworker.settings import load_settings
 from qworker.transport import SqsTransport
-from qworker.worker import open_sqs_client
 
 _PEEK_HELP: Final = (
     "Show a dead-letter queue's messages without consuming them: each is received with a "
@@ -99,7 +99,8 @@ async def _queues(
         state = read_state()
         endpoint = state.endpoint_url if state is not None else None
         local = state is not None
-    async with open_sqs_client(settings, endpoint_url=endpoint, local=local) as client:
+    target = AwsTarget(settings.region, endpoint, local=local)
+    async with open_client("sqs", target, sqs_profile()) as client:
         dlq, source = await resolve(
             client,
             queue_name=settings.queue_name,

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from typing import Final, final
 
 from qworker.exceptions import TransportError
-from qworker.transport import MAX_BATCH, Message, QueueTransport, queue_name_from_arn
+from qworker.message import Message, queue_name_from_arn
+from qworker.transport import MAX_BATCH, QueueTransport
 
 log = logging.getLogger("qworker.dlq")  # one logger for the whole DLQ tool, as before the split
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from qworker._aws import map_errors
 from qworker.exceptions import ConfigError
-from qworker.transport import SqsTransport, map_errors, queue_name_from_arn
+from qworker.message import queue_name_from_arn
+from qworker.transport import SqsTransport
 
 
 async def _open_arn(client: Any, arn: str) -> SqsTransport:  # noqa: ANN401 (aiobotocore is untyped)
