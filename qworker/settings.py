@@ -2,8 +2,9 @@
 
 `QWorkerSettings` reads `QWORKER_*` variables (and the region from `AWS_REGION` /
 `AWS_DEFAULT_REGION`); the CLI turns every field into a flag of the same name, and explicit values
-win over the environment, which wins over the defaults. Core classes never read the environment:
-they take typed arguments.
+win over the environment, which wins over the defaults. Only the CLI edge imports this module: it
+turns the settings into the plain config objects of `qworker.config` (`worker_config()`,
+`observability_config()`) that everything below it takes.
 
 A bad or missing setting raises `ConfigError` with a one-line message that names the variable, the
 flag and the fix; the CLI prints it and exits with code 2.
@@ -11,7 +12,6 @@ flag and the fix; the CLI prints it and exits with code 2.
 
 from __future__ import annotations
 
-import enum
 import re
 from typing import Annotated, Any, Final, Literal, final
 from urllib.parse import urlsplit
@@ -19,14 +19,19 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qworker.config import (
+    QUEUE_NAME,
+    ConsumerConfig,
+    DeploymentRole,
+    ObservabilityConfig,
+    WorkerConfig,
+    pick,
+)
 from qworker.exceptions import ConfigError
 
-__all__ = ["ENV_PREFIX", "DeploymentRole", "QWorkerSettings", "load_settings"]
+__all__ = ["ENV_PREFIX", "QUEUE_NAME", "DeploymentRole", "QWorkerSettings", "load_settings"]
 
 ENV_PREFIX: Final = "QWORKER_"
-
-QUEUE_NAME: Final = re.compile(r"(?=.{1,80}$)[A-Za-z0-9_-]+(\.fifo)?")
-"""SQS's rule for a queue name: up to 80 letters, digits, `-` and `_`, FIFO ones ending `.fifo`."""
 
 _REGION: Final = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 """botocore's own check of a region name (a bad one fails deep inside client creation)."""
@@ -41,13 +46,6 @@ def _check_url(value: str) -> None:
         parts.port  # noqa: B018 (parsing the port is the check)
     except ValueError:
         raise ValueError(f"{value!r} has an invalid port") from None
-
-
-class DeploymentRole(enum.StrEnum):
-    """Which of the two services reading the queue this worker belongs to."""
-
-    PRIMARY = "primary"
-    CANARY = "canary"
 
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -309,6 +307,15 @@ class QWorkerSettings(BaseSettings):
         if self.release_failed is not None:
             return self.release_failed
         return self.deployment_role is DeploymentRole.CANARY
+
+    def worker_config(self) -> WorkerConfig:
+        """The worker's configuration (`qworker.worker.Worker` takes it)."""
+        consumer = pick(ConsumerConfig, self, release_failed=self.release_failed_effective)
+        return pick(WorkerConfig, self, consumer=consumer)
+
+    def observability_config(self) -> ObservabilityConfig:
+        """Metrics, traces, health and quarantine (`qworker.observability.build` takes it)."""
+        return pick(ObservabilityConfig, self)
 
 
 def _env_name(field: str) -> str:
