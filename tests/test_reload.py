@@ -1,0 +1,299 @@
+"""`qworker run --reload`: a real reloader process, real children, real file changes.
+
+Each test starts the reloader as a process of its own (it installs its signal handlers), in a
+temporary directory, and follows its output and its children's line by line: every wait is for a
+line (a worker's `queue_resolved` log, a handler's print, the reloader's reports), never a sleep.
+The worker test runs real `qworker run` children on the moto server: a change while a handler runs
+drains that handler to its end before the new worker starts, and nothing is left on the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import boto3
+import pytest
+
+from qworker.exceptions import ConfigError
+from qworker.reload import CONTAINER_VARIABLES, check_allowed, child_command, run_reloader
+
+WAIT_S: Final = 90.0
+"""The most any one expected line may take (a worker starting on a loaded machine)."""
+
+
+class Output:
+    """A process's merged output, read line by line on a thread; `expect` waits for a line."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def expect(self, text: str) -> int:
+        """Wait for the next line containing `text`; return its index in `lines`."""
+        while True:
+            try:
+                line = self._queue.get(timeout=WAIT_S)
+            except queue.Empty:
+                raise AssertionError(
+                    f"no line with {text!r} in {WAIT_S:g} s: {self.lines}"
+                ) from None
+            if line is None:
+                raise AssertionError(f"output ended without {text!r}: {self.lines}")
+            self.lines.append(line)
+            if text in line:
+                return len(self.lines) - 1
+
+    def finish(self) -> int:
+        code = self.process.wait(timeout=WAIT_S)
+        self._thread.join(timeout=WAIT_S)
+        while (line := self._queue.get_nowait() if not self._queue.empty() else None) is not None:
+            self.lines.append(line)
+        return code
+
+
+def start_reloader(cwd: Path, code: str, env: Mapping[str, str] | None = None) -> Output:
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return Output(process)
+
+
+@pytest.fixture
+def reloaders() -> Iterator[list[Output]]:
+    started: list[Output] = []
+    yield started
+    for output in started:
+        if output.process.poll() is None:
+            output.process.kill()
+        output.finish()
+
+
+def test_refused_in_a_container() -> None:
+    for name in CONTAINER_VARIABLES:
+        with pytest.raises(ConfigError) as caught:
+            check_allowed({name: "http://169.254.170.2/v4/task"})
+        text = str(caught.value)
+        assert "\n" not in text
+        assert text.startswith("invalid setting --reload:")
+        assert name in text
+    with pytest.raises(ConfigError, match="ECS_CONTAINER_METADATA_URI_V4"):
+        run_reloader(
+            "handlers.orders",
+            {},
+            grace_s=1,
+            environ={"ECS_CONTAINER_METADATA_URI_V4": "http://169.254.170.2/v4/task"},
+        )
+    check_allowed({"HOME": "/root"})  # a developer's machine
+
+
+def test_refused_without_watchfiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "watchfiles", None)  # import fails as if not installed
+    with pytest.raises(ConfigError) as caught:
+        check_allowed({})
+    assert str(caught.value) == (
+        "invalid setting --reload: it needs watchfiles: pip install 'qworker[reload]'"
+    )
+
+
+def test_the_child_gets_the_settings_given_as_flags() -> None:
+    command = child_command(
+        "handlers.orders",
+        {
+            "queue_name": "orders",
+            "concurrency": "4",
+            "release_failed": False,
+            "x_ray": True,
+            "region": None,
+            "endpoint_url": "-http://odd",
+        },
+    )
+    assert command == [
+        sys.executable, "-m", "qworker", "run", "handlers.orders",
+        "--queue-name=orders", "--concurrency=4", "--no-release-failed", "--x-ray",
+        "--endpoint-url=-http://odd",
+    ]  # fmt: skip
+
+
+CHILD: Final = """\
+import signal, sys, threading
+CRASH = {crash}
+print("child ready v{version}", flush=True)
+if CRASH:
+    sys.exit(7)
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+{wait}
+print("child drained v{version}", flush=True)
+"""
+
+
+def write_child(path: Path, *, version: int, crash: bool = False, stubborn: bool = False) -> None:
+    wait = "threading.Event().wait()" if stubborn else "stop.wait()"
+    path.write_text(CHILD.format(crash=crash, version=version, wait=wait))
+
+
+def reloader_of(command: str, grace_s: float = 5, margin_s: float = 10) -> str:
+    return f"""
+        import sys
+        from pathlib import Path
+        from qworker.reload import Reloader
+        reloader = Reloader({command}, watch=[Path.cwd()], grace_s={grace_s}, margin_s={margin_s})
+        sys.exit(reloader.run())
+    """
+
+
+def test_a_crashed_child_starts_again_at_the_next_change(
+    tmp_path: Path, reloaders: list[Output]
+) -> None:
+    child = tmp_path / "child.py"
+    write_child(child, version=1, crash=True)
+    out = start_reloader(tmp_path, reloader_of("[sys.executable, 'child.py']"))
+    reloaders.append(out)
+    out.expect("watching")
+    out.expect("child ready v1")
+    out.expect("worker exited with code 7; waiting for a change")
+    write_child(child, version=2)
+    out.expect("changed: child.py; restarting the worker")
+    out.expect("child ready v2")
+    (tmp_path / "notes.txt").write_text("not python: no restart")
+    out.process.send_signal(signal.SIGTERM)
+    out.expect("SIGTERM: stopping")
+    out.expect("child drained v2")
+    assert out.finish() == 0
+    assert sum("worker started" in line for line in out.lines) == 2
+    assert "stopped (worker exit code 0)" in out.lines[-1]
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_grace_and_margin(
+    tmp_path: Path, reloaders: list[Output]
+) -> None:
+    child = tmp_path / "child.py"
+    write_child(child, version=1, stubborn=True)
+    out = start_reloader(
+        tmp_path, reloader_of("[sys.executable, 'child.py']", grace_s=0.2, margin_s=0.3)
+    )
+    reloaders.append(out)
+    out.expect("child ready v1")
+    write_child(child, version=2)
+    out.expect("draining the worker")
+    out.expect("did not exit in 0.5 s: SIGKILL")
+    out.expect("worker exited with code -9")
+    out.expect("child ready v2")
+    out.process.send_signal(signal.SIGINT)
+    out.expect("SIGINT: stopping")
+    out.expect("child drained v2")  # the new child does stop on SIGTERM
+    assert out.finish() == 0
+
+
+HANDLERS: Final = """\
+import asyncio, sys
+from pathlib import Path
+
+VERSION = {version}
+
+
+async def handle(body: str) -> None:
+    print(f"handling {{body}} v{{VERSION}}", file=sys.stderr, flush=True)
+    if body == "slow":
+        release = Path(__file__).with_name("release")
+        while not release.exists():  # the test creates it while the worker drains
+            await asyncio.sleep(0.05)
+    print(f"handled {{body}} v{{VERSION}}", file=sys.stderr, flush=True)
+"""
+
+
+def test_a_change_drains_the_worker_then_starts_the_new_code(
+    tmp_path: Path, reloaders: list[Output], moto_server: Any
+) -> None:
+    name = f"reload-{uuid.uuid4().hex[:8]}"
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=moto_server.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # noqa: S106 (moto's dummy credentials)
+    )
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    app = tmp_path / "reload_app.py"
+    app.write_text(HANDLERS.format(version=1))
+    given = {
+        "queue_name": name,
+        "endpoint_url": moto_server.endpoint_url,
+        "region": "us-east-1",
+        "wait_time_s": "1",
+        "health_file": str(tmp_path / "health.json"),
+        "shutdown_grace_s": "60",
+    }
+    out = start_reloader(
+        tmp_path,
+        f"""
+        import sys
+        from pathlib import Path
+        from qworker.reload import run_reloader
+        sys.exit(run_reloader("reload_app", {given!r}, grace_s=60, watch=[Path.cwd()]))
+        """,
+        env={
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "QWORKER_LOG_FORMAT": "json",
+            **dict.fromkeys(CONTAINER_VARIABLES, ""),
+        },
+    )
+    reloaders.append(out)
+    out.expect("queue_resolved")
+    sqs.send_message(QueueUrl=url, MessageBody="fast")
+    out.expect("handled fast v1")
+    sqs.send_message(QueueUrl=url, MessageBody="slow")
+    out.expect("handling slow v1")
+
+    app.write_text(HANDLERS.format(version=2))
+    out.expect("changed: reload_app.py; restarting the worker")
+    out.expect("draining the worker")
+    (tmp_path / "release").write_text("")
+    handled = out.expect("handled slow v1")
+    exited = out.expect("worker exited with code 0")
+    started = out.expect("worker started")
+    out.expect("queue_resolved")
+    assert handled < exited < started  # the old worker finished its message first
+
+    sqs.send_message(QueueUrl=url, MessageBody="after")
+    out.expect("handled after v2")
+    out.process.send_signal(signal.SIGTERM)
+    out.expect("stopped (worker exit code 0)")
+    assert out.finish() == 0
+    assert not any("handling slow v2" in line for line in out.lines)  # deleted, not redelivered
+    counts = sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert counts == {
+        "ApproximateNumberOfMessages": "0",
+        "ApproximateNumberOfMessagesNotVisible": "0",
+    }, json.dumps(out.lines[-20:])
+    sqs.delete_queue(QueueUrl=url)
