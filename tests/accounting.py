@@ -4,7 +4,8 @@ A fault test sends messages tagged with their number (`send_tagged`: the `fault.
 attribute, so even a body that is not JSON can be traced), runs workers that journal what their
 handlers did (tests/fault_handlers.py), then calls `account()`. It drains the source queue and its
 dead-letter queue, receiving until both have stayed empty for longer than the visibility timeout
-(so nothing can still be hidden), and returns a `Report`. Every message sent must be in one of
+(so nothing can still be hidden; a message hidden for longer, named in `expect`, is waited for
+until it shows, within a bound), and returns a `Report`. Every message sent must be in one of
 these places:
 
 - deleted after success: the journal has a `done` line for it and no queue holds it any more;
@@ -23,7 +24,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -202,6 +203,7 @@ async def drain(
     *,
     quiet_s: float,
     timeout_s: float = DRAIN_TIMEOUT_S,
+    expect: Collection[int] = (),
 ) -> Drain:
     """Receive and delete from both queues until neither gave a message for `quiet_s`.
 
@@ -215,20 +217,32 @@ async def drain(
         dlq_url: Its dead-letter queue.
         quiet_s: Longer than any message can stay hidden (the visibility timeout, a backoff).
         timeout_s: Fail if messages still come after this long.
+        expect: Message numbers hidden for longer than `quiet_s` (a rejected message left for the
+            redrive policy stays hidden for the longest backoff): the drain does not end before
+            it found each of them, in either queue, or `timeout_s` passed (the report then shows
+            them lost).
     """
     began = time.monotonic()
     last_seen = [began]
+    awaited = set(expect)
+
+    def done() -> bool:
+        if awaited and time.monotonic() - began < timeout_s:
+            return False
+        return time.monotonic() - last_seen[0] >= quiet_s
 
     async def empty(url: str) -> list[Drained]:
         queue = SqsTransport(client, url)
         found: list[Drained] = []
-        while time.monotonic() - last_seen[0] < quiet_s:
+        while not done():
             assert time.monotonic() - began < timeout_s, f"{url} still gives messages: {found}"
             batch = await queue.receive(MAX_BATCH, wait_time_s=DRAIN_POLL_S)
             if not batch:
                 continue
             last_seen[0] = time.monotonic()
-            found.extend(Drained.of(m) for m in batch)
+            drained = [Drained.of(m) for m in batch]
+            found.extend(drained)
+            awaited.difference_update(d.n for d in drained if d.n is not None)
             failures = await queue.delete_batch([m.receipt_handle for m in batch])
             assert not failures, failures
         return found
@@ -393,9 +407,13 @@ async def account(
     quiet_s: float,
     timings: Mapping[str, float] | None = None,
     notes: Sequence[str] = (),
+    expect: Collection[int] = (),
 ) -> Report:
-    """Drain both queues and account for every message sent; print the report and return it."""
-    drained = await drain(client, queue_url, dlq_url, quiet_s=quiet_s)
+    """Drain both queues and account for every message sent; print the report and return it.
+
+    `expect`: message numbers hidden for longer than `quiet_s`, which the drain waits for.
+    """
+    drained = await drain(client, queue_url, dlq_url, quiet_s=quiet_s, expect=expect)
     report = Report(
         scenario=scenario,
         sent=dict(sent),

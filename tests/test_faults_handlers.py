@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 import pytest
-from accounting import send_tagged
+from accounting import account, send_tagged
 from fault_handlers import CRASHES
 from test_faults import (
     FAST_RETRY,
+    QUIET_S,
     STOP_S,
     TESTS,
     WAIT_S,
@@ -48,6 +49,9 @@ from test_faults import (
 from qworker.local import dead_letter_name
 
 EXIT_CONFIG: Final = 2
+
+LEFT_FOR_REDRIVE_S: Final = 15
+"""The longest backoff in the DLQ-deleted scenario: how long its rejected message stays hidden."""
 
 BYSTANDERS: Final = 12
 """Ordinary messages sent around the crashing ones: all must succeed, once each."""
@@ -300,11 +304,17 @@ async def test_dlq_deleted_at_run_time_is_reported_as_such(
     queue when its redrive target is missing, before the worker ever sees it (the journal shows
     it failed maxReceiveCount times in this worker; the receive that would have moved it failed).
     That loss is the server's, and the reason a missing DLQ must stop start-up; the accounting
-    pins it to that one message: every other one is deleted after success or still queued."""
+    pins it to that one message: every other one is deleted after success or still queued.
+
+    The rejected message stays hidden for the longest backoff (`LEFT_FOR_REDRIVE_S`) while failures
+    come back at once: the worker reaches the poison message's redrive and exits long before the
+    rejected one could come back (twice more, to be redriven and dropped as well), whatever the
+    machine's load. The accounting waits until it shows again."""
     queues = await make_queues(sqs_client, "faults-dlqgone", max_receive_count=2)
     sent = await send_tagged(sqs_client, queues.url, {n: job(n) for n in range(5)})
     journal = tmp_path / "journal.txt"
-    worker = spawn_module("fault_handlers", queues, journal, *FAST_RETRY)
+    backoff = ("--retry-base-s", "0", "--retry-max-s", str(LEFT_FOR_REDRIVE_S))
+    worker = spawn_module("fault_handlers", queues, journal, *backoff)
     await wait_settled(queues, [worker])
     await sqs_client.delete_queue(QueueUrl=queues.dlq_url)
     sent |= await send_tagged(sqs_client, queues.url, {10: job(10, reject=True)})
@@ -314,8 +324,16 @@ async def test_dlq_deleted_at_run_time_is_reported_as_such(
     # The DLQ is back for the accounting: both queues are drained and every message found.
     dlq_name = dead_letter_name(queues.name)
     await sqs_client.create_queue(QueueName=dlq_name)
-    report = await account_for(
-        "DLQ deleted at run time", queues, sent=sent, journal=journal, timings={}
+    report = await account(
+        "DLQ deleted at run time",
+        sqs_client,
+        queue_url=queues.url,
+        dlq_url=queues.dlq_url,
+        sent=sent,
+        journal=journal,
+        max_receive_count=queues.max_receive_count,
+        quiet_s=QUIET_S,
+        expect=[10],  # hidden for LEFT_FOR_REDRIVE_S after its reject: longer than QUIET_S
     )
 
     assert code == EXIT_CONFIG, worker.tail()
@@ -333,6 +351,8 @@ async def test_dlq_deleted_at_run_time_is_reported_as_such(
     assert not worker.actions("dead_letter_refused"), worker.tail()
     assert not report.duplicates, report
     assert report.deleted_after_success == list(range(5)), report
-    assert report.left_queued == [10], report  # rejected, left for the redrive policy
+    # Rejected once (hidden, never retried blindly), then left for the redrive policy.
+    assert report.journal.count("reject") == {10: 1}, report
+    assert report.left_queued == [10], report
     assert report.journal.count("fail") == {11: queues.max_receive_count}, report
     assert report.lost == [11], report  # dropped by the server's failed redrive (see above)
