@@ -9,9 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-import boto3
-import botocore.config
-
+from qworker._aws import AwsTarget, ClientProfile, sync_client
 from qworker.canary.judge import Reading, Verdict, run_bake
 from qworker.canary.reader import CloudWatchSource, MetricsQuery
 from qworker.drill.config import REGION, SERVICE, DrillConfig, DrillError
@@ -23,15 +21,9 @@ class _Aborted(Exception):
 
 
 def _judge_clients(endpoint_url: str) -> tuple[Any, Any]:
-    session = boto3.session.Session(
-        aws_access_key_id="test",
-        aws_secret_access_key="test",  # noqa: S106 (a local server's dummy credentials)
-        region_name=REGION,
-    )
-    config = botocore.config.Config(retries={"mode": "standard", "max_attempts": 8})
-    cloudwatch = session.client("cloudwatch", endpoint_url=endpoint_url, config=config)
-    sqs = session.client("sqs", endpoint_url=endpoint_url, config=config)
-    return cloudwatch, sqs
+    target = AwsTarget(REGION, endpoint_url, local=True)
+    profile = ClientProfile(retries=8)  # a busy local server may answer late: keep trying
+    return sync_client("cloudwatch", target, profile), sync_client("sqs", target, profile)
 
 
 def _bake(  # noqa: PLR0917 (one call site)

@@ -14,7 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import final
 
+from qworker._aws import AwsTarget, open_client, sqs_profile
 from qworker.canary.judge import Decision, resolve
+from qworker.config import DeploymentRole
 from qworker.drill.audit import account, drain, queue_depth
 from qworker.drill.config import (
     GOOD_VERSION,
@@ -31,9 +33,7 @@ from qworker.drill.traffic import Producer
 from qworker.drill.workers import Fleet
 from qworker.exceptions import TransportError
 from qworker.local import create_queue_with_dlq, dead_letter_name
-from qworker.settings import DeploymentRole, QWorkerSettings
 from qworker.transport import SqsTransport
-from qworker.worker import open_sqs_client
 
 
 def _say(text: str) -> None:
@@ -108,7 +108,7 @@ async def run_drill(config: DrillConfig, say: Callable[[str], None] = _say) -> D
         endpoint, server = await stack.enter_async_context(serve(config, run.run_dir, say))
         say(f"server: {server}")
         client = await stack.enter_async_context(
-            open_sqs_client(QWorkerSettings(region=REGION), endpoint_url=endpoint, local=True)
+            open_client("sqs", AwsTarget(REGION, endpoint, local=True), sqs_profile())
         )
         url = await create_queue_with_dlq(client, run.queue, max_receive_count=MAX_RECEIVE_COUNT)
         dlq = dead_letter_name(run.queue)

@@ -11,8 +11,8 @@ from typing import Final, final
 
 from qworker import health
 from qworker._process import ManagedProcess, ProcessError
+from qworker.config import DeploymentRole
 from qworker.drill.config import REGION, SERVICE, DrillConfig, DrillError
-from qworker.settings import DeploymentRole
 
 READY_TIMEOUT_S: Final = 60.0
 STOP_TIMEOUT_S: Final = 30.0
