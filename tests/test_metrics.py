@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiobotocore.session import get_session
 
-from qworker import emf
+from qworker import emf, emf_document
 from qworker.cloudwatch import CloudWatchPublisher, metric_data, open_cloudwatch_client
 from qworker.emf import (
     MAX_DIMENSIONS_PER_SET,
@@ -254,7 +254,7 @@ def test_missing_namespace_raises() -> None:
 
 
 def test_metric_count_limit_is_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(emf, "MAX_METRICS_PER_DOCUMENT", 3)
+    monkeypatch.setattr(emf_document, "MAX_METRICS_PER_DOCUMENT", 3)
     with pytest.raises(ValueError, match="at most 3 metrics"):
         document_of(MetricsAggregator(role="canary", queues=["q"]))
 
