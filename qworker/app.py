@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Final, TypeVar, overload
 
+from qworker.config import QUEUE_NAME
 from qworker.exceptions import (
     ConfigError,
     HandlerAlreadyRegistered,
@@ -37,10 +38,10 @@ from qworker.producer import (
     Body,
     Outgoing,
     Producer,
+    ProducerSettings,
     Publisher,
     open_producer,
 )
-from qworker.settings import QUEUE_NAME, QWorkerSettings, load_settings
 
 __all__ = ["DEFAULT_QUEUE", "QWorker", "Router"]
 
@@ -155,7 +156,7 @@ class QWorker(Router):
     @contextlib.asynccontextmanager
     async def producer(
         self,
-        settings: QWorkerSettings | None = None,
+        settings: ProducerSettings | None = None,
         *,
         endpoint_url: str | None = None,
         local: bool = False,
@@ -165,12 +166,18 @@ class QWorker(Router):
         While the block runs, `app.send` and `app.send_batch` use it.
 
         Args:
-            settings: Region, endpoint and payload settings (default: `QWORKER_*` variables).
+            settings: Region, endpoint and payload settings (`QWorkerSettings`, or any object
+                with those fields); none: the `QWORKER_*` variables, read here as the CLI reads
+                them (this call is then the program's edge).
             endpoint_url: Overrides the settings' endpoint (e.g. LocalStack's).
             local: Use dummy credentials (a local server does not check them).
         """
+        if settings is None:
+            from qworker.settings import load_settings  # noqa: PLC0415 (the edge, when asked)
+
+            settings = load_settings()
         async with open_producer(
-            settings if settings is not None else load_settings(),
+            settings,
             endpoint_url=endpoint_url,
             local=local,
         ) as producer:

@@ -1,15 +1,19 @@
 """Observability wiring: metrics, traces, health and quarantine around one worker.
 
-`build(settings, identity)` is an async context manager the CLI enters around the worker. It
+`build(config, identity)` is an async context manager the CLI enters around the worker. It
 yields an `Observability` whose `middleware` and `sinks` go to `Worker(...)`, and it owns the
 periodic tasks in one task group: the metrics emitter (an EMF document per queue every
 `metrics_interval_s`, and PutMetricData to a local endpoint when asked) and the health file writer.
 On exit it stops them, writes the last partial interval and the last health report, and flushes
 the tracer.
 
+It takes a plain `ObservabilityConfig` (`qworker.config`; the CLI builds it from the settings,
+which also pass for one).
+
 ```python
-async with observability.build(settings, identity) as obs:
-    worker = Worker(app, settings, identity=identity, middleware=obs.middleware, sinks=obs.sinks)
+async with observability.build(config.observability_config(), identity) as obs:
+    worker = Worker(app, config.worker_config(), identity=identity,
+                    middleware=obs.middleware, sinks=obs.sinks)
     with handle_signals(obs.stop):
         await obs.run(worker)
 ```
@@ -29,17 +33,24 @@ from opentelemetry import trace
 
 from qworker import health, summary, tracing
 from qworker.cloudwatch import CloudWatchPublisher, open_cloudwatch_client
-from qworker.consumer import OutcomeSink
+from qworker.config import ObservabilityConfig, SupportsObservabilityConfig
 from qworker.dispatch import Middleware
 from qworker.emf import EmfStdoutSink, MetricsAggregator, Snapshot, build_document
 from qworker.quarantine import CanaryQuarantine
 from qworker.role import Identity
-from qworker.settings import QWorkerSettings
+from qworker.statistics import OutcomeSink
 
 if TYPE_CHECKING:
     from qworker.worker import Worker
 
-__all__ = ["DocumentSink", "MetricsEmitter", "Observability", "build", "publish_cloudwatch"]
+__all__ = [
+    "DocumentSink",
+    "MetricsEmitter",
+    "Observability",
+    "PublishChoice",
+    "build",
+    "publish_cloudwatch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +65,20 @@ class DocumentSink(Protocol):
         ...
 
 
-def publish_cloudwatch(settings: QWorkerSettings, endpoint_url: str | None = None) -> bool:
+class PublishChoice(summary.Locality, Protocol):
+    """What decides local publishing (`ObservabilityConfig`, or the settings)."""
+
+    @property
+    def metrics_publish_cloudwatch(self) -> bool | None:
+        """As asked (None: on a local endpoint)."""
+        ...
+
+
+def publish_cloudwatch(config: PublishChoice, endpoint_url: str | None = None) -> bool:
     """Whether to also send metrics with PutMetricData: as asked, else on a local endpoint."""
-    if settings.metrics_publish_cloudwatch is not None:
-        return settings.metrics_publish_cloudwatch
-    return endpoint_url is not None or settings.endpoint_url is not None or settings.use_embedded
+    if config.metrics_publish_cloudwatch is not None:
+        return config.metrics_publish_cloudwatch
+    return summary.is_local(config, endpoint_url)
 
 
 @final
@@ -238,19 +258,19 @@ def _write_health_now(monitor: health.HealthMonitor, path: Path) -> None:
         health.write_report(path, monitor.check())
 
 
-def _quarantine(settings: QWorkerSettings, identity: Identity) -> CanaryQuarantine | None:
-    if not identity.is_canary or settings.canary_quarantine_failure_rate is None:
+def _quarantine(config: ObservabilityConfig, identity: Identity) -> CanaryQuarantine | None:
+    if not identity.is_canary or config.canary_quarantine_failure_rate is None:
         return None
     return CanaryQuarantine(
-        failure_rate=settings.canary_quarantine_failure_rate,
-        min_messages=settings.canary_quarantine_min_messages,
-        window_s=settings.canary_quarantine_window_s,
+        failure_rate=config.canary_quarantine_failure_rate,
+        min_messages=config.canary_quarantine_min_messages,
+        window_s=config.canary_quarantine_window_s,
     )
 
 
 @contextlib.asynccontextmanager
 async def build(
-    settings: QWorkerSettings,
+    config: ObservabilityConfig | SupportsObservabilityConfig,
     identity: Identity,
     *,
     endpoint_url: str | None = None,
@@ -263,7 +283,7 @@ async def build(
     """Set up metrics, tracing, health and quarantine for one worker; run their periodic tasks.
 
     Args:
-        settings: The settings (`metrics_*`, `otel_*`, `health_*`, `canary_quarantine_*`).
+        config: Metrics, traces, health, quarantine (or settings, turned into one).
         identity: Role, version, service, task id.
         endpoint_url: The local endpoint in use (the embedded server's), for PutMetricData.
         local: The endpoint is local: dummy credentials.
@@ -277,19 +297,21 @@ async def build(
     Raises:
         ConfigError: A setting cannot work (e.g. `otlp` without its package).
     """
+    if not isinstance(config, ObservabilityConfig):
+        config = config.observability_config()
     provider = tracing.tracer_provider(
-        exporter=settings.otel_exporter,
-        sample_ratio=settings.otel_sample_ratio,
+        exporter=config.otel_exporter,
+        sample_ratio=config.otel_sample_ratio,
         identity=identity,
         consumer=True,
     )
-    quarantine = _quarantine(settings, identity)
+    quarantine = _quarantine(config, identity)
     is_quarantined = (lambda: quarantine.quarantined) if quarantine is not None else None
     aggregator = MetricsAggregator(role=identity.role, quarantined=is_quarantined)
-    stale_after_s = max(settings.health_interval_s * health.STALE_INTERVALS, 15.0)
+    stale_after_s = max(config.health_interval_s * health.STALE_INTERVALS, 15.0)
     monitor = health.HealthMonitor(
-        wait_time_s=settings.wait_time_s,
-        stall_margin_s=settings.health_stall_margin_s,
+        wait_time_s=config.wait_time_s,
+        stall_margin_s=config.health_stall_margin_s,
         stale_after_s=stale_after_s,
         quarantined=is_quarantined,
         clock=clock,
@@ -303,47 +325,47 @@ async def build(
             tracing.TracingMiddleware(
                 tracer,
                 identity=identity,
-                queue=_one_queue(settings),
-                sample_ratio=settings.otel_sample_ratio,
+                queue=_one_queue(config),
+                sample_ratio=config.otel_sample_ratio,
             )
         )
     sinks: list[OutcomeSink] = [aggregator]
     if quarantine is not None:
         sinks.append(quarantine)
-    path = Path(settings.health_file or health.default_health_file(identity.role))
+    path = Path(config.health_file or health.default_health_file(identity.role))
     stop = asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
         publisher = None
-        if publish_cloudwatch(settings, endpoint_url):
+        if publish_cloudwatch(config, endpoint_url):
             client = await stack.enter_async_context(
                 open_cloudwatch_client(
-                    region=settings.region,
-                    endpoint_url=endpoint_url or settings.endpoint_url,
+                    region=config.region,
+                    endpoint_url=endpoint_url or config.endpoint_url,
                     local=local,
                 )
             )
             publisher = CloudWatchPublisher(
-                client, namespace=settings.metrics_namespace, service=identity.service
+                client, namespace=config.metrics_namespace, service=identity.service
             )
         emitter = MetricsEmitter(
             aggregator,
             sink
             or (
                 EmfStdoutSink()
-                if summary.emf_to_stdout(settings, endpoint_url)
+                if summary.emf_to_stdout(config, endpoint_url)
                 else summary.DiscardDocuments()
             ),
-            namespace=settings.metrics_namespace,
+            namespace=config.metrics_namespace,
             identity=identity,
-            interval_s=settings.metrics_interval_s,
+            interval_s=config.metrics_interval_s,
             publisher=publisher,
             sleep=sleep,
         )
-        if settings.log_format == "text" and summary.is_local(settings, endpoint_url):
+        if config.log_format == "text" and summary.is_local(config, endpoint_url):
             emitter.on_snapshot = summary.log_summary
-        if settings.health_port is not None:
+        if config.health_port is not None:
             port = await stack.enter_async_context(
-                health.serve_http(monitor, port=settings.health_port)
+                health.serve_http(monitor, port=config.health_port)
             )
             log.info("health endpoint up", extra={"action": "health_http", "port": port})
         observability = Observability(
@@ -358,13 +380,13 @@ async def build(
                 group.create_task(emitter.run(stop), name="emit metrics")
                 group.create_task(
                     _write_health(
-                        monitor, path, interval_s=settings.health_interval_s, stop=stop, sleep=sleep
+                        monitor, path, interval_s=config.health_interval_s, stop=stop, sleep=sleep
                     ),
                     name="write health",
                 )
                 lag = health.LoopLagWatch(
                     monitor,
-                    threshold_s=settings.health_loop_lag_s,
+                    threshold_s=config.health_loop_lag_s,
                     on_blocked=lambda: _write_health_now(monitor, path),
                 )
                 group.create_task(lag.run(stop), name="watch loop lag")
@@ -390,10 +412,10 @@ async def _finish(
         await asyncio.to_thread(provider.shutdown)
 
 
-def _one_queue(settings: QWorkerSettings) -> str | None:
-    """The queue's name when the settings name exactly one (so spans are named at start)."""
-    if settings.queue_name:
-        return settings.queue_name
-    if settings.queue_url:
-        return settings.queue_url.rstrip("/").rsplit("/", 1)[-1]
+def _one_queue(config: ObservabilityConfig) -> str | None:
+    """The queue's name when the configuration names exactly one (so spans are named at start)."""
+    if config.queue_name:
+        return config.queue_name
+    if config.queue_url:
+        return config.queue_url.rstrip("/").rsplit("/", 1)[-1]
     return None

@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, final
+from typing import Any, Final, Literal, Protocol, final
 
 from qworker.emf import Distribution, Snapshot
 from qworker.metrics import MetricName
-from qworker.settings import QWorkerSettings
 
-__all__ = ["DiscardDocuments", "emf_to_stdout", "is_local", "log_summary", "summary_line"]
+__all__ = [
+    "DiscardDocuments",
+    "EmfChoice",
+    "Locality",
+    "emf_to_stdout",
+    "is_local",
+    "log_summary",
+    "summary_line",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +39,39 @@ _SHOWN: Final = (
 )
 
 
-def is_local(settings: QWorkerSettings, endpoint_url: str | None = None) -> bool:
+class Locality(Protocol):
+    """Where the worker runs (`qworker.config.ObservabilityConfig`, or the settings)."""
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """A custom endpoint, or None for AWS."""
+        ...
+
+    @property
+    def use_embedded(self) -> bool:
+        """Whether the embedded server runs."""
+        ...
+
+
+class EmfChoice(Locality, Protocol):
+    """What decides where EMF goes."""
+
+    @property
+    def emf(self) -> Literal["auto", "on", "off"]:
+        """`auto`, `on` or `off`."""
+        ...
+
+
+def is_local(config: Locality, endpoint_url: str | None = None) -> bool:
     """Whether the worker runs against a local server: the embedded one, or an endpoint set."""
-    return endpoint_url is not None or settings.endpoint_url is not None or settings.use_embedded
+    return endpoint_url is not None or config.endpoint_url is not None or config.use_embedded
 
 
-def emf_to_stdout(settings: QWorkerSettings, endpoint_url: str | None = None) -> bool:
+def emf_to_stdout(config: EmfChoice, endpoint_url: str | None = None) -> bool:
     """Whether EMF documents go to stdout: `on`, `off`, or (`auto`) everywhere but locally."""
-    if settings.emf == "auto":
-        return not is_local(settings, endpoint_url)
-    return settings.emf == "on"
+    if config.emf == "auto":
+        return not is_local(config, endpoint_url)
+    return config.emf == "on"
 
 
 @final

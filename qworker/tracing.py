@@ -47,7 +47,6 @@ from qworker.dispatch import Dispatch
 from qworker.exceptions import ConfigError
 from qworker.outcome import Outcome, OutcomeRecord
 from qworker.role import Identity
-from qworker.settings import QWorkerSettings
 from qworker.transport import Message
 
 __all__ = [
@@ -321,17 +320,22 @@ def tracer_provider(
 
 
 @contextlib.contextmanager
-def send_span(settings: QWorkerSettings, queue: str) -> Iterator[None]:
+def send_span(
+    queue: str, *, identity: Identity, exporter: str = "none", sample_ratio: float = 1.0
+) -> Iterator[None]:
     """Open a PRODUCER span `send <queue>` for `qworker send`, so the messages carry `traceparent`.
 
     With the exporter `none` the span is not exported, but its ids are real: a consumer that does
     export still links to them.
+
+    Args:
+        queue: The queue sent to.
+        identity: Service, role and version (the span's resource).
+        exporter: `none`, `console` or `otlp`.
+        sample_ratio: Share of traces sampled.
     """
-    identity = Identity(
-        service=settings.service, role=settings.deployment_role.value, version=settings.version
-    )
     provider = tracer_provider(
-        exporter=settings.otel_exporter, sample_ratio=settings.otel_sample_ratio, identity=identity
+        exporter=exporter, sample_ratio=sample_ratio, identity=identity
     ) or TracerProvider(resource=resource(identity), shutdown_on_exit=False)
     tracer = provider.get_tracer(__name__)
     try:

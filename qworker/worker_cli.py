@@ -149,7 +149,7 @@ async def serve(
     async with (
         _embedded(app, settings) as (endpoint_url, settings_used),
         observability.build(
-            settings_used,
+            settings_used.observability_config(),
             identity,
             endpoint_url=endpoint_url,
             local=endpoint_url is not None and settings.use_embedded,
@@ -157,7 +157,7 @@ async def serve(
     ):
         worker = Worker(
             app,
-            settings_used,
+            settings_used.worker_config(),
             identity=identity,
             endpoint_url=endpoint_url,
             local=endpoint_url is not None and settings.use_embedded,
@@ -300,7 +300,16 @@ async def _send(  # noqa: PLR0917 (a private call with positional plumbing)
     try:
         async with open_sqs_client(settings, endpoint_url=endpoint, local=local) as client:
             transport = await SqsTransport.open(client, name=queue_name, url=settings.queue_url)
-            with tracing.send_span(settings, transport.queue_name):
+            with tracing.send_span(
+                transport.queue_name,
+                identity=Identity(
+                    service=settings.service,
+                    role=settings.deployment_role.value,
+                    version=settings.version,
+                ),
+                exporter=settings.otel_exporter,
+                sample_ratio=settings.otel_sample_ratio,
+            ):
                 return await send_bodies(
                     transport,
                     bodies,

@@ -18,7 +18,6 @@ from qworker import Reject, tracing
 from qworker.exceptions import ConfigError
 from qworker.producer import send_bodies
 from qworker.role import Identity
-from qworker.settings import QWorkerSettings
 from qworker.testing import FakeQueueTransport, FakeSqs, consumer_for
 from qworker.tracing import (
     TracingMiddleware,
@@ -381,7 +380,7 @@ async def test_send_keeps_a_given_traceparent_and_respects_the_attribute_limit(
 
 async def test_qworker_send_span_injects_traceparent() -> None:
     queue = FakeSqs().create_queue("orders")
-    with send_span(QWorkerSettings(queue_name="orders"), "orders"):
+    with send_span("orders", identity=Identity(service="shop")):
         await send_bodies(queue, ["{}", "{}"])
     contexts = [producer_context(_as_message(queue, i)) for i in range(2)]
     assert all(c is not None and c.is_valid for c in contexts)
