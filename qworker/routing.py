@@ -27,9 +27,10 @@ default: rejected with a reason naming the type and the routes), `"retry"` (left
 `@router.fallback` handler.
 
 Each message's route name is its `message_type` (`TypeRouter.message_type`): a route's name, or
-`"unknown"`. It is bounded by construction (the routes are declared); as a metric dimension the
-first `METRIC_TYPE_LIMIT` (20) routes keep their names and the rest count as `"other"`
-(`TypeRouter.metric_message_type`).
+`"unknown"`, never the raw value a sender wrote, so it is bounded by the routes declared. As the
+opt-in `MessageType` metric dimension it is bounded harder (`metric_dimension`): the first
+`METRIC_TYPE_LIMIT` (20) route names declared in the process (in import order, so the same code
+gives every worker the same values) keep their names, later ones count as `"other"`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ __all__ = [
     "by_detail_type",
     "by_field",
     "message_type_of",
+    "metric_dimension",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,8 @@ UnknownAnswer = Literal["reject", "retry", "ignore"]
 """What a router does with a message whose type has no route (and no fallback)."""
 
 _UNKNOWN_ANSWERS: Final[tuple[str, ...]] = get_args(UnknownAnswer)
+_DECLARED: dict[str, None] = {}
+"""Every route name declared in this process, in order (the metric dimension's values)."""
 _MAX_TYPE_CHARS: Final = 100
 _ATTRIBUTE: Final = "__qworker_type_router__"
 
@@ -233,7 +237,6 @@ class TypeRouter:
         self.envelope: EnvelopeMode = check_mode(envelope, "TypeRouter")
         self._routes: dict[str, _Route] = {}
         self._fallback: _Route | None = None
-        self._metric_names: frozenset[str] = frozenset()
         # What opens an envelope to find the type inside: any unambiguous one for "auto".
         self._open: Unwrap | None = (
             unwrap_auto if self.envelope == "auto" else unwrapper(None, self.envelope)
@@ -328,7 +331,7 @@ class TypeRouter:
                 f"cannot add {spec.name}"
             )
         self._routes[name] = _Route(name, spec, unwrapper(spec.body_type, self.envelope))
-        self._metric_names = frozenset(list(self._routes)[:METRIC_TYPE_LIMIT])
+        _DECLARED.setdefault(name)
 
     def _resolve(self, message: Message) -> tuple[str | None, Message]:
         """The message's type, read from the body as received or else inside its envelope."""
@@ -348,12 +351,6 @@ class TypeRouter:
         """The message's route name, or `"unknown"` (what its outcome records)."""
         value, _ = self._resolve(message)
         return value if value is not None and value in self._routes else UNKNOWN
-
-    def metric_message_type(self, message_type: str) -> str:
-        """The `MessageType` metric value: the name of one of the first 20 routes, or `"other"`."""
-        if message_type == UNKNOWN or message_type in self._metric_names:
-            return message_type
-        return OTHER
 
     async def dispatch(self, message: Message) -> None:
         """Run the message through its route's handler.
@@ -394,6 +391,22 @@ class TypeRouter:
             reason,
             extra={"action": "message_type_ignored", "message_id": message.message_id},
         )
+
+
+def metric_dimension(message_type: str | None) -> str | None:
+    """The `MessageType` metric value of an outcome's `message_type` (None: a plain handler's).
+
+    One of the first `METRIC_TYPE_LIMIT` route names declared in this process, `"unknown"`, or
+    `"other"`: at most 22 values, whatever the senders write.
+    """
+    if message_type is None or message_type == UNKNOWN:
+        return message_type
+    for index, name in enumerate(_DECLARED):
+        if index >= METRIC_TYPE_LIMIT:
+            break
+        if name == message_type:
+            return message_type
+    return OTHER
 
 
 def message_type_of(func: object) -> Callable[[Message], str] | None:

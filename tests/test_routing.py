@@ -3,18 +3,20 @@
 The router's `handle` is registered as the queue's handler and drained on the fake: each type
 reaches its route's handler, decoded into that route's model; an unknown or missing type gets the
 router's explicit answer (rejected with a reason by default, retried, ignored, or a fallback); the
-route name is the bounded `message_type`, and past 20 routes the metric value is `other`.
+route name is the bounded `message_type`, and past 20 declared routes the metric value is
+`other`.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Annotated, Any, Literal
 
 import pytest
 from pydantic import BaseModel, Field
 
-from qworker import QWorker
+from qworker import QWorker, routing
 from qworker.exceptions import HandlerSignatureError
 from qworker.handler import HandlerSpec
 from qworker.message import Message, MessageAttribute
@@ -28,6 +30,7 @@ from qworker.routing import (
     by_detail_type,
     by_field,
     message_type_of,
+    metric_dimension,
 )
 from qworker.testing import Drainer, FakeSqs, ManualClock
 
@@ -297,18 +300,22 @@ def test_message_type_is_the_route_name_or_unknown() -> None:
     assert message_type_of(plain) is None
 
 
-def test_metric_values_are_bounded() -> None:
+def test_metric_values_are_bounded_by_declaration_order() -> None:
+    declared = list(routing._DECLARED)
     router = TypeRouter(by_attribute())
-    names = [f"T{i}" for i in range(METRIC_TYPE_LIMIT + 5)]
+    names = [f"Metric{uuid.uuid4().hex[:6]}{i}" for i in range(METRIC_TYPE_LIMIT + 5)]
     for name in names:
 
         async def handle(body: str) -> None: ...
 
         router.route(name)(handle)
-    metric = [router.metric_message_type(n) for n in names]
-    assert metric[:METRIC_TYPE_LIMIT] == names[:METRIC_TYPE_LIMIT]
-    assert metric[METRIC_TYPE_LIMIT:] == [OTHER] * 5
-    assert router.metric_message_type(UNKNOWN) == UNKNOWN
+    everything = [*declared, *(n for n in names if n not in declared)]
+    metric = [metric_dimension(n) for n in everything]
+    assert metric[:METRIC_TYPE_LIMIT] == everything[:METRIC_TYPE_LIMIT]
+    assert set(metric[METRIC_TYPE_LIMIT:]) == {OTHER}
+    assert metric_dimension(UNKNOWN) == UNKNOWN
+    assert metric_dimension(None) is None
+    assert metric_dimension("never-declared") == OTHER
     assert len({*metric, UNKNOWN}) == METRIC_TYPE_LIMIT + 2
 
 
