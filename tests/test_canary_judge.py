@@ -47,7 +47,7 @@ from qworker.canary.reader import (
     read_minutes,
     read_role_counts,
 )
-from qworker.exceptions import ConfigError
+from qworker.exceptions import ConfigError, ServerError
 from qworker.metrics import DEFAULT_NAMESPACE, Dimension, MetricName
 
 
@@ -673,8 +673,9 @@ def test_source_percentile_mode_does_not_fall_back() -> None:
     source = CloudWatchSource(
         client, MetricsQuery("orders"), T0, now=lambda: now, latency=LatencyStats.PERCENTILE
     )
-    with pytest.raises(botocore.exceptions.ClientError):
+    with pytest.raises(ServerError) as info:  # botocore's error, mapped by qworker._aws
         source()
+    assert info.value.code == "InternalError"
 
 
 class FakeEcs:

@@ -14,11 +14,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
-import botocore.exceptions
 import pytest
 
 from qworker.canary.judge import DEFAULT_POLICY
 from qworker.canary.reader import MetricsQuery, read_minutes, read_threshold
+from qworker.exceptions import ServerError
 
 
 def _load() -> ModuleType:
@@ -84,7 +84,7 @@ def test_fake_cloudwatch_answers_like_cloudwatch() -> None:
     assert threshold is not None
     assert 20.0 < threshold < 60.0  # the log-normal's p90: 20 ms x e^(1.28 x 0.5) = 38 ms
     refusing = sim.FakeCloudWatch(world, lambda: now[0], percentiles=False)
-    with pytest.raises(botocore.exceptions.ClientError, match="InternalError"):
+    with pytest.raises(ServerError, match="InternalError"):
         read_threshold(refusing, MetricsQuery("sim"), begin, end, 90.0)
 
 
