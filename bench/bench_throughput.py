@@ -510,6 +510,16 @@ async def measure(server: Server | None) -> Section:
     return _summarise(runs, load_before, loadavg(), defaults)
 
 
+def _total_cpu(entry: dict[str, Any]) -> float | None:
+    """Client + LocalStack CPU per message (µs), if both are known."""
+    server = entry["server_cpu_us_per_msg"]
+    return None if server is None else float(entry["client_cpu_us_per_msg"]) + float(server)
+
+
+def _ratio(top: float | None, bottom: float | None) -> float | None:
+    return None if top is None or not bottom else top / bottom
+
+
 def _us(value: float | None) -> str:
     return "?" if value is None else f"{value:.0f}"
 
@@ -566,6 +576,14 @@ def _summarise(
             "receives_per_msg": median(receives) if receives else None,
             "steady_msg_per_s": median(steady) if steady else None,
         }
+    for name in names:
+        # When the CPUs are the limit (client and LocalStack share them), the throughput ratio
+        # tends to the inverse ratio of CPU spent per message: steadier under other load.
+        reference = "bare I/O-bound" if "I/O" in name else "bare aiobotocore"
+        data[name]["cpu_per_msg_total"] = _total_cpu(data[name])
+        data[name]["cpu_bound_ratio"] = _ratio(
+            _total_cpu(data[reference]), data[name]["cpu_per_msg_total"]
+        )
     for name in ("qworker", "qworker defaults", "qworker + tracing 1.0"):
         paired = _paired(runs, name, "bare aiobotocore")
         data[name]["paired_ratios"] = paired
@@ -573,6 +591,10 @@ def _summarise(
     traced = _paired(runs, "qworker + tracing 1.0", "qworker")
     data["qworker + tracing 1.0"]["paired_to_qworker"] = traced
     data["qworker + tracing 1.0"]["cost"] = 1 - median(traced) if traced else None
+    cpu_ratio = _ratio(
+        data["qworker"]["cpu_per_msg_total"], data["qworker + tracing 1.0"]["cpu_per_msg_total"]
+    )
+    data["qworker + tracing 1.0"]["cpu_bound_cost"] = None if cpu_ratio is None else 1 - cpu_ratio
     io = data["qworker I/O-bound"]
     io_paired = [
         r.rate / min(ideal, b.rate)
@@ -603,6 +625,7 @@ def _markdown(data: dict[str, Any], by_name: dict[str, list[Run]]) -> str:
                 " / ".join(fmt(r.rate) for r in mine),
                 fmt(d["client_cpu_us_per_msg"]),
                 _us(d["server_cpu_us_per_msg"]),
+                "-" if d["cpu_bound_ratio"] is None else f"{d['cpu_bound_ratio']:.2f}x",
                 "-" if d["receives_per_msg"] is None else f"{d['receives_per_msg']:.3f}",
                 " / ".join(f"{r.load1:.1f}" for r in mine),
                 "-" if d["other_processes_cpus"] is None else f"{d['other_processes_cpus']:.2f}",
@@ -642,7 +665,8 @@ def _markdown(data: dict[str, Any], by_name: dict[str, list[Run]]) -> str:
         (
             f"- **Tracing at sample ratio 1.0**: {trc['ratio_to_bare']:.2f}x the bare loop, "
             f"**{(trc['cost'] or 0) * 100:.0f} %** below untraced qworker (median of the per-round "
-            f"ratios {ratios(trc['paired_to_qworker'])}; target ≤ 15 %); client "
+            f"ratios {ratios(trc['paired_to_qworker'])}; target ≤ 15 %); CPU-bound cost "
+            f"{_pct(trc['cpu_bound_cost'])}; client "
             f"{trc['client_cpu_us_per_msg']:.0f} µs/msg vs {mine['client_cpu_us_per_msg']:.0f}."
         ),
         (
@@ -665,7 +689,10 @@ def _markdown(data: dict[str, Any], by_name: dict[str, list[Run]]) -> str:
         f"`SQS_DISABLE_CLOUDWATCH_METRICS=1`. Machine: {data['nproc']} CPUs, /proc/loadavg "
         f"{data['loadavg_before']} before and {data['loadavg_after']} after; the load column "
         "is the 1-minute load average at the start of each run (client, LocalStack and any "
-        "other work share the CPUs)."
+        "other work share the CPUs). CPU-bound ratio: the bare loop's CPU per message (client + "
+        "LocalStack) over this contender's, for the same workload; it is what the throughput "
+        "ratio tends to when the CPUs are the limit, and it moves much less with other load "
+        "than the measured msg/s."
     )
     return "\n".join(
         [
@@ -679,6 +706,7 @@ def _markdown(data: dict[str, Any], by_name: dict[str, list[Run]]) -> str:
                     "rounds (msg/s)",
                     "client CPU µs/msg",
                     "LocalStack CPU µs/msg",
+                    "CPU-bound ratio",
                     "receives/msg",
                     "load (1 min) per round",
                     "other load (CPUs)",
@@ -689,6 +717,10 @@ def _markdown(data: dict[str, Any], by_name: dict[str, list[Run]]) -> str:
             *verdicts,
         ]
     )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f} %"
 
 
 def _rate(value: float | None) -> str:

@@ -117,7 +117,10 @@ def summary(sections: dict[str, Section]) -> str:
         [
             "Throughput, LocalStack, drain (tuned): qworker",
             _num(_get(throughput, "qworker", "median_msg_per_s"), per_s),
-            _num(_get(throughput, "qworker", "ratio_to_bare"), ratio) + " of bare",
+            _num(_get(throughput, "qworker", "ratio_to_bare"), ratio)
+            + " of bare (CPU-bound "
+            + _num(_get(throughput, "qworker", "cpu_bound_ratio"), ratio)
+            + ")",
             "≥ 0.90x bare",
         ],
         [
@@ -133,7 +136,10 @@ def summary(sections: dict[str, Section]) -> str:
                 f"{defaults.get('pollers', 'derived')}): qworker"
             ),
             _num(_get(throughput, "qworker defaults", "median_msg_per_s"), per_s),
-            _num(_get(throughput, "qworker defaults", "ratio_to_bare"), ratio) + " of bare",
+            _num(_get(throughput, "qworker defaults", "ratio_to_bare"), ratio)
+            + " of bare (CPU-bound "
+            + _num(_get(throughput, "qworker defaults", "cpu_bound_ratio"), ratio)
+            + ")",
             "≥ 0.90x bare",
         ],
         [
@@ -154,7 +160,10 @@ def summary(sections: dict[str, Section]) -> str:
             _num(traced.get("median_msg_per_s"), per_s),
             _num(traced.get("ratio_to_bare"), ratio)
             + " of bare; cost vs untraced "
-            + _num(traced.get("cost"), lambda v: f"{v * 100:.0f} %"),
+            + _num(traced.get("cost"), lambda v: f"{v * 100:.0f} %")
+            + " (CPU-bound "
+            + _num(traced.get("cpu_bound_cost"), lambda v: f"{v * 100:.0f} %")
+            + ")",
             "≤ 15 % cost",
         ],
         [
