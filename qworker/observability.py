@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, final
 
@@ -35,7 +35,8 @@ from qworker import health, summary, tracing
 from qworker.cloudwatch import CloudWatchPublisher, open_cloudwatch_client
 from qworker.config import ObservabilityConfig, SupportsObservabilityConfig
 from qworker.dispatch import Middleware
-from qworker.emf import EmfStdoutSink, MetricsAggregator, Snapshot, build_document
+from qworker.emf import EmfStdoutSink, MetricsAggregator
+from qworker.emitter import DocumentSink, MetricsEmitter, Sleep, pause
 from qworker.quarantine import CanaryQuarantine
 from qworker.role import Identity
 from qworker.statistics import OutcomeSink
@@ -54,16 +55,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Sleep = Callable[[float], Awaitable[None]]
-
-
-class DocumentSink(Protocol):
-    """Writes EMF documents (`EmfStdoutSink` in production)."""
-
-    async def write(self, documents: Iterable[Mapping[str, Any]]) -> None:
-        """Write one interval's documents."""
-        ...
-
 
 class PublishChoice(summary.Locality, Protocol):
     """What decides local publishing (`ObservabilityConfig`, or the settings)."""
@@ -79,102 +70,6 @@ def publish_cloudwatch(config: PublishChoice, endpoint_url: str | None = None) -
     if config.metrics_publish_cloudwatch is not None:
         return config.metrics_publish_cloudwatch
     return summary.is_local(config, endpoint_url)
-
-
-@final
-class MetricsEmitter:
-    """Turns the aggregator's intervals into EMF documents (and CloudWatch data) periodically."""
-
-    def __init__(
-        self,
-        aggregator: MetricsAggregator,
-        sink: DocumentSink,
-        *,
-        namespace: str,
-        identity: Identity,
-        interval_s: float,
-        publisher: CloudWatchPublisher | None = None,
-        sleep: Sleep = asyncio.sleep,
-    ) -> None:
-        """Emit `aggregator`'s numbers to `sink` every `interval_s`.
-
-        Args:
-            aggregator: The outcome sink that counts.
-            sink: Writes the documents.
-            namespace: The CloudWatch namespace.
-            identity: Service (a dimension), version and task id (properties).
-            interval_s: Seconds between emissions.
-            publisher: Also sends each interval with PutMetricData.
-            sleep: Injectable sleep.
-        """
-        self.aggregator = aggregator
-        self.sink = sink
-        self.namespace = namespace
-        self.identity = identity
-        self.interval_s = interval_s
-        self.publisher = publisher
-        self.queues: Callable[[], Iterable[str]] = tuple
-        self.on_snapshot: Callable[[Snapshot], None] | None = None
-        """Also told every interval's numbers (the local summary line)."""
-        self._sleep = sleep
-        self._properties: dict[str, object] = {"Version": identity.version}
-        if identity.task_id:
-            self._properties["TaskId"] = identity.task_id
-        self.emitted = 0
-        self._changed = asyncio.Event()
-
-    async def emit(self) -> Snapshot:
-        """Write the current interval now (the periodic task and the final flush call this)."""
-        for queue in self.queues():
-            self.aggregator.track(queue)
-        snapshot = self.aggregator.snapshot()
-        if self.on_snapshot is not None:
-            self.on_snapshot(snapshot)
-        documents = [
-            build_document(
-                aggregate,
-                namespace=self.namespace,
-                service=self.identity.service,
-                timestamp_ms=snapshot.timestamp_ms,
-                properties=self._properties,
-            )
-            for aggregate in snapshot.aggregates
-        ]
-        try:
-            await self.sink.write(documents)
-        except OSError as exc:  # a closed stdout must not take the worker down
-            log.warning(
-                "writing metrics failed",
-                extra={"action": "metrics_write_failed", "error": str(exc)},
-            )
-        if self.publisher is not None and snapshot.aggregates:
-            await self.publisher.publish(snapshot)
-        self.emitted += 1
-        self._changed.set()
-        return snapshot
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Emit every `interval_s` until `stop` is set (the final flush is the caller's)."""
-        while await _pause(stop, self._sleep(self.interval_s)):
-            await self.emit()
-
-    async def wait_emitted(self, count: int) -> None:
-        """Wait until at least `count` intervals were emitted."""
-        while self.emitted < count:
-            self._changed.clear()
-            await self._changed.wait()
-
-
-async def _pause(stop: asyncio.Event, sleep: Awaitable[None]) -> bool:
-    """Sleep unless `stop` comes first; return whether to go on."""
-    stopped = asyncio.ensure_future(stop.wait())
-    slept = asyncio.ensure_future(sleep)
-    try:
-        await asyncio.wait((stopped, slept), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        slept.cancel()
-    return not stop.is_set()
 
 
 @final
@@ -248,7 +143,7 @@ async def _write_health(
                 "writing the health file failed",
                 extra={"action": "health_write_failed", "path": str(path), "error": str(exc)},
             )
-        if not await _pause(stop, sleep(interval_s)):
+        if not await pause(stop, sleep(interval_s)):
             return
 
 
