@@ -22,11 +22,11 @@ from qworker.exceptions import BadRequest, MessageDecodeError
 from qworker.handler import HandlerSpec
 from qworker.message import Message, MessageAttribute
 from qworker.outcome import Outcome, OutcomeRecord, RetryPolicy
+from qworker.payload_resolver import PayloadResolver
 from qworker.payloads import (
     LEGACY_SIZE_ATTRIBUTE,
     SIZE_ATTRIBUTE,
     PayloadNotFound,
-    PayloadResolver,
     PayloadStore,
     PayloadUnavailable,
     S3Pointer,
