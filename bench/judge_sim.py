@@ -75,11 +75,20 @@ class Cell:
     type_fail: float = 0.0  # ... at this rate
     percentiles: bool = True  # False: the server refuses percentile statistics (LocalStack)
     expect: str = "pass"  # what a right judge does
+    critical: bool = False  # a target is read from this cell: it gets `--critical-runs` runs
 
 
 def _cells() -> list[Cell]:
     cells = [
-        Cell(f"A/A {base:.1%} {per_min}/min {share:.0%}", "A/A", base, None, per_min, share)
+        Cell(
+            f"A/A {base:.1%} {per_min}/min {share:.0%}",
+            "A/A",
+            base,
+            None,
+            per_min,
+            share,
+            critical=per_min == 1000 and share == 0.10,
+        )
         for base in (0.001, 0.01, 0.05)
         for per_min in (100, 1000)
         for share in (0.05, 0.10, 0.25)
@@ -87,7 +96,7 @@ def _cells() -> list[Cell]:
     cells += [
         Cell("1% -> 1.5%", "regression", 0.01, 0.015, expect="either"),
         Cell("1% -> 2%", "regression", 0.01, 0.02, expect="fail"),
-        Cell("1% -> 3%", "regression", 0.01, 0.03, expect="fail"),
+        Cell("1% -> 3%", "regression", 0.01, 0.03, expect="fail", critical=True),
         Cell("0.1% -> 0.5%", "regression", 0.001, 0.005, expect="fail"),
         Cell("5% -> 7%", "regression", 0.05, 0.07, expect="either"),
         Cell("10% rejects (1% base)", "regression", 0.01, 0.01 + 0.99 * 0.10, expect="fail"),
@@ -101,13 +110,18 @@ def _cells() -> list[Cell]:
             type_fail=0.4,
             expect="fail",
         ),
-        Cell("shared outage: both 30% for 10 min", "robustness", outage=(900.0, 1500.0, 0.30)),
-        Cell("clustered failures (A/A, 1%)", "robustness", clustered=True),
+        Cell(
+            "shared outage: both 30% for 10 min",
+            "robustness",
+            outage=(900.0, 1500.0, 0.30),
+            critical=True,
+        ),
+        Cell("clustered failures (A/A, 1%)", "robustness", clustered=True, critical=True),
         Cell("dead canary at 3 min", "robustness", dies_at_s=180.0, expect="fail"),
         Cell("latency A/A", "latency", latency=1.0),
         Cell("latency x1.3", "latency", latency=1.3, expect="fail"),
         Cell("latency x2", "latency", latency=2.0, expect="fail"),
-        Cell("A/A, 0.1% timeout tail (30 s)", "latency", latency=1.0, tail=0.001),
+        Cell("A/A, 0.1% timeout tail (30 s)", "latency", latency=1.0, tail=0.001, critical=True),
         Cell(
             "LocalStack: latency x1.3", "latency", latency=1.3, percentiles=False, expect="either"
         ),
@@ -530,22 +544,36 @@ HEADER: Final = [
     "commonest non-pass reason",
     "Kayenta-like FAIL",
     "Flagger-like FAIL",
+    "runs",
 ]
 
 
-def simulate(runs: int, cells: list[Cell], workers: int, policy: JudgePolicy) -> list[list[str]]:
+def simulate(
+    runs: int,
+    cells: list[Cell],
+    workers: int,
+    policy: JudgePolicy,
+    critical_runs: int | None = None,
+) -> list[list[str]]:
+    """Every cell's row: `runs` seeded runs, or `critical_runs` in a cell a target is read from.
+
+    Seeds depend on the cell's position and the run's number only, so a cell's first runs are the
+    same whatever the count.
+    """
+    counts = [critical_runs if c.critical and critical_runs else runs for c in cells]
     jobs = [
         (cell, 1_000_003 * index + run, policy)
-        for index, cell in enumerate(cells)
-        for run in range(runs)
+        for index, (cell, count) in enumerate(zip(cells, counts, strict=True))
+        for run in range(count)
     ]
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         results = pool.map(run_one, jobs, chunksize=max(1, runs // 4))
-    rows = []
-    for index, cell in enumerate(cells):
-        chunk = results[index * runs : (index + 1) * runs]
+    rows, begin = [], 0
+    for cell, count in zip(cells, counts, strict=True):
+        chunk = results[begin : begin + count]
+        begin += count
         tallies = {name: Tally([r[name] for r in chunk]) for name in ("ours", "kayenta", "flagger")}
-        rows.append(_row(cell, tallies))
+        rows.append([*_row(cell, tallies), str(count)])
     return rows
 
 
@@ -558,6 +586,12 @@ def table(rows: list[list[str]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=200, help="runs per cell")
+    parser.add_argument(
+        "--critical-runs",
+        type=int,
+        default=1000,
+        help="runs of each cell a target is read from (a smaller standard error)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke test: 4 runs of a few cells")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cells", help="only cells whose name contains this")
@@ -567,29 +601,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     cells = _cells()
     if args.cells:
         cells = [c for c in cells if args.cells in c.name]
-    runs = args.runs
+    runs, critical = args.runs, args.critical_runs
     if args.quick:
         quick = ("A/A 1.0% 1000/min 10%", "1% -> 3%", "dead canary", "LocalStack: latency x3")
-        cells, runs = [c for c in cells if c.name.startswith(quick)], 4
+        cells, runs, critical = [c for c in cells if c.name.startswith(quick)], 4, 4
     began = time.monotonic()
-    rows = simulate(runs, cells, min(2, args.workers), DEFAULT_POLICY)
+    rows = simulate(runs, cells, min(2, args.workers), DEFAULT_POLICY, critical)
     took = time.monotonic() - began
     text = table(rows)
     print(text)
-    print(f"\n{runs} runs per cell, {len(cells)} cells, {took:.0f} s", file=sys.stderr)
+    print(f"\n{runs} runs per cell ({critical} critical), {took:.0f} s", file=sys.stderr)
     if not args.quick:
-        write_report(args.out, text, runs, took)
+        write_report(args.out, text, f"{runs} runs per cell, {critical} in the target cells", took)
     return 0
 
 
-def write_report(path: Path, text: str, runs: int, took: float) -> None:
+def write_report(path: Path, text: str, runs: str, took: float) -> None:
     marker = "<!-- table -->"
     if path.exists() and marker in (old := path.read_text()):
         before, _, rest = old.partition(marker)
         _, _, after = rest.partition(marker)
         path.write_text(
-            f"{before}{marker}\n{text}\n\n{runs} runs per cell; {took:.0f} s on this machine.\n"
-            f"{marker}{after}"
+            f"{before}{marker}\n{text}\n\n{runs}; {took:.0f} s on this machine.\n{marker}{after}"
         )
     else:
         path.write_text(f"# Canary judge simulation\n\n{marker}\n{text}\n{marker}\n")

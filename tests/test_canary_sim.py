@@ -104,3 +104,19 @@ def test_binomial_and_poisson_draws_are_plausible() -> None:
     assert all(0 <= sim.binomial(rng, 10, 0.9) <= 10 for _ in range(50))
     means = [sim.poisson(rng, 5.0) for _ in range(400)] + [sim.poisson(rng, 200.0)]
     assert 4.5 < sum(means[:400]) / 400 < 5.5
+
+
+def test_target_cells_get_the_critical_run_count() -> None:
+    quick = [cell("10% rejects"), sim.dataclasses.replace(cell("10% retries"), critical=True)]
+    rows = sim.simulate(2, quick, 1, DEFAULT_POLICY, critical_runs=3)
+    assert [row[-1] for row in rows] == ["2", "3"]  # the last column: runs in the cell
+    assert all(row[3].startswith("100.0% ± 0.0%") for row in rows)  # FAIL, every run
+    assert [c.name for c in sim._cells() if c.critical] == [
+        "A/A 0.1% 1000/min 10%",
+        "A/A 1.0% 1000/min 10%",
+        "A/A 5.0% 1000/min 10%",
+        "1% -> 3%",
+        "shared outage: both 30% for 10 min",
+        "clustered failures (A/A, 1%)",
+        "A/A, 0.1% timeout tail (30 s)",
+    ]
