@@ -167,6 +167,35 @@ def test_the_profile_reaches_botocore_config() -> None:
     assert client.meta.endpoint_url == "http://127.0.0.1:9"
 
 
+def test_sqs_profiles_fit_the_long_poll_and_the_pollers() -> None:
+    receive = _aws.sqs_profile(pollers=20, wait_time_s=20)
+    control = _aws.sqs_profile(pollers=20, control=True)
+
+    assert receive.read_timeout_s > 20  # a long poll must end before the read times out
+    assert receive.max_pool_connections == control.max_pool_connections == 20 * 2 + 16
+    assert not receive.fresh_connections
+    assert control.fresh_connections
+    assert control.read_timeout_s == _aws.CONTROL_READ_TIMEOUT_S < receive.read_timeout_s
+    assert _aws.sqs_profile().max_pool_connections == 18  # one poller: the pool's floor and more
+
+
+async def test_a_fresh_connection_profile_reaches_the_connector() -> None:
+    target = AwsTarget("us-east-1", "http://127.0.0.1:9", local=True)
+
+    async with open_client("sqs", target, ClientProfile(fresh_connections=True)) as fresh:
+        assert fresh.meta.config.connector_args == {"force_close": True, "keepalive_timeout": None}
+    async with open_client("sqs", target) as pooled:
+        assert "force_close" not in pooled.meta.config.connector_args
+
+
+def test_s3_is_path_style_on_a_custom_endpoint_only() -> None:
+    local = sync_client("s3", AwsTarget("us-east-1", "http://127.0.0.1:9", local=True))
+    aws = sync_client("s3", AwsTarget("us-east-1", local=True))
+
+    assert local.meta.config.s3 == {"addressing_style": "path"}
+    assert not (aws.meta.config.s3 or {}).get("addressing_style")
+
+
 def test_user_agent_names_the_package_version() -> None:
     assert user_agent().startswith("qworker/")
     assert user_agent() != "qworker/"
