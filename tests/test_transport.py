@@ -1,4 +1,5 @@
-"""The transport's pure parts: error mapping at the botocore boundary, and the wire shapes."""
+"""The transport's pure parts: error mapping at the botocore boundary (`qworker._aws`, through
+the transport's re-export), and the wire shapes of `qworker.message`."""
 
 from __future__ import annotations
 
@@ -24,17 +25,16 @@ from qworker.exceptions import (
     TransientTransportError,
     TransportError,
 )
-from qworker.transport import (
-    ERROR_CODES,
+from qworker.message import (
     Message,
     MessageAttribute,
     QueueAttributes,
     RedrivePolicy,
     SendEntry,
-    map_errors,
     queue_name_from_arn,
     queue_name_from_url,
 )
+from qworker.transport import ERROR_CODES, map_errors  # the re-exports of qworker._aws
 
 
 def client_error(code: str, status: int = 400, message: str = "it broke") -> ClientError:
