@@ -13,9 +13,9 @@ The mode is explicit where it must be:
 
 - `"auto"` (the default): unwrap only what is unambiguous: a body that is exactly an SNS
   notification (`Type` "Notification", `TopicArn`, `Message`, `MessageId`, `Timestamp` and
-  `Signature`) or an EventBridge event (all of its top-level keys), and that the handler's type
-  itself does not validate. A handler asking for `str`, `bytes` or `Message` gets the body as
-  received, and a plain body costs two substring searches.
+  `Signature`, or a FIFO topic's `SequenceNumber`) or an EventBridge event (all of its top-level
+  keys), and that the handler's type itself does not validate. A handler asking for `str`,
+  `bytes` or `Message` gets the body as received, and a plain body costs two substring searches.
 - `"sns"` / `"eventbridge"`: the body must be that envelope (anything else is rejected as
   undecodable); the payload inside is unwrapped whatever the handler's type.
 - `"none"`: the body as received.
@@ -207,12 +207,19 @@ def _dumps(value: object) -> str:
 
 
 def _is_sns(parsed: Mapping[str, Any], *, strict: bool) -> bool:
-    """Whether `parsed` is an SNS notification; `strict` (auto) also wants its `Signature`."""
+    """Whether `parsed` is an SNS notification.
+
+    `strict` (auto) also wants its `Signature` (a FIFO topic's notification: its `SequenceNumber`).
+    """
     return (
         parsed.get("Type") == "Notification"
         and all(isinstance(parsed.get(k), str) for k in _SNS_KEYS)
         and str(parsed["TopicArn"]).startswith("arn:")
-        and (not strict or isinstance(parsed.get("Signature"), str))
+        and (
+            not strict
+            or isinstance(parsed.get("Signature"), str)
+            or isinstance(parsed.get("SequenceNumber"), str)
+        )
     )
 
 

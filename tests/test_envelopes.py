@@ -203,6 +203,16 @@ def test_auto_needs_the_whole_sns_shape() -> None:
     assert order == Order(order_id="o-1", cents=250)
 
 
+def test_a_fifo_topics_notification_is_recognised_by_its_sequence_number() -> None:
+    fifo = json.loads(sns_body(ORDER, SequenceNumber="10000000000000003000"))
+    del fifo["Signature"]
+    seen, order = decode(Order, message(json.dumps(fifo)))
+    assert order == Order(order_id="o-1", cents=250)
+    assert seen.envelope is not None
+    assert seen.envelope.sns is not None
+    assert seen.envelope.sns.sequence_number == "10000000000000003000"
+
+
 def test_auto_needs_every_eventbridge_key() -> None:
     partial = json.loads(event_body({"order_id": "o-2", "cents": 5}))
     del partial["account"]
