@@ -120,7 +120,15 @@ def unwrapper(body_type: Any, mode: EnvelopeMode = DEFAULT_ENVELOPE) -> Unwrap |
         return _explicit_eventbridge
     if body_type in _RAW_TYPES:
         return None
-    return functools.partial(unwrap, validates=_validator(body_type))
+    validates = _validator(body_type)
+
+    def auto(message: Message) -> Message:
+        body = message.body
+        if _SNS_MARK not in body and _EVENTBRIDGE_MARK not in body:
+            return message  # a plain body's whole cost: two substring searches
+        return unwrap(message, validates=validates)
+
+    return auto
 
 
 def unwrap(message: Message, *, validates: Callable[[str], bool] | None = None) -> Message:
