@@ -22,6 +22,7 @@ Contenders:
   so this may stop working when the consumer changes) by one whose `take()` waits until
   min(10, requested) slots are free, or 5 ms after the first free slot.
 - **prototype C (B + pollers from concurrency)**: B with max(2, ceil(C / 10)) pollers.
+- **prototype D (A with 4 pollers)**, drain with the defaults' concurrency: A with 4 pollers.
 
 `python bench/bench_capacity.py [--messages N] [--rounds R] [--receive-ms MS] [--delete-ms MS]`
 prints Markdown. Interleaved rounds, medians.
@@ -60,6 +61,8 @@ IO_DELAY_S: Final = 0.05
 BARE_POLLERS: Final = 4
 """Pollers of the bare loop and of qworker (equal pollers) on the I/O-bound workload."""
 DRAIN_BARE_POLLERS: Final = 8
+DEFAULTS_POLLERS: Final = 4
+"""Prototype D: the defaults' concurrency with more pollers (so 10 x 4 more messages held)."""
 DELETE_LINGER_S: Final = 0.005
 TAKE_LINGER_S: Final = 0.005
 
@@ -381,6 +384,10 @@ async def measure(args: argparse.Namespace) -> str:
                 f"prototype B: A + batched take (C={c_default}, {p_default} pollers)": (
                     qworker(gate=True, batched=True),
                     p_default,
+                ),
+                f"prototype D: A with {DEFAULTS_POLLERS} pollers (C={c_default})": (
+                    qworker(gate=True, batched=False),
+                    DEFAULTS_POLLERS,
                 ),
             },
         },

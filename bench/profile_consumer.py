@@ -21,10 +21,13 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import pstats
+import statistics
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from bench_overhead import fake_alone, filled, qworker_run
 from bench_throughput import (
@@ -78,6 +81,100 @@ def by_package(stats: pstats.Stats) -> tuple[Counter[str], Counter[str]]:
         seconds[group] += own
         calls[group] += primitive
     return seconds, calls
+
+
+class GcMeter:
+    """Counts the garbage collector's runs (by generation) and the time they take."""
+
+    def __init__(self) -> None:
+        """Not yet counting: use it as a context manager."""
+        self.collections: Counter[int] = Counter()
+        self.seconds = 0.0
+        self._began = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        # CPU time of this thread (the event loop's), not wall time: other load must not count.
+        if phase == "start":
+            self._began = time.thread_time()
+        else:
+            self.seconds += time.thread_time() - self._began
+            self.collections[info["generation"]] += 1
+
+    def __enter__(self) -> Self:
+        """Start counting."""
+        gc.collect()
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stop counting."""
+        gc.callbacks.remove(self._callback)
+
+
+async def metered(work: Callable[[], Awaitable[int]]) -> tuple[float, GcMeter, int]:
+    """Run `work` unprofiled; return its CPU seconds, the GC meter and the messages handled."""
+    with GcMeter() as meter:
+        began = time.process_time()
+        handled = await work()
+        spent = time.process_time() - began
+    return spent, meter, handled
+
+
+async def cpu_rounds(
+    endpoint: str,
+    messages: int,
+    rounds: int,
+    middleware: Callable[[str], Sequence[Middleware]] | None,
+) -> str:
+    """Interleaved unprofiled drains on LocalStack: CPU and GC per message, qworker vs bare."""
+    found: dict[str, list[tuple[float, GcMeter, int]]] = {"qworker": [], "bare aiobotocore": []}
+    async with sqs_client(endpoint, pollers=POLLERS) as client:
+        for index in range(rounds + 1):  # the first round warms up
+            order = list(found) if index % 2 else list(found)[::-1]
+            for name in order:
+                transport = await fresh_queue(client, f"cpu-{name.split()[0]}")
+                await fill(transport, messages)
+                if name == "qworker":
+                    consumer = consumer_for(
+                        transport,
+                        handle,
+                        pollers=POLLERS,
+                        concurrency=CONCURRENCY,
+                        middleware=middleware(transport.queue_name) if middleware else (),
+                    )
+
+                    async def drain(consumer: Any = consumer) -> int:  # noqa: ANN401
+                        await consumer.run_until_empty()
+                        return int(consumer.statistics().acked)
+
+                    outcome = await metered(drain)
+                else:
+                    outcome = await metered(BareDrain(client, transport.queue_url, messages).work)
+                await delete_queue(transport)
+                if index:
+                    found[name].append(outcome)
+    rows = []
+    for name, runs in found.items():
+        cpu = statistics.median(spent / n * 1e6 for spent, _, n in runs)
+        gc_us = statistics.median(meter.seconds / n * 1e6 for _, meter, n in runs)
+        per_k = [
+            statistics.median(meter.collections[g] / n * 1000 for _, meter, n in runs)
+            for g in range(3)
+        ]
+        rows.append([name, f"{cpu:.0f}", f"{gc_us:.1f}", " / ".join(f"{c:.1f}" for c in per_k)])
+    return (
+        f"# LocalStack drain, unprofiled, {messages} messages, {rounds} interleaved rounds, "
+        f"{POLLERS} pollers each\n"
+        + table(
+            [
+                "contender",
+                "client CPU µs/msg (median)",
+                "of which GC µs/msg",
+                "GC runs per 1,000 msgs (gen 0 / 1 / 2)",
+            ],
+            rows,
+        )
+    )
 
 
 async def profiled(work: Callable[[], Awaitable[int]]) -> tuple[pstats.Stats, int]:
@@ -175,11 +272,27 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--tracing", action="store_true", help="trace every message (ratio 1.0)")
     parser.add_argument("--localstack", action="store_true", help="qworker vs bare on LocalStack")
+    parser.add_argument(
+        "--cpu-rounds",
+        type=int,
+        default=0,
+        help=(
+            "with --localstack: first N interleaved unprofiled rounds (CPU and GC per message); "
+            "with --top 0, only those"
+        ),
+    )
     args = parser.parse_args()
     make, shutdown = tracing_middleware() if args.tracing else (None, None)
     try:
         if args.localstack:
             with localstack() as server:
+                if args.cpu_rounds:
+                    text = asyncio.run(
+                        cpu_rounds(server.endpoint_url, args.messages, args.cpu_rounds, make)
+                    )
+                    print(text, flush=True)
+                    if args.top == 0:
+                        return 0
                 results = asyncio.run(profile_localstack(server.endpoint_url, args.messages, make))
             print(f"# LocalStack drain, {args.messages} messages, {POLLERS} pollers each")
             print(compare(results))
