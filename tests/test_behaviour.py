@@ -13,8 +13,9 @@ from pydantic import BaseModel
 from settled import run_until_settled
 
 from qworker import Message, Reject, Retry
+from qworker.exceptions import QueueUnavailable
 from qworker.producer import send_bodies
-from qworker.testing import consumer_for
+from qworker.testing import FakeSqs, ManualClock, consumer_for
 from qworker.transport import QueueTransport, SendEntry
 
 
@@ -68,13 +69,45 @@ async def test_failure_retries_then_dead_letters(backend: Backend) -> None:
     # Drained until a drain receives nothing (tests/settled.py): a single drain can end before the
     # last failure's message is visible again, so before the receive that dead-letters it.
     settled = await run_until_settled(
-        lambda: consumer_for(queue, handle, dead_letter=dlq, clock=backend.clock_fn or _monotonic())
+        queue,
+        lambda: consumer_for(
+            queue, handle, dead_letter=dlq, clock=backend.clock_fn or _monotonic()
+        ),
+        elapse=backend.elapse,
     )
 
     assert attempts["o-1"] == 2
     assert settled.total("failed") == 2
     dead = await drain(dlq, wait_time_s=1 if backend.real else 0)
     assert [json.loads(m.body)["order_id"] for m in dead] == ["o-1"]
+    assert await drain(queue) == []
+
+
+async def test_a_failure_left_unsettled_comes_back_after_the_visibility_timeout() -> None:
+    """A failed ChangeMessageVisibility leaves the message hidden, not lost: it comes back after the
+    visibility timeout, fails again and is dead-lettered (the fake: the failure is injected)."""
+    clock = ManualClock()
+    sqs = FakeSqs(clock=clock)
+    queue = sqs.create_queue("unsettled", dead_letter="unsettled-dlq", max_receive_count=2)
+    dlq = sqs.queue("unsettled-dlq")
+    await send(queue, [order(1)])
+    queue.fail_next("change_visibility", QueueUnavailable("connection reset"))
+    attempts: Counter[str] = Counter()
+
+    async def handle(o: Order) -> None:
+        attempts[o.order_id] += 1
+        raise RuntimeError("payment service down")
+
+    async def elapse(seconds: float) -> None:
+        clock.advance(seconds)
+
+    settled = await run_until_settled(
+        queue, lambda: consumer_for(queue, handle, dead_letter=dlq, clock=clock), elapse=elapse
+    )
+
+    assert [(run.failed, run.unsettled) for run in settled.runs] == [(1, 1), (1, 0), (0, 0)]
+    assert attempts["o-1"] == 2
+    assert [json.loads(m.body)["order_id"] for m in await drain(dlq)] == ["o-1"]
     assert await drain(queue) == []
 
 

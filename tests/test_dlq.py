@@ -72,9 +72,11 @@ async def seed(backend: Backend) -> tuple[QueueTransport, QueueTransport]:
     # Drained until a drain receives nothing (tests/settled.py): a single drain can end before a
     # failed order is visible again, so before the receive that dead-letters it.
     settled = await run_until_settled(
+        queue,
         lambda: consumer_for(
             queue, handle, dead_letter=dlq, clock=backend.clock_fn or time.monotonic
-        )
+        ),
+        elapse=backend.elapse,
     )
     assert settled.total("rejected") == N_ORDERS // 2
     return queue, dlq
