@@ -33,11 +33,12 @@ from qworker.dispatch import Dispatcher
 from qworker.finish import Finisher
 from qworker.groups import GroupChains, GroupRetry
 from qworker.heartbeat import Heartbeat, Held
+from qworker.message import Message
 from qworker.outcome import Outcome, OutcomeRecord
 from qworker.poller import Poller
 from qworker.settle import Settler
 from qworker.statistics import ConsumerStatistics, OutcomeCounts, OutcomeLog, OutcomeSink
-from qworker.transport import Message, QueueTransport
+from qworker.transport import QueueTransport
 
 __all__ = ["Consumer", "ConsumerStatistics", "OutcomeSink"]
 

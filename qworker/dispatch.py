@@ -23,9 +23,9 @@ from typing import Final, Protocol, final
 from qworker.exceptions import MessageDecodeError, Reject, Retry
 from qworker.handler import HandlerSpec
 from qworker.logs import RateLimit
+from qworker.message import Message
 from qworker.outcome import Outcome, OutcomeRecord
 from qworker.role import Identity
-from qworker.transport import Message
 
 __all__ = ["Dispatch", "Dispatcher", "Middleware"]
 

@@ -49,8 +49,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Final, final
 
 from qworker.heartbeat import Held
+from qworker.message import Message
 from qworker.outcome import Outcome, OutcomeRecord
-from qworker.transport import Message
 
 __all__ = ["GroupChains", "GroupRetry", "with_receive_count"]
 

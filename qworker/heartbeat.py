@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Final, final
 
 from qworker.exceptions import TransportError
-from qworker.transport import MAX_BATCH, Message, QueueTransport
+from qworker.message import Message
+from qworker.transport import MAX_BATCH, QueueTransport
 
 __all__ = ["Heartbeat", "Held"]
 

@@ -22,7 +22,8 @@ from typing import Final, final
 
 from qworker.concurrency import Capacity, cancel_and_wait, first
 from qworker.exceptions import TransientTransportError
-from qworker.transport import MAX_BATCH, Message, QueueTransport
+from qworker.message import Message
+from qworker.transport import MAX_BATCH, QueueTransport
 
 __all__ = ["RECEIVE_BACKOFF_BASE_S", "RECEIVE_BACKOFF_MAX_S", "Poller"]
 

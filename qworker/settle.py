@@ -30,9 +30,15 @@ from typing import Final, final
 from qworker.batch import Batcher
 from qworker.exceptions import QueueDoesNotExist, TransientTransportError, TransportError
 from qworker.handback import SQS_MAX_MESSAGE_ATTRIBUTES, HandBack, hand_back_entry
-from qworker.message import ORIGINAL_ID_ATTRIBUTE, RECEIVES_ATTRIBUTE
+from qworker.message import (
+    ORIGINAL_ID_ATTRIBUTE,
+    RECEIVES_ATTRIBUTE,
+    Message,
+    MessageAttribute,
+    SendEntry,
+)
 from qworker.outcome import SQS_MAX_VISIBILITY_S, Outcome, OutcomeRecord, RetryPolicy
-from qworker.transport import Message, MessageAttribute, QueueTransport, SendEntry
+from qworker.transport import QueueTransport
 
 __all__ = ["REJECT_ATTRIBUTES", "Settler", "dead_letter_attributes", "hand_back_entry"]
 

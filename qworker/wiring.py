@@ -24,11 +24,12 @@ from qworker.config import ConsumerConfig
 from qworker.consumer import Consumer
 from qworker.dispatch import Dispatcher, Middleware
 from qworker.handler import HandlerSpec
+from qworker.message import Message
 from qworker.outcome import RetryPolicy
 from qworker.role import Identity
 from qworker.settle import Settler
 from qworker.statistics import OutcomeSink
-from qworker.transport import Message, QueueTransport
+from qworker.transport import QueueTransport
 
 __all__ = ["build_consumer"]
 
