@@ -26,7 +26,7 @@ import pstats
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Final, Self
 
 from bench_overhead import fake_alone, filled, qworker_run
@@ -111,6 +111,32 @@ class GcMeter:
         gc.callbacks.remove(self._callback)
 
 
+CPU_CONTENDERS: Final = (
+    "qworker",
+    "bare aiobotocore",
+    "qworker + tracing 1.0",
+    "qworker, prototype: gc.freeze() first",
+    "qworker, prototype: gen-0 threshold 10,000",
+)
+"""The prototypes change only the garbage collector's settings, around that one run."""
+
+
+@contextlib.contextmanager
+def gc_variant(name: str) -> Iterator[None]:
+    """PROTOTYPE garbage-collector settings for one run (restored after it)."""
+    threshold = gc.get_threshold()
+    if "freeze" in name:
+        gc.collect()
+        gc.freeze()  # what exists now (modules, botocore's models, the client) is never scanned
+    if "threshold" in name:
+        gc.set_threshold(10_000, threshold[1], threshold[2])
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
 async def metered(work: Callable[[], Awaitable[int]]) -> tuple[float, GcMeter, int]:
     """Run `work` unprofiled; return its CPU seconds, the GC meter and the messages handled."""
     with GcMeter() as meter:
@@ -121,35 +147,33 @@ async def metered(work: Callable[[], Awaitable[int]]) -> tuple[float, GcMeter, i
 
 
 async def cpu_rounds(
-    endpoint: str,
-    messages: int,
-    rounds: int,
-    middleware: Callable[[str], Sequence[Middleware]] | None,
+    endpoint: str, messages: int, rounds: int, traced: Callable[[str], Sequence[Middleware]]
 ) -> str:
     """Interleaved unprofiled drains on LocalStack: CPU and GC per message, qworker vs bare."""
-    found: dict[str, list[tuple[float, GcMeter, int]]] = {"qworker": [], "bare aiobotocore": []}
+    found: dict[str, list[tuple[float, GcMeter, int]]] = {name: [] for name in CPU_CONTENDERS}
     async with sqs_client(endpoint, pollers=POLLERS) as client:
         for index in range(rounds + 1):  # the first round warms up
-            order = list(found) if index % 2 else list(found)[::-1]
-            for name in order:
-                transport = await fresh_queue(client, f"cpu-{name.split()[0]}")
+            shift = index % len(found)
+            for name in [*CPU_CONTENDERS[shift:], *CPU_CONTENDERS[:shift]]:
+                transport = await fresh_queue(client, "cpu")
                 await fill(transport, messages)
-                if name == "qworker":
+                if name == "bare aiobotocore":
+                    outcome = await metered(BareDrain(client, transport.queue_url, messages).work)
+                else:
                     consumer = consumer_for(
                         transport,
                         handle,
                         pollers=POLLERS,
                         concurrency=CONCURRENCY,
-                        middleware=middleware(transport.queue_name) if middleware else (),
+                        middleware=traced(transport.queue_name) if "tracing" in name else (),
                     )
 
                     async def drain(consumer: Any = consumer) -> int:  # noqa: ANN401
                         await consumer.run_until_empty()
                         return int(consumer.statistics().acked)
 
-                    outcome = await metered(drain)
-                else:
-                    outcome = await metered(BareDrain(client, transport.queue_url, messages).work)
+                    with gc_variant(name):
+                        outcome = await metered(drain)
                 await delete_queue(transport)
                 if index:
                     found[name].append(outcome)
@@ -287,9 +311,11 @@ def main() -> int:
         if args.localstack:
             with localstack() as server:
                 if args.cpu_rounds:
+                    tracing, stop_tracing = tracing_middleware()
                     text = asyncio.run(
-                        cpu_rounds(server.endpoint_url, args.messages, args.cpu_rounds, make)
+                        cpu_rounds(server.endpoint_url, args.messages, args.cpu_rounds, tracing)
                     )
+                    stop_tracing()
                     print(text, flush=True)
                     if args.top == 0:
                         return 0
