@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -57,7 +58,7 @@ import botocore.exceptions
 import yaml  # type: ignore[import-untyped]
 from metric_math import AlarmState, Series, evaluate, evaluate_alarm
 from rehearsal_pipeline import Artifacts, Rule, Stage, environment_variables, substitute
-from test_deploy_templates import ACCOUNT, Renderer, load, render
+from test_deploy_templates import ACCOUNT, Renderer, load
 
 from qworker.drill.audit import drain, queue_depth
 from qworker.drill.config import DrillError
@@ -128,49 +129,71 @@ class AlarmModel:
         """Every alarm name the template defines."""
         return set(self.metric_alarms) | set(self.composites)
 
-    def _series(self, stat: Mapping[str, Any], start: float, periods: int) -> Series:
-        period_s = int(stat["Period"]) // 60 * MINUTE_S
-        began = datetime.fromtimestamp(start, UTC)
-        response = self.cloudwatch.get_metric_data(
-            MetricDataQueries=[
-                {
-                    "Id": "m",
-                    "MetricStat": {
-                        "Metric": {
-                            "Namespace": stat["Metric"]["Namespace"],
-                            "MetricName": stat["Metric"]["MetricName"],
-                            "Dimensions": _dimensions(stat["Metric"]),
-                        },
-                        "Period": period_s,
-                        "Stat": stat["Stat"],
-                    },
-                }
-            ],
-            StartTime=began,
-            EndTime=began + timedelta(seconds=period_s * periods),
-        )
-        values: list[float | None] = [None] * periods
-        (result,) = response["MetricDataResults"]
-        for stamp, value in zip(result["Timestamps"], result["Values"], strict=True):
-            index = round((stamp.timestamp() - start) / period_s)
-            if 0 <= index < periods:
-                values[index] = float(value)
-        return tuple(values)
-
-    def metric_state(self, name: str, at: float) -> AlarmState:
-        """The state of a metric alarm after the alarm period that contains `at`."""
+    def _window(self, name: str, at: float) -> tuple[float, int]:
+        """(start, periods): the evaluation window of metric alarm `name` that ends with the
+        alarm period containing `at`."""
         alarm = self.metric_alarms[name]
-        queries = alarm["Metrics"]
-        period = next(int(q["MetricStat"]["Period"]) for q in queries if "MetricStat" in q)
+        period = next(int(q["MetricStat"]["Period"]) for q in alarm["Metrics"] if "MetricStat" in q)
         period_s = period // 60 * MINUTE_S
         periods = int(alarm["EvaluationPeriods"])
         current = int((at - self.epoch) // period_s)
-        start = self.epoch + (current + 1 - periods) * period_s
+        return self.epoch + (current + 1 - periods) * period_s, periods
+
+    def _fetch(self, wanted: Sequence[tuple[Mapping[str, Any], float, int]]) -> list[Series]:
+        """The series of each (MetricStat, window start, periods), one GetMetricData call per
+        window (its queries side by side, each answered as if it were alone)."""
+        windows: dict[tuple[int, float, int], list[int]] = {}
+        for index, (stat, start, periods) in enumerate(wanted):
+            period_s = int(stat["Period"]) // 60 * MINUTE_S
+            windows.setdefault((period_s, start, periods), []).append(index)
+        found: list[Series] = [()] * len(wanted)
+        for (period_s, start, periods), indexes in windows.items():
+            began = datetime.fromtimestamp(start, UTC)
+            queries = [
+                {
+                    "Id": f"m{index}",
+                    "MetricStat": {
+                        "Metric": {
+                            "Namespace": wanted[index][0]["Metric"]["Namespace"],
+                            "MetricName": wanted[index][0]["Metric"]["MetricName"],
+                            "Dimensions": _dimensions(wanted[index][0]["Metric"]),
+                        },
+                        "Period": period_s,
+                        "Stat": wanted[index][0]["Stat"],
+                    },
+                }
+                for index in indexes
+            ]
+            values: dict[int, list[float | None]] = {index: [None] * periods for index in indexes}
+            token: str | None = None
+            while True:
+                response = self.cloudwatch.get_metric_data(
+                    MetricDataQueries=queries,
+                    StartTime=began,
+                    EndTime=began + timedelta(seconds=period_s * periods),
+                    **({"NextToken": token} if token else {}),
+                )
+                for result in response["MetricDataResults"]:
+                    series = values[int(str(result["Id"])[1:])]
+                    for stamp, value in zip(result["Timestamps"], result["Values"], strict=True):
+                        slot = round((stamp.timestamp() - start) / period_s)
+                        if 0 <= slot < periods:
+                            series[slot] = float(value)
+                token = response.get("NextToken")
+                if not token:
+                    break
+            for index in indexes:
+                found[index] = tuple(values[index])
+        return found
+
+    def _evaluate(self, name: str, fetched: Mapping[str, Series], periods: int) -> AlarmState:
+        """Metric alarm `name`'s state from its MetricStat series (by query id)."""
+        alarm = self.metric_alarms[name]
         env: dict[str, Series] = {}
         returned: Series | None = None
-        for query in queries:  # in order: an expression names only earlier ids
+        for query in alarm["Metrics"]:  # in order: an expression names only earlier ids
             if "MetricStat" in query:
-                env[query["Id"]] = self._series(query["MetricStat"], start, periods)
+                env[query["Id"]] = fetched[query["Id"]]
             else:
                 value = evaluate(str(query["Expression"]), env, periods)
                 if not isinstance(value, tuple):
@@ -189,6 +212,35 @@ class AlarmModel:
             treat_missing=str(alarm.get("TreatMissingData", "missing")),
         )
 
+    def _metric_states(self, names: Sequence[str], at: float) -> dict[str, AlarmState]:
+        """The states of metric alarms `names` after the alarm period that contains `at`."""
+        wanted: list[tuple[Mapping[str, Any], float, int]] = []
+        owners: list[tuple[str, str]] = []  # (alarm, query id) of each wanted series
+        windows: dict[str, int] = {}
+        for name in names:
+            start, periods = self._window(name, at)
+            windows[name] = periods
+            for query in self.metric_alarms[name]["Metrics"]:
+                if "MetricStat" in query:
+                    wanted.append((query["MetricStat"], start, periods))
+                    owners.append((name, str(query["Id"])))
+        fetched: dict[str, dict[str, Series]] = {name: {} for name in names}
+        for (name, query_id), series in zip(owners, self._fetch(wanted), strict=True):
+            fetched[name][query_id] = series
+        return {name: self._evaluate(name, fetched[name], windows[name]) for name in names}
+
+    def metric_state(self, name: str, at: float) -> AlarmState:
+        """The state of a metric alarm after the alarm period that contains `at`."""
+        return self._metric_states([name], at)[name]
+
+    def states(self, at: float) -> dict[str, AlarmState]:
+        """Every alarm's state at `at`: the metric alarms' data in one GetMetricData call per
+        window, and the composites from those states."""
+        states = self._metric_states(sorted(self.metric_alarms), at)
+        for name in self.composites:
+            states[name] = self._composite_state(name, states)
+        return states
+
     def state(self, name: str, at: float) -> AlarmState:
         """The state of any alarm the template defines.
 
@@ -198,13 +250,23 @@ class AlarmModel:
         if name in self.metric_alarms:
             return self.metric_state(name, at)
         if name in self.composites:
-            return self._composite(self.composites[name], at)
+            return self._composite_state(name, self._metric_states(sorted(self.metric_alarms), at))
         raise RehearsalError(f"no alarm named {name!r} in deploy/alarms.yaml")
 
-    def _composite(self, rule: str, at: float) -> AlarmState:
+    def _composite_state(self, name: str, metric_states: Mapping[str, AlarmState]) -> AlarmState:
+        def member(alarm: str) -> AlarmState:
+            if alarm in metric_states:
+                return metric_states[alarm]
+            if alarm in self.composites:
+                return self._composite_state(alarm, metric_states)
+            raise RehearsalError(f"no alarm named {alarm!r} in deploy/alarms.yaml")
+
+        return self._composite(self.composites[name], member)
+
+    @staticmethod
+    def _composite(rule: str, member_state: Callable[[str], AlarmState]) -> AlarmState:
         def member(match: re.Match[str]) -> str:
-            state = self.state(match.group(2), at)
-            return str(state == match.group(1)).upper()
+            return str(member_state(match.group(2)) == match.group(1)).upper()
 
         text = re.sub(r'\b(ALARM|OK)\("([^"]+)"\)', member, rule)
         tokens = re.findall(r"TRUE|FALSE|AND|OR|NOT|\(|\)", text)
@@ -271,6 +333,8 @@ class World:
         self.outputs: list[str] = []  # every CodeBuild action's output, in order
         self.outage_files = {role: run_dir / f"outage-{role.value}" for role in DeploymentRole}
         self.alarms: AlarmModel | None = None
+        self.alarm_states: dict[str, str] = {}  # as last set in LocalStack's CloudWatch
+        self._alarms_synced = asyncio.Condition()
         self.pipeline_renderer: Renderer | None = None
         self.on_action_done: Callable[[str], None] | None = None
         self._client: Any = None
@@ -340,7 +404,7 @@ class World:
         """Log a line of the rehearsal (printed with `pytest -s`)."""
         line = f"{time.strftime('%H:%M:%S')} {text}"
         self.log.append(line)
-        print(f"rehearsal: {line}", file=sys.stderr, flush=True)  # noqa: T201 (the story)
+        print(f"rehearsal {self.service}: {line}", file=sys.stderr, flush=True)  # noqa: T201 (the story)
 
     async def start_traffic(self, rate: float | None = None) -> None:
         """Send the service's traffic (drill events) until `finish`."""
@@ -414,25 +478,45 @@ class World:
                 return
 
     async def _sync_alarms(self) -> None:
-        """Set every alarm's state in LocalStack to the model's, every second."""
-        assert self.alarms is not None
-        states: dict[str, str] = {}
+        """Set every alarm's state in LocalStack to the model's, every second.
+
+        Only a change is written: LocalStack does not evaluate metric-math alarms, so nothing else
+        sets their states; it re-evaluates a composite when a member changes, so after any member
+        is written the composites are written again (the model's states win).
+        """
+        alarms = self.alarms
+        assert alarms is not None
+        order = [*sorted(alarms.metric_alarms), *sorted(alarms.composites)]
+        states = self.alarm_states
         while True:
-            now = time.time()
-            for name in sorted(self.alarms.names):
-                state = await asyncio.to_thread(self.alarms.state, name, now)
+            model = await asyncio.to_thread(alarms.states, time.time())
+            member_written = False
+            for name in order:
+                state = model[name]
+                if states.get(name) == state and not (member_written and name in alarms.composites):
+                    continue
+                member_written = member_written or name in alarms.metric_alarms
                 await asyncio.to_thread(
                     self._cloudwatch.set_alarm_state,
                     AlarmName=name,
                     StateValue=state,
                     StateReason="the rehearsal's metric-math model",
                 )
-                if states.get(name) != state:
-                    if name in states or state == "ALARM":
-                        self.say(f"alarm {name}: {state}")
-                    states[name] = state
+                if states.get(name) != state and (name in states or state == "ALARM"):
+                    self.say(f"alarm {name}: {state}")
+                states[name] = state
+            async with self._alarms_synced:
+                self._alarms_synced.notify_all()
             if not await self._every(1.0):
                 return
+
+    async def wait_for_alarm(self, name: str, state: str, timeout_s: float) -> bool:
+        """Wait until alarm `name` is set to `state` in CloudWatch; False: not within
+        `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s), self._alarms_synced:
+                await self._alarms_synced.wait_for(lambda: self.alarm_states.get(name) == state)
+        return self.alarm_states.get(name) == state
 
     async def _account(self, left: int) -> Lost:
         succeeded: set[str] = set()
@@ -718,7 +802,7 @@ class World:
 
     async def _reconcile_loop(self) -> None:
         """ECS's side: a stack whose parameters changed (a script's UpdateStack) is rolled out."""
-        while await self._every(0.5):
+        while await self._every(1.0):
             for name in list(self.stacks):
                 lock = self._locks.setdefault(name, asyncio.Lock())
                 if not lock.locked():
@@ -904,9 +988,20 @@ class World:
         return ok
 
 
+@functools.cache
+def _template(name: str) -> dict[str, Any]:
+    """A template from deploy/, parsed once per session (rendering never changes it)."""
+    return load(name)
+
+
+def render(name: str, params: Mapping[str, Any]) -> Renderer:
+    """`deploy/<name>` prepared for `params` (test_deploy_templates.render, on a parsed copy)."""
+    return Renderer(_template(name), params)
+
+
 def render_template_parameters(name: str) -> dict[str, Any]:
     """The Parameters section of a template in deploy/."""
-    parameters: dict[str, Any] = load(name).get("Parameters", {})
+    parameters: dict[str, Any] = _template(name).get("Parameters", {})
     return parameters
 
 
