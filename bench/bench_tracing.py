@@ -13,6 +13,8 @@ rounds, medians. Variants:
   `start_span` (the static ones, the message id and receive count, the producer link) and one
   `set_attributes` at the end (outcome, handler), instead of four `set_attribute` calls and an
   `add_link`.
+- **prototype: gen-0 threshold 10,000** (untraced and at 1.0): the garbage collector's first
+  threshold raised for the run (`gc.set_threshold(10_000, ...)`), as a worker could at start.
 
 `python bench/bench_tracing.py [--messages N] [--rounds R]` prints Markdown.
 """
@@ -148,13 +150,21 @@ def contender(middleware: Sequence[Middleware]) -> Callable[[FakeQueueTransport]
     return run
 
 
-async def cpu_per_message(run: Callable[[FakeQueueTransport], Awaitable[int]], n: int) -> float:
-    """Fill, drain, return the process's CPU µs per message."""
+async def cpu_per_message(
+    run: Callable[[FakeQueueTransport], Awaitable[int]], n: int, *, gen0: int | None = None
+) -> float:
+    """Fill, drain, return the process's CPU µs per message (`gen0`: a GC threshold for it)."""
     queue = await filled(n)
     gc.collect()
+    threshold = gc.get_threshold()
+    if gen0 is not None:
+        gc.set_threshold(gen0, threshold[1], threshold[2])
     began = time.process_time()
-    handled = await run(queue)
-    spent = time.process_time() - began
+    try:
+        handled = await run(queue)
+    finally:
+        spent = time.process_time() - began
+        gc.set_threshold(*threshold)
     if handled != n:
         raise RuntimeError(f"handled {handled} of {n}")
     return spent / n * 1e6
@@ -176,6 +186,10 @@ async def measure(messages: int, rounds: int) -> str:
         "prototype: lean span, ratio 1.0": contender(
             [LeanTracing(tracer, identity=identity, queue=QUEUE)]
         ),
+        "untraced, prototype: gen-0 threshold 10,000": contender([]),
+        "TracingMiddleware, ratio 1.0, prototype: gen-0 threshold 10,000": contender(
+            [TracingMiddleware(tracer, identity=identity, queue=QUEUE, sample_ratio=1.0)]
+        ),
     }
     for run in variants.values():  # warm-up
         await cpu_per_message(run, 500)
@@ -184,8 +198,9 @@ async def measure(messages: int, rounds: int) -> str:
     for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            cpu[name].append(await cpu_per_message(variants[name], messages))
-            print(f"# round {round_index + 1}: {name:<34} {cpu[name][-1]:6.1f} µs/msg",
+            gen0 = 10_000 if "threshold" in name else None
+            cpu[name].append(await cpu_per_message(variants[name], messages, gen0=gen0))
+            print(f"# round {round_index + 1}: {name:<64} {cpu[name][-1]:6.1f} µs/msg",
                   file=sys.stderr, flush=True)  # fmt: skip
     tracer_provider.shutdown()
     base = statistics.median(cpu["untraced"])
