@@ -1,0 +1,118 @@
+"""What the "1% -> 3% caught >= 99% within 1000 canary first attempts" target would cost.
+
+`.venv/bin/python bench/judge_tradeoff.py [VARIANT ...]` runs `bench/judge_sim.py`'s real bake
+(`run_one`) with the FAIL side's sequential boundary replaced, and prints, per variant, the share of
+1% -> 3% bakes failed at a look with at most 1000 canary first attempts (2000 runs) and, with
+`--false-alarms`, the false FAIL rate of the cells the false-alarm targets are read from (600 runs
+each; slow: about ten minutes a variant on 2 cores).
+
+A variant is `c,k,cc,prior,both`: the boundary is z >= c / sqrt(t) up to the planned sample (t <=
+1) and (c + k c (t - 1)) / sqrt(t) after it (k = 1 is the judge's boundary), with or without the
+continuity correction (cc 1 or 0), the dispersion factor's prior degrees of freedom, and whether
+the pass side's boundary is replaced too (both 1) or left as it is (0). The judge's own boundary is
+`2.394,1,1,1,0` (alpha 2.5%); bench/JUDGE.md gives the measured figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import logging
+import math
+import multiprocessing
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+from qworker.canary import stats, strata
+from qworker.canary.judge import DEFAULT_POLICY
+
+FALSE_ALARM_CELLS = (
+    "A/A 0.1% 1000/min 10%",
+    "A/A 1.0% 1000/min 5%",
+    "A/A 1.0% 1000/min 10%",
+    "A/A 5.0% 1000/min 10%",
+    "shared",
+    "clustered",
+    "A/A, 0.1% timeout",
+)
+
+
+def _sim() -> ModuleType:
+    path = Path(__file__).with_name("judge_sim.py")
+    spec = importlib.util.spec_from_file_location("judge_sim", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["judge_sim"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _patch(c: float, k: float, prior: float, *, both: bool) -> None:
+    judge_boundary = stats.sequential_critical_z
+
+    def boundary(information_fraction: float, alpha: float) -> float:
+        if alpha != DEFAULT_POLICY.alpha and not both:  # the pass side
+            return judge_boundary(information_fraction, alpha)
+        t = information_fraction
+        if t <= 0.0:
+            return math.inf
+        return (c if t <= 1.0 else c + k * c * (t - 1.0)) / math.sqrt(t)
+
+    stats.sequential_critical_z = boundary
+    strata.DISPERSION_PRIOR_DF = prior  # type: ignore[misc]
+
+
+def measure(variant: str, *, false_alarms: bool) -> list[str]:
+    """One variant's lines: the 1% -> 3% figure, and the false FAIL rates when asked."""
+    c, k, cc, prior, both = (float(x) for x in variant.split(","))
+    _patch(c, k, prior, both=bool(both))
+    sim = _sim()
+    logging.getLogger("qworker.canary.reader").setLevel(logging.ERROR)
+    policy = dataclasses.replace(DEFAULT_POLICY, continuity_correction=bool(cc))
+    lines = []
+    groups: list[tuple[tuple[str, ...], int]] = [(("1% -> 3%",), 2000)]
+    if false_alarms:
+        groups.append((FALSE_ALARM_CELLS, 600))
+    for names, runs in groups:
+        every = sim._cells()  # noqa: SLF001 (the simulation's own cells)
+        cells = [cell for cell in every if cell.name.startswith(names)]
+        jobs = [
+            (cell, 1_000_003 * i + r, policy) for i, cell in enumerate(cells) for r in range(runs)
+        ]
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            results = pool.map(sim.run_one, jobs, chunksize=25)
+        for i, cell in enumerate(cells):
+            ours = [r["ours"] for r in results[i * runs : (i + 1) * runs]]
+            if cell.expect == "fail":
+                p = sum(o.decision == "fail" and o.canary_n <= 1000 for o in ours) / runs
+                what = "FAIL with <= 1000 canary"
+            else:
+                p = sum(o.decision == "fail" for o in ours) / runs
+                what = "false FAIL"
+            se = math.sqrt(p * (1 - p) / runs)
+            lines.append(f"{variant}\t{cell.name}\t{what}\t{p:.2%} ± {se:.2%}\t{runs} runs")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
+    parser.add_argument("variants", nargs="*", default=["2.394,1,1,1,0", "1.85,2,0,4,0"])
+    parser.add_argument("--false-alarms", action="store_true")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:  # one variant in this process: the patch is process-wide
+        print("\n".join(measure(args.variants[0], false_alarms=args.false_alarms)), flush=True)
+        return 0
+    extra = ["--false-alarms"] if args.false_alarms else []
+    for variant in args.variants:
+        subprocess.run([sys.executable, __file__, "--one", *extra, variant], check=True)  # noqa: S603
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
