@@ -43,8 +43,12 @@ cfn-lint: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/cfn-lint --include-checks I -- deploy/*.yaml
 	$(CHECKOV_VENV)/bin/checkov --directory deploy --framework cloudformation --compact --quiet --skip-download
 
+# The suite under branch coverage: the report lists the files not fully covered and the total, and
+# fails below `fail_under` ([tool.coverage.report] in pyproject.toml).
 test: $(STAMP) localstack
-	$(BIN)/pytest
+	$(BIN)/coverage erase
+	$(BIN)/coverage run -m pytest
+	$(BIN)/coverage report
 
 # The documentation site, into site/ (strict: a broken link, include or docstring fails it; offline).
 docs: $(STAMP)
@@ -56,4 +60,4 @@ bench: $(STAMP) localstack
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .mypy_cache .ruff_cache .pytest_cache .qworker site
+	rm -rf $(VENV) $(CHECKOV_VENV) .mypy_cache .ruff_cache .pytest_cache .qworker site .coverage .coverage.* htmlcov coverage.xml
