@@ -28,6 +28,7 @@ from dataclasses import replace
 from typing import Final, final
 
 from qworker.batch import Batcher
+from qworker.concurrency import cancel_and_wait
 from qworker.exceptions import QueueDoesNotExist, TransientTransportError, TransportError
 from qworker.handback import SQS_MAX_MESSAGE_ATTRIBUTES, HandBack, hand_back_entry
 from qworker.message import (
@@ -135,11 +136,14 @@ class Settler:
                 return await asyncio.shield(action)
         except asyncio.CancelledError:
             # Finish the action anyway, then let the cancellation go on.
-            async with asyncio.timeout(SETTLE_TIMEOUT_S):
-                await asyncio.shield(action)
+            try:
+                async with asyncio.timeout(SETTLE_TIMEOUT_S):
+                    await asyncio.shield(action)
+            finally:
+                await cancel_and_wait([action])  # given up: it must not outlive the settle
             raise
         except TimeoutError:
-            action.cancel()
+            await cancel_and_wait([action])
             self._warn(message, record, "timed out")
             return False
 
