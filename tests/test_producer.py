@@ -21,8 +21,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from pydantic import BaseModel, Field
 
 from qworker import QWorker
-from qworker.exceptions import QueueUnavailable, TransportError
 from qworker._outgoing import MAX_BATCH_BYTES, NOT_ATTEMPTED
+from qworker.exceptions import QueueUnavailable, TransportError
 from qworker.message import BatchFailure, MessageAttribute, SendEntry
 from qworker.producer import (
     Outgoing,
