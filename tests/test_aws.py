@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -278,3 +279,26 @@ async def test_an_unreachable_endpoint_is_queue_unavailable() -> None:
     async with open_client("sqs", target, profile) as sqs:
         with pytest.raises(QueueUnavailable), map_errors("ListQueues"):
             await sqs.list_queues()
+
+
+# -- the boundary holds --------------------------------------------------------------------------
+
+CLIENT_MAKERS = ("create_client(", "boto3.", ".client(", "AioConfig(", "botocore.config")
+BOTOCORE_ERRORS = ("ClientError", "BotoCoreError", "EndpointConnectionError")
+STILL_OUTSIDE = frozenset({"canary/cli.py", "drill/cli.py"})
+"""Modules (owned by work in progress) that still build a client or catch botocore errors
+themselves: no module may join them; remove each once it goes through `qworker._aws`."""
+
+
+def test_only_the_boundary_makes_clients_and_sees_botocore_errors() -> None:
+    root = Path(_aws.__file__).parent
+    outside = set()
+    for path in sorted(root.rglob("*.py")):
+        name = path.relative_to(root).as_posix()
+        if name == "_aws.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        if any(m in text for m in CLIENT_MAKERS) or any(e in text for e in BOTOCORE_ERRORS):
+            outside.add(name)
+
+    assert outside - STILL_OUTSIDE == set(), "make clients and map errors in qworker._aws"
