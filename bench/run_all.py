@@ -117,8 +117,8 @@ def summary(sections: dict[str, Section]) -> str:
         [
             "Throughput, LocalStack, drain (tuned): qworker",
             _num(_get(throughput, "qworker", "median_msg_per_s"), per_s),
-            _num(_get(throughput, "qworker", "ratio_to_bare"), ratio)
-            + " of bare (CPU-bound "
+            _num(_get(throughput, "qworker", "median_paired_ratio"), ratio)
+            + " of bare, median per round (CPU-bound "
             + _num(_get(throughput, "qworker", "cpu_bound_ratio"), ratio)
             + ")",
             "≥ 0.90x bare",
@@ -136,8 +136,8 @@ def summary(sections: dict[str, Section]) -> str:
                 f"{defaults.get('pollers', 'derived')}): qworker"
             ),
             _num(_get(throughput, "qworker defaults", "median_msg_per_s"), per_s),
-            _num(_get(throughput, "qworker defaults", "ratio_to_bare"), ratio)
-            + " of bare (CPU-bound "
+            _num(_get(throughput, "qworker defaults", "median_paired_ratio"), ratio)
+            + " of bare, median per round (CPU-bound "
             + _num(_get(throughput, "qworker defaults", "cpu_bound_ratio"), ratio)
             + ")",
             "≥ 0.90x bare",
@@ -145,8 +145,8 @@ def summary(sections: dict[str, Section]) -> str:
         [
             "I/O-bound",
             _num(io.get("median_msg_per_s"), per_s),
-            _num(io.get("ratio_to_ideal"), ratio)
-            + " of min(C/t, bare) = "
+            _num(io.get("median_paired_ratio_to_ideal"), ratio)
+            + " of min(C/t, bare), median per round; min(C/t, bare's median) = "
             + _num(io.get("ideal_msg_per_s"), per_s)
             + "; receives/msg "
             + _num(io.get("receives_per_msg"), calls_fmt)
@@ -158,8 +158,8 @@ def summary(sections: dict[str, Section]) -> str:
         [
             "Tracing at sample ratio 1.0 (drain, tuned): qworker",
             _num(traced.get("median_msg_per_s"), per_s),
-            _num(traced.get("ratio_to_bare"), ratio)
-            + " of bare; cost vs untraced "
+            _num(traced.get("median_paired_ratio"), ratio)
+            + " of bare; cost vs untraced, median per round, "
             + _num(traced.get("cost"), lambda v: f"{v * 100:.0f} %")
             + " (CPU-bound "
             + _num(traced.get("cpu_bound_cost"), lambda v: f"{v * 100:.0f} %")

@@ -59,6 +59,7 @@ def test_summary_ratios() -> None:
     assert io["ideal_msg_per_s"] == pytest.approx(2000.0)
     assert io["ratio_to_ideal"] == pytest.approx(1550.0 / 2000.0)
     assert io["paired_ratios_to_ideal"] == pytest.approx([1500 / 1800, 1600 / 2000])
+    assert io["median_paired_ratio_to_ideal"] == pytest.approx((1500 / 1800 + 1600 / 2000) / 2)
     assert io["receives_per_msg"] == pytest.approx(0.11)
     assert data["bare I/O-bound"]["receives_per_msg"] == pytest.approx(0.1)
     tracing = data["qworker + tracing 1.0"]
@@ -78,7 +79,10 @@ def test_results_summary_keeps_one_row_per_workload() -> None:
     assert labels.count("I/O-bound") == 1
     assert len(labels) == len(set(labels))
     io_row = next(line for line in text.splitlines() if line.startswith("| I/O-bound |"))
-    assert "0.78x of min(C/t, bare) = 2,000 msg/s" in io_row
+    # The median of the per-round ratios (1500/1800 and 1600/2000), and min(C/t, bare's median).
+    assert (
+        "0.82x of min(C/t, bare), median per round; min(C/t, bare's median) = 2,000 msg/s" in io_row
+    )
     assert "receives/msg 0.110 (bare 0.100)" in io_row
 
 
