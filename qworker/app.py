@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Final, TypeVar, overload
 
 from qworker.config import QUEUE_NAME
+from qworker.envelopes import EnvelopeMode, check_mode
 from qworker.exceptions import (
     ConfigError,
     HandlerAlreadyRegistered,
@@ -79,6 +80,7 @@ class Router:
         *,
         max_in_flight: int | None = None,
         timeout_s: float | None = None,
+        envelope: EnvelopeMode | None = None,
     ) -> Callable[[F], F]: ...
 
     def handler(
@@ -88,6 +90,7 @@ class Router:
         *,
         max_in_flight: int | None = None,
         timeout_s: float | None = None,
+        envelope: EnvelopeMode | None = None,
     ) -> F | Callable[[F], F]:
         """Register a handler for a queue; use as `@app.handler` or `@app.handler("queue", ...)`.
 
@@ -95,6 +98,8 @@ class Router:
             queue: The queue's name; none means the queue the settings name.
             max_in_flight: At most this many messages of this queue run at once.
             timeout_s: A handler running longer fails.
+            envelope: This handler's envelope mode (default: the app's): "auto", "sns",
+                "eventbridge" or "none" (`qworker.envelopes`).
 
         Raises:
             HandlerAlreadyRegistered: The queue has a handler already.
@@ -107,7 +112,11 @@ class Router:
         def register(func: F) -> F:
             self.add(
                 HandlerSpec.from_function(
-                    func, queue=queue_name, max_in_flight=max_in_flight, timeout_s=timeout_s
+                    func,
+                    queue=queue_name,
+                    max_in_flight=max_in_flight,
+                    timeout_s=timeout_s,
+                    envelope=envelope,
                 )
             )
             return func
@@ -143,14 +152,17 @@ class Router:
 class QWorker(Router):
     """A worker application: named handlers for one or more queues."""
 
-    def __init__(self, name: str = "qworker") -> None:
+    def __init__(self, name: str = "qworker", *, envelope: EnvelopeMode = "auto") -> None:
         """Create an app.
 
         Args:
             name: The service name (the `Service` metric dimension unless the settings say).
+            envelope: The handlers' default envelope mode: "auto" unwraps SNS and EventBridge
+                envelopes where unambiguous; "sns", "eventbridge" insist; "none" never unwraps.
         """
         super().__init__()
         self.name = name
+        self.envelope: EnvelopeMode = check_mode(envelope, f"QWorker {name!r}")
         self._producers: list[Producer] = []
 
     @contextlib.asynccontextmanager

@@ -20,12 +20,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol, final
 
+from qworker.envelopes import EnvelopeMode, unwrapper
 from qworker.exceptions import MessageDecodeError, Reject, Retry
 from qworker.handler import HandlerSpec
 from qworker.logs import RateLimit
 from qworker.message import Message
 from qworker.outcome import Outcome, OutcomeRecord
 from qworker.role import Identity
+from qworker.routing import message_type_of
 
 __all__ = ["Dispatch", "Dispatcher", "Middleware"]
 
@@ -66,6 +68,7 @@ class Dispatcher:
         body: Callable[[Message], Awaitable[Message]] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], float] = time.time,
+        envelope: EnvelopeMode = "auto",
     ) -> None:
         """Bind a handler to a queue.
 
@@ -79,6 +82,7 @@ class Dispatcher:
                 payload fetched from S3); a `MessageDecodeError` rejects, anything else fails.
             clock: Measures handler duration.
             wall_clock: Epoch seconds, for message age.
+            envelope: The envelope mode when the handler sets none (`qworker.envelopes`).
         """
         self.spec = spec
         self.queue = queue
@@ -88,6 +92,10 @@ class Dispatcher:
         self._wall_clock = wall_clock
         self._tracebacks = RateLimit(clock=clock)
         self._body = body
+        self._unwrap = unwrapper(
+            spec.body_type, spec.envelope if spec.envelope is not None else envelope
+        )
+        self._message_type = message_type_of(spec.func)
         chain: Dispatch = self._run
         for layer in reversed(middleware):
             chain = _wrap(layer, chain)
@@ -121,11 +129,14 @@ class Dispatcher:
             message_age_s=max(0.0, self._wall_clock() - sent) if sent is not None else 0.0,
             error=error,
             delay_s=delay_s,
+            message_type=self._message_type(message) if self._message_type is not None else None,
         )
 
     def _decode(self, message: Message) -> tuple[Message, object] | OutcomeRecord:
         """The message the handler sees and its argument, or the outcome of one that has none."""
         try:
+            if self._unwrap is not None:
+                message = self._unwrap(message)
             return message, self.spec.decode(message)
         except MessageDecodeError as exc:
             return self.record(message, Outcome.REJECTED, error=str(exc)[:MAX_ERROR_CHARS])

@@ -24,6 +24,7 @@ from typing import Any, final, get_type_hints
 
 from pydantic import PydanticUserError, TypeAdapter, ValidationError
 
+from qworker.envelopes import EnvelopeMode, check_mode
 from qworker.exceptions import HandlerSignatureError, MessageDecodeError
 from qworker.transport import Message
 
@@ -68,6 +69,7 @@ class HandlerSpec:
     message_param: str | None
     max_in_flight: int | None = None
     timeout_s: float | None = None
+    envelope: EnvelopeMode | None = None
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -82,6 +84,7 @@ class HandlerSpec:
         queue: str | None = None,
         max_in_flight: int | None = None,
         timeout_s: float | None = None,
+        envelope: EnvelopeMode | None = None,
     ) -> HandlerSpec:
         """Inspect `func` and bind its parameters.
 
@@ -102,7 +105,9 @@ class HandlerSpec:
                     f"handler {name}: pydantic cannot validate {body_type!r}: "
                     f"{str(exc).splitlines()[0]}"
                 ) from None
-        return cls(func, name, queue, body_type, message_param, max_in_flight, timeout_s)
+        if envelope is not None:
+            envelope = check_mode(envelope, f"handler {name}")
+        return cls(func, name, queue, body_type, message_param, max_in_flight, timeout_s, envelope)
 
     def decode(self, message: Message) -> object:
         """Turn the message into the handler's first argument.

@@ -75,6 +75,7 @@ class OutcomeRecord:
     delay_s: float | None = None
     settled: bool = True
     hops: int = 0
+    message_type: str | None = None
 
     @property
     def first_attempt(self) -> bool:

@@ -239,6 +239,7 @@ class Settler:
             extra={
                 "action": "budget_dead_lettered",
                 "queue": record.queue,
+                "message_type": record.message_type,
                 "message_id": message.message_id,
                 "original_message_id": message.attribute(ORIGINAL_ID_ATTRIBUTE)
                 or message.message_id,
@@ -281,6 +282,7 @@ class Settler:
             extra={
                 "action": "dead_letter_bare",
                 "queue": record.queue,
+                "message_type": record.message_type,
                 "message_id": message.message_id,
                 "error": record.error,
             },
@@ -294,6 +296,7 @@ class Settler:
             extra={
                 "action": "dead_letter_refused",
                 "queue": record.queue,
+                "message_type": record.message_type,
                 "message_id": message.message_id,
             },
         )
@@ -307,6 +310,7 @@ class Settler:
             extra={
                 "action": "dead_letter_missing",
                 "queue": record.queue,
+                "message_type": record.message_type,
                 "dead_letter_queue": self._dead_letter.queue_name,
                 "message_id": message.message_id,
                 "error": error,
@@ -351,6 +355,7 @@ class Settler:
             extra={
                 "action": "settle_failed",
                 "queue": record.queue,
+                "message_type": record.message_type,
                 "message_id": message.message_id,
                 "outcome": record.outcome.value,
                 "error": error,

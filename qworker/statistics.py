@@ -99,5 +99,6 @@ class OutcomeLog:
                 "duration_ms": round(record.duration_s * 1000, 3),
                 "error": record.error,
                 "settled": record.settled,
+                "message_type": record.message_type,
             },
         )

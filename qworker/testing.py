@@ -36,6 +36,7 @@ from qworker.app import Router
 from qworker.config import ConsumerConfig
 from qworker.consumer import Consumer, ConsumerStatistics, OutcomeSink
 from qworker.dispatch import Middleware
+from qworker.envelopes import EnvelopeMode
 from qworker.fake_sqs import FakeQueueTransport, FakeSqs, ManualClock, StoredMessage
 from qworker.handler import HandlerFunc, HandlerSpec
 from qworker.outcome import Outcome, OutcomeRecord, RetryPolicy
@@ -77,6 +78,7 @@ def consumer_for(
     sinks: Sequence[OutcomeSink] = (),
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    envelope: EnvelopeMode = "auto",
     **options: Any,  # noqa: ANN401 (ConsumerConfig fields, typed there)
 ) -> Consumer:
     """Build a consumer of `transport` running `handler`, for tests.
@@ -110,6 +112,7 @@ def consumer_for(
         sinks: Receive outcomes.
         clock: Monotonic seconds (a `ManualClock` with a `FakeSqs` on the same clock).
         sleep: Injectable sleep (receive backoff, heartbeat).
+        envelope: The envelope mode of handlers that set none (the app's, in a worker).
         **options: `concurrency`, `pollers`, `wait_time_s`, `shutdown_grace_s`, `max_hold_s`.
 
     Raises:
@@ -146,6 +149,7 @@ def consumer_for(
         sinks=sinks,
         clock=clock,
         sleep=sleep,
+        envelope=envelope,
     )
 
 
@@ -280,6 +284,7 @@ class Drainer:
             ValueError: A function was given without a queue.
         """
         collect = _Collect()
+        options.setdefault("envelope", getattr(target, "envelope", "auto"))
         sinks = [*options.pop("sinks", ()), collect]
         dead_letter: FakeQueueTransport | None = options.pop("dead_letter", None)
         consumers = [

@@ -78,6 +78,7 @@ SQS_RECEIVE_COUNT: Final = "messaging.aws_sqs.message.receive_count"
 ROLE: Final = "qworker.deployment.role"
 OUTCOME: Final = "qworker.outcome"
 HANDLER: Final = "qworker.handler"
+MESSAGE_TYPE: Final = "qworker.message_type"
 CANCELLED: Final = "qworker.cancelled"
 SERVICE_VERSION: Final = "service.version"
 
@@ -256,6 +257,8 @@ class TracingMiddleware:
             span.set_attribute(MESSAGING_DESTINATION, record.queue)
         span.set_attribute(OUTCOME, record.outcome.value)
         span.set_attribute(HANDLER, record.handler)
+        if record.message_type is not None:
+            span.set_attribute(MESSAGE_TYPE, record.message_type)
         if record.outcome in _ERROR_OUTCOMES:
             span.set_status(Status(StatusCode.ERROR, record.error))
 

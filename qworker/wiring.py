@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from qworker.config import ConsumerConfig
 from qworker.consumer import Consumer
 from qworker.dispatch import Dispatcher, Middleware
+from qworker.envelopes import EnvelopeMode
 from qworker.handler import HandlerSpec
 from qworker.message import Message
 from qworker.outcome import RetryPolicy
@@ -50,6 +51,7 @@ def build_consumer(
     body: Callable[[Message], Awaitable[Message]] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    envelope: EnvelopeMode = "auto",
 ) -> Consumer:
     """Build the consumer of one queue running one handler.
 
@@ -68,6 +70,7 @@ def build_consumer(
         body: Turns a received message into the one the handler decodes (large payloads).
         clock: Monotonic seconds.
         sleep: Injectable sleep (backoff, heartbeat).
+        envelope: The envelope mode of handlers that set none (the app's).
     """
     canary = identity.is_canary
     release_failed = canary if config.release_failed is None else config.release_failed
@@ -78,6 +81,7 @@ def build_consumer(
         timeout_s=config.handler_timeout_s,
         middleware=middleware,
         body=body,
+        envelope=envelope,
     )
     settler = Settler(
         transport,

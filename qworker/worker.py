@@ -31,9 +31,9 @@ from qworker.config import SupportsWorkerConfig, WorkerConfig
 from qworker.consumer import Consumer
 from qworker.dispatch import Middleware
 from qworker.exceptions import ConfigError, QueueDoesNotExist, TransientTransportError
+from qworker.payload_resolver import PayloadResolver
 from qworker.payloads import (
     PayloadError,
-    PayloadResolver,
     PayloadStore,
     PayloadUnavailable,
     open_s3_client,
@@ -303,4 +303,5 @@ class Worker:
             sinks=[*self._sinks, self.payloads],
             body=self.payloads.resolve,
             sleep=self._sleep,
+            envelope=self.app.envelope,
         )

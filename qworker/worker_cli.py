@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from qworker import observability, shutdown, tracing
+from qworker._aws import AwsTarget
 from qworker.app import QWorker
 from qworker.exceptions import ConfigError
 from qworker.health_file import default_health_file
@@ -75,6 +76,11 @@ def _identity(settings: QWorkerSettings, app_name: str) -> Identity:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.reload:
+        from qworker.reload import run_reloader  # noqa: PLC0415 (development only)
+
+        given = {k: getattr(args, k, None) for k in QWorkerSettings.model_fields}
+        return run_reloader(args.module, given, grace_s=settings.shutdown_grace_s)
     cwd = str(Path.cwd())
     if cwd not in sys.path:
         # Console scripts do not put the working directory on sys.path; handler modules live there.
@@ -292,7 +298,10 @@ async def _send(  # noqa: PLR0917 (a private call with positional plumbing)
 ) -> int:
     local = endpoint is not None and settings.endpoint_url is None
     payloads = PayloadStore(
-        functools.partial(open_s3_client, settings, endpoint_url=endpoint, local=local),
+        functools.partial(
+            open_s3_client,
+            AwsTarget(settings.region, endpoint or settings.endpoint_url, local=local),
+        ),
         bucket=settings.payload_bucket,
         threshold_bytes=settings.payload_threshold_bytes,
         always=settings.payload_always,
@@ -330,6 +339,12 @@ def register_run(sub: Any) -> None:  # noqa: ANN401 (argparse's subparsers actio
     """Add `qworker run` to the CLI."""
     run = sub.add_parser("run", help="run a handler module's worker")
     run.add_argument("module", help="the handler module, e.g. handlers.orders")
+    run.add_argument(
+        "--reload",
+        action="store_true",
+        help="development: restart the worker (drained) when a .py file under the working "
+        "directory changes; needs qworker[reload]; refused in a container",
+    )
     _add_setting_flags(run)
     run.set_defaults(func=_cmd_run)
 
