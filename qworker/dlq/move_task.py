@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, final
 
+from qworker._aws import map_errors
 from qworker.exceptions import ServerError, TransportError
-from qworker.transport import map_errors
 
 MOVE_TASK_POLL_S: Final = 1.0
 MOVE_TASK_TIMEOUT_S: Final = 300.0

@@ -17,9 +17,15 @@ from qworker.dlq.move_task import (
 )
 from qworker.dlq.peek import RECEIVE_WAIT_S, release
 from qworker.exceptions import AccessDenied, BadRequest, ConfigError, TransportError
-from qworker.message import HOPS_ATTRIBUTE, RECEIVES_ATTRIBUTE
+from qworker.message import (
+    HOPS_ATTRIBUTE,
+    RECEIVES_ATTRIBUTE,
+    Message,
+    SendEntry,
+    queue_name_from_arn,
+)
 from qworker.settle import REJECT_ATTRIBUTES
-from qworker.transport import MAX_BATCH, Message, QueueTransport, SendEntry, queue_name_from_arn
+from qworker.transport import MAX_BATCH, QueueTransport
 
 log = logging.getLogger("qworker.dlq")  # one logger for the whole DLQ tool, as before the split
 
