@@ -47,7 +47,7 @@ from qworker.canary.reader import (
     read_minutes,
     read_role_counts,
 )
-from qworker.exceptions import ConfigError, ServerError
+from qworker.exceptions import ConfigError, QueueUnavailable, ServerError
 from qworker.metrics import DEFAULT_NAMESPACE, Dimension, MetricName
 
 
@@ -915,8 +915,8 @@ def test_cli_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture
 
 
 def test_cli_unreadable_metrics_exit_4() -> None:
-    def broken() -> Reading:
-        raise botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+    def broken() -> Reading:  # the reader maps botocore's errors (see test_canary_cli.py)
+        raise QueueUnavailable("GetMetricData: Could not connect to the endpoint URL")
 
     code, _, err = run_cli(["--since-minutes", "5"], broken)
     assert code == 4

@@ -26,10 +26,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final, TextIO
 
-import boto3
-import botocore.config
-import botocore.exceptions
-
 from qworker.canary.judge import (
     DEFAULT_POLICY,
     Decision,
@@ -49,10 +45,12 @@ from qworker.canary.reader import (
     MetricsQuery,
     expected_share_from_ecs,
     make_clients,
+    make_ecs_client,
+    make_percentile_client,
     queue_name_of,
 )
 from qworker.canary.verdict_text import format_progress, format_verdict, verdict_json
-from qworker.exceptions import ConfigError
+from qworker.exceptions import ConfigError, TransportError
 from qworker.metrics import DEFAULT_NAMESPACE
 from qworker.settings import load_settings
 
@@ -229,8 +227,7 @@ def _with_ecs_share(
         return policy  # the flag wins
     settings = load_settings(region=args.region, endpoint_url=args.endpoint_url)
     if ecs is None:
-        session = boto3.session.Session(region_name=settings.region)
-        ecs = session.client("ecs", endpoint_url=settings.endpoint_url)
+        ecs = make_ecs_client(settings.region, settings.endpoint_url)
     share = expected_share_from_ecs(
         ecs, args.ecs_cluster, args.canary_ecs_service, args.primary_ecs_service, settings.pollers
     )
@@ -260,12 +257,8 @@ def _source(
 ) -> CloudWatchSource:
     settings = load_settings(region=args.region, endpoint_url=args.endpoint_url)
     cloudwatch, sqs = make_clients(settings.region, settings.endpoint_url)
-    # One attempt for the percentile calls: a server that refuses them says so at once.
-    session = boto3.session.Session(region_name=settings.region)
-    once = botocore.config.Config(retries={"mode": "standard", "max_attempts": 1})
-    percentiles: CloudWatchClient = session.client(
-        "cloudwatch", endpoint_url=settings.endpoint_url, config=once
-    )
+    # Few retries for the percentile calls: a server that refuses them says so at once.
+    percentiles: CloudWatchClient = make_percentile_client(settings.region, settings.endpoint_url)
     queue = queue_name_of(args.queue) if args.queue else None
     return CloudWatchSource(
         cloudwatch,
@@ -318,7 +311,7 @@ def judge_command(
     except ConfigError as exc:
         err.write(f"qworker canary judge: error: {exc}\n")
         return EXIT_USAGE
-    except (LookupError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+    except (LookupError, TransportError) as exc:
         err.write(f"qworker canary judge: cannot read the expected share from ECS: {exc}\n")
         return EXIT_ERROR
     try:
@@ -334,7 +327,7 @@ def judge_command(
             )
         else:
             verdict = judge_reading(read(), (now - start).total_seconds(), policy)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+    except TransportError as exc:
         err.write(f"qworker canary judge: cannot read the metrics: {exc}\n")
         return EXIT_ERROR
     final = resolve(verdict.decision, policy.inconclusive_policy)
