@@ -285,9 +285,6 @@ async def test_an_unreachable_endpoint_is_queue_unavailable() -> None:
 
 CLIENT_MAKERS = ("create_client(", "boto3.", ".client(", "AioConfig(", "botocore.config")
 BOTOCORE_ERRORS = ("ClientError", "BotoCoreError", "EndpointConnectionError")
-STILL_OUTSIDE = frozenset({"drill/cli.py"})
-"""Modules (owned by work in progress) that still build a client or catch botocore errors
-themselves: no module may join them; remove each once it goes through `qworker._aws`."""
 
 
 def test_only_the_boundary_makes_clients_and_sees_botocore_errors() -> None:
@@ -301,4 +298,4 @@ def test_only_the_boundary_makes_clients_and_sees_botocore_errors() -> None:
         if any(m in text for m in CLIENT_MAKERS) or any(e in text for e in BOTOCORE_ERRORS):
             outside.add(name)
 
-    assert outside - STILL_OUTSIDE == set(), "make clients and map errors in qworker._aws"
+    assert outside == set(), "make clients and map errors in qworker._aws"
