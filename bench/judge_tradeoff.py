@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import math
 import multiprocessing
+import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -67,17 +68,58 @@ def _patch(c: float, k: float, prior: float, *, both: bool) -> None:
     strata.DISPERSION_PRIOR_DF = prior  # type: ignore[misc]
 
 
-def measure(variant: str, *, false_alarms: bool) -> list[str]:
+def _patch_obf(c: float, prior: float, horizon: float, *, after_valid: bool) -> None:
+    """The fail side's boundary as Lan-DeMets O'Brien-Fleming spending over `horizon` messages.
+
+    t = canary first attempts / horizon; z >= c / sqrt(t) for t <= 1 (c from
+    `bench/obf_boundary.py`: the exact recursion for looks at t = 0.1, 0.2, ..., 1); past the
+    horizon either the final boundary c (flat) or the judge's always-valid boundary.
+    """
+    judge_boundary = stats.sequential_critical_z
+
+    def boundary(information_fraction: float, alpha: float) -> float:
+        if alpha != DEFAULT_POLICY.alpha:  # the pass side stays as it is
+            return judge_boundary(information_fraction, alpha)
+        t = information_fraction * DEFAULT_POLICY.min_canary_messages / horizon
+        if t <= 0.0:
+            return math.inf
+        if t <= 1.0:
+            return c / math.sqrt(t)
+        return judge_boundary(information_fraction, alpha) if after_valid else c
+
+    stats.sequential_critical_z = boundary
+    strata.DISPERSION_PRIOR_DF = prior  # type: ignore[misc]
+
+
+OTHER_CELLS = (
+    "1% -> 2%",
+    "10% rejects",
+    "10% retries",
+    "dead canary",
+)
+
+
+def measure(
+    variant: str, *, false_alarms: bool, others: bool = False, target_runs: int = 2000
+) -> list[str]:
     """One variant's lines: the 1% -> 3% figure, and the false FAIL rates when asked."""
-    c, k, cc, prior, both = (float(x) for x in variant.split(","))
-    _patch(c, k, prior, both=bool(both))
+    if variant.startswith("obf,"):  # obf,c,cc,prior,horizon,after_valid
+        c, cc, prior, horizon, after = (float(x) for x in variant.split(",")[1:])
+        _patch_obf(c, prior, horizon, after_valid=bool(after))
+    else:
+        c, k, cc, prior, both = (float(x) for x in variant.split(","))
+        _patch(c, k, prior, both=bool(both))
     sim = _sim()
     logging.getLogger("qworker.canary.reader").setLevel(logging.ERROR)
     policy = dataclasses.replace(DEFAULT_POLICY, continuity_correction=bool(cc))
     lines = []
-    groups: list[tuple[tuple[str, ...], int]] = [(("1% -> 3%",), 2000)]
+    groups: list[tuple[tuple[str, ...], int]] = (
+        [(("1% -> 3%",), target_runs)] if target_runs else []
+    )
     if false_alarms:
         groups.append((FALSE_ALARM_CELLS, 600))
+    if others:
+        groups.append((OTHER_CELLS, 300))
     for names, runs in groups:
         every = sim._cells()  # noqa: SLF001 (the simulation's own cells)
         cells = [cell for cell in every if cell.name.startswith(names)]
@@ -90,12 +132,21 @@ def measure(variant: str, *, false_alarms: bool) -> list[str]:
             ours = [r["ours"] for r in results[i * runs : (i + 1) * runs]]
             if cell.expect == "fail":
                 p = sum(o.decision == "fail" and o.canary_n <= 1000 for o in ours) / runs
-                what = "FAIL with <= 1000 canary"
+                by_look = sum(o.by_1000 for o in ours) / runs
+                what = f"FAIL with <= 1000 canary (by the look reaching 1000: {by_look:.1%})"
             else:
                 p = sum(o.decision == "fail" for o in ours) / runs
                 what = "false FAIL"
             se = math.sqrt(p * (1 - p) / runs)
-            lines.append(f"{variant}\t{cell.name}\t{what}\t{p:.2%} ± {se:.2%}\t{runs} runs")
+            shares = "  ".join(
+                f"{d} {sum(o.decision == d for o in ours) / runs:.1%}"
+                for d in ("fail", "pass", "inconclusive")
+            )
+            median = statistics.median(o.minutes for o in ours)
+            lines.append(
+                f"{variant}\t{cell.name}\t{what}\t{p:.2%} ± {se:.2%}\t{runs} runs"
+                f"\t({shares}; median {median:.0f} min)"
+            )
     return lines
 
 
@@ -103,12 +154,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
     parser.add_argument("variants", nargs="*", default=["2.394,1,1,1,0", "1.85,2,0,4,0"])
     parser.add_argument("--false-alarms", action="store_true")
+    parser.add_argument("--others", action="store_true", help="1% -> 2%, rejects, dead canary")
+    parser.add_argument("--runs", type=int, default=2000, help="1% -> 3% runs (0: none)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:  # one variant in this process: the patch is process-wide
-        print("\n".join(measure(args.variants[0], false_alarms=args.false_alarms)), flush=True)
+        lines = measure(
+            args.variants[0],
+            false_alarms=args.false_alarms,
+            others=args.others,
+            target_runs=args.runs,
+        )
+        print("\n".join(lines), flush=True)
         return 0
     extra = ["--false-alarms"] if args.false_alarms else []
+    extra += ["--others"] if args.others else []
+    extra += [f"--runs={args.runs}"]
     for variant in args.variants:
         subprocess.run([sys.executable, __file__, "--one", *extra, variant], check=True)  # noqa: S603
     return 0
