@@ -1,8 +1,15 @@
 """Canary judgement: is the canary worse than the primary on the same queue?
 
-`stats` holds the statistics (pure functions on counts), `judge` the evidence-based bake
-(`judge()` for one look, `run_bake()` for a loop of them), `reader` the CloudWatch and SQS reads,
-and `cli` the `qworker canary judge` command the pipeline runs.
+The judge, pure and stateless: `judge` (`judge()` for one look, `run_bake()` for a loop of them)
+on `policy` (the decisions and the evidence each needs), `readings` (what a look reads), `evidence`
+(a reading turned into the numbers behind a verdict) and `rules` (what fails, what a pass still
+needs, when to give up). The statistics, pure functions on counts gathered in `stats`:
+`proportions` (rates, the two-proportion test, Wilson and Poisson bounds), `sequential` (the
+boundary of repeated looks, the bake's size) and `strata` (the per-minute stratified difference).
+`verdict_text` renders a verdict (table, progress line, JSON). The reads: `reader` (the bake's
+source and the SQS backlog; clients through `qworker._aws`), `metric_reads` (the CloudWatch
+queries) and `ecs` (the expected canary share). `cli` is the `qworker canary judge` command the
+pipeline runs.
 """
 
 from __future__ import annotations
