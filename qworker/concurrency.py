@@ -1,7 +1,10 @@
 """Small asyncio building blocks the consumer and the worker share.
 
-- `Capacity`: free handler slots; pollers take up to a batch before they receive, settlement gives
-  them back (capacity before receive, docs/architecture.md).
+- `Capacity`: messages the consumer may hold that have not finished running; pollers take up to a
+  batch before they receive (capacity before receive, docs/architecture.md), waiting for a batch's
+  worth of free slots or a short linger, so freed slots do not each turn into a small receive.
+- `Gate`: handler slots (the concurrency); a held message waits here for its turn, and is let go
+  unstarted once the gate is closed at shutdown.
 - `first()`: wait until the first of several awaitables is done (a receive or `stop()`, a pause or
   `stop()`), cancelling the others and waiting for them to end (`cancel_and_wait()`), so no task
   outlives the call.
@@ -12,27 +15,57 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Iterable
-from typing import Any, final
+from typing import Any, Final, final
 
-__all__ = ["Capacity", "cancel_and_wait", "first", "leaves"]
+__all__ = ["TAKE_LINGER_S", "Capacity", "Gate", "cancel_and_wait", "first", "leaves"]
+
+TAKE_LINGER_S: Final = 0.005
+"""How long a take waits for more slots once at least one is free (then it takes what is free)."""
 
 
 @final
 class Capacity:
-    """Free handler slots."""
+    """Free slots for messages to hold: a take waits for a batch's worth, or a short linger."""
 
-    def __init__(self, total: int) -> None:
-        """Start with `total` free slots."""
+    def __init__(self, total: int, linger_s: float = TAKE_LINGER_S) -> None:
+        """Start with `total` free slots.
+
+        Args:
+            total: Slots in all.
+            linger_s: Once a slot is free, how long a take may wait for up to the batch it asks.
+        """
         self.total = total
         self.free = total
+        self.linger_s = linger_s
         self._changed = asyncio.Event()
 
     async def take(self, most: int, stopping: asyncio.Event) -> int:
-        """Wait for a free slot, then take up to `most`; 0 once `stopping` is set."""
-        while self.free == 0 and not stopping.is_set():
+        """Take up to `most` slots; 0 once `stopping` is set.
+
+        Waits until `min(most, total)` slots are free, or until `linger_s` has passed since a
+        first slot was free (then takes those), so slots freed one at a time are gathered into
+        one receive instead of each making its own.
+        """
+        want = min(most, self.total)
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while self.free < want and not stopping.is_set():
+            wake = None
+            if self.free > 0:
+                if deadline is None:
+                    deadline = loop.time() + self.linger_s
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                wake = loop.call_later(remaining, self._changed.set)
             self._changed.clear()
-            await first(stopping.wait(), self._changed.wait())
+            try:
+                await first(stopping.wait(), self._changed.wait())
+            finally:
+                if wake is not None:
+                    wake.cancel()
         if stopping.is_set():
             return 0
         taken = min(most, self.free)
@@ -43,6 +76,53 @@ class Capacity:
         """Give slots back."""
         self.free += count
         self._changed.set()
+
+
+@final
+class Gate:
+    """Handler slots: at most `total` enter at once; closing it turns the waiting away."""
+
+    __slots__ = ("_waiters", "closed", "free", "total")
+
+    def __init__(self, total: int) -> None:
+        """Let `total` in at once."""
+        self.total = total
+        self.free = total
+        self.closed = False
+        self._waiters: deque[asyncio.Future[bool]] = deque()
+
+    async def enter(self) -> bool:
+        """Wait for a slot and take it (True), or return False once the gate is closed."""
+        if self.closed:
+            return False
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self.leave()  # handed a slot just as it was cancelled: pass it on
+            raise
+
+    def leave(self) -> None:
+        """Give a slot back: to the longest waiter, if any."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+        self.free += 1
+
+    def close(self) -> None:
+        """Turn away everyone waiting and everyone who comes later (shutdown)."""
+        self.closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(False)
 
 
 async def first(*awaitables: Awaitable[object], cancel: bool = True) -> None:

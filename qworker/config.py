@@ -17,13 +17,16 @@ import re
 from typing import Final, Literal, Protocol, TypeVar, final
 
 __all__ = [
+    "MAX_POLLERS",
     "QUEUE_NAME",
+    "RECEIVE_BATCH",
     "ConsumerConfig",
     "DeploymentRole",
     "ObservabilityConfig",
     "SupportsObservabilityConfig",
     "SupportsWorkerConfig",
     "WorkerConfig",
+    "default_pollers",
     "pick",
 ]
 
@@ -31,6 +34,22 @@ T = TypeVar("T")
 
 QUEUE_NAME: Final = re.compile(r"(?=.{1,80}$)[A-Za-z0-9_-]+(\.fifo)?")
 """SQS's rule for a queue name: up to 80 letters, digits, `-` and `_`, FIFO ones ending `.fifo`."""
+
+
+RECEIVE_BATCH: Final = 10
+"""The most messages one ReceiveMessage returns (SQS's limit)."""
+
+MAX_POLLERS: Final = 64
+"""The most receive loops per queue (the `pollers` setting's upper bound)."""
+
+
+def default_pollers(concurrency: int) -> int:
+    """Receive loops per queue when not set: one per 10 handler slots, at least 4, at most 64.
+
+    Enough loops that receives of 10 keep every slot fed while each waits on the server; a
+    small worker still has 4, so one slow or empty receive does not starve it.
+    """
+    return min(MAX_POLLERS, max(4, -(-concurrency // RECEIVE_BATCH)))
 
 
 class DeploymentRole(enum.StrEnum):
@@ -47,7 +66,7 @@ class ConsumerConfig:
 
     Attributes:
         concurrency: Handlers running at once (a handler's `max_in_flight` wins).
-        pollers: Concurrent receive loops per queue.
+        pollers: Concurrent receive loops per queue (0: `default_pollers(concurrency)`).
         wait_time_s: Long-poll wait (0-20 s).
         visibility_timeout_s: Asked at receive (None: the queue's own).
         max_hold_s: Longest the heartbeat keeps a message invisible.
@@ -60,7 +79,7 @@ class ConsumerConfig:
     """
 
     concurrency: int = 16
-    pollers: int = 2
+    pollers: int = 0
     wait_time_s: int = 20
     visibility_timeout_s: int | None = None
     max_hold_s: float = 3600.0
@@ -104,7 +123,8 @@ class WorkerConfig:
     @property
     def pollers(self) -> int:
         """Receive loops per queue (sizes the SQS client's connection pool)."""
-        return self.consumer.pollers
+        consumer = self.consumer
+        return consumer.pollers or default_pollers(consumer.concurrency)
 
     @property
     def wait_time_s(self) -> int:

@@ -6,8 +6,14 @@ It owns the task groups and the shutdown order, and wires the parts of the messa
       → Dispatcher (qworker.dispatch: the handler) → OutcomeRecord (qworker.outcome)
       → Finisher (qworker.finish: settle on the queue, free the slot) → sinks (qworker.statistics)
 
-Pollers take capacity before they receive (`min(10, free slots)`), so the worker never holds a
-message it cannot start soon; several pollers keep the handlers fed while one waits on a long poll.
+Pollers take capacity before they receive (a batch of up to 10 slots, or what a short linger
+gathered), so the worker never holds a message it cannot start soon: it holds at most its
+concurrency plus one receive per poller (at most the concurrency again) ahead, and those wait at a
+gate for a handler slot (at most one handler's run). A message's slot goes back when its handler
+returns, so the next receive overlaps the settlement and the tail of the running handlers, as a
+plain receive loop's would. Several pollers (by default one per 10 slots, `default_pollers`) keep
+the handlers fed while one waits on a long poll. FIFO queues hold only their concurrency, and a
+slot goes back when its message is settled (a chain's messages wait their turn while held).
 Every message is held by the heartbeat from receive to settlement. All tasks are owned by task
 groups inside `run()`; none outlives it. FIFO queues run each message group's messages in order
 (qworker.groups). Build one with `qworker.wiring.build_consumer`.
@@ -28,7 +34,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import final
 
-from qworker.concurrency import Capacity, first, leaves
+from qworker.concurrency import Capacity, Gate, first, leaves
+from qworker.config import RECEIVE_BATCH, default_pollers
 from qworker.dispatch import Dispatcher
 from qworker.finish import Finisher
 from qworker.groups import GroupChains, GroupRetry
@@ -56,7 +63,7 @@ class Consumer:
         *,
         visibility_timeout_s: int,
         concurrency: int = 16,
-        pollers: int = 2,
+        pollers: int = 0,
         wait_time_s: int = 20,
         request_visibility: bool = False,
         fifo: bool = False,
@@ -74,8 +81,8 @@ class Consumer:
             transport: The queue.
             dispatcher: Runs one message through the handler.
             visibility_timeout_s: The visibility receives give (the queue's, or the one asked).
-            concurrency: Messages held (running or waiting) at once.
-            pollers: Concurrent receive loops.
+            concurrency: Handlers running at once.
+            pollers: Concurrent receive loops (0: `default_pollers(concurrency)`).
             wait_time_s: Long-poll wait.
             request_visibility: Ask for `visibility_timeout_s` on each receive (else the queue's).
             fifo: Run each message group's messages in order.
@@ -91,7 +98,7 @@ class Consumer:
         self.transport = transport
         self.dispatcher = dispatcher
         self.concurrency = concurrency
-        self.pollers = pollers
+        self.pollers = pollers or default_pollers(concurrency)
         self.wait_time_s = wait_time_s
         self.fifo = fifo
         self.shutdown_grace_s = shutdown_grace_s
@@ -106,7 +113,11 @@ class Consumer:
         self._clock = clock
         self._sleep = sleep
         self._stopping = asyncio.Event()
-        self._capacity = Capacity(concurrency)
+        # Standard queues hold up to one receive per poller ahead of the handler slots (the gate);
+        # FIFO chains hold their waiting messages themselves, within the concurrency.
+        self._gate = None if fifo else Gate(concurrency)
+        ahead = 0 if fifo else min(concurrency, RECEIVE_BATCH * self.pollers)
+        self._capacity = Capacity(concurrency + ahead)
         self._running: set[asyncio.Task[None]] = set()
         self.poller = Poller(
             transport,
@@ -156,6 +167,8 @@ class Consumer:
         """Ask the consumer to shut down; idempotent, synchronous, safe from a signal handler."""
         self.poller.stop()
         self._stopping.set()
+        if self._gate is not None:
+            self._gate.close()  # held messages not started yet are released
 
     @property
     def stopping(self) -> bool:
@@ -297,8 +310,25 @@ class Consumer:
     # -- one message -----------------------------------------------------------------------------
 
     async def _process(self, held: Held) -> Outcome:
-        record = await self._attempt(held)
-        await self.finisher.finish(held, record)
+        gate = self._gate
+        if gate is None:  # FIFO: the slot goes back once the message is settled
+            record = await self._attempt(held)
+            await self.finisher.finish(held, record)
+            return record.outcome
+        try:
+            entered = await gate.enter()
+        except asyncio.CancelledError:
+            await self.finisher.release(held, error="cancelled before it started")
+            raise
+        if not entered:  # stopping: never started
+            await self.finisher.release(held)
+            return Outcome.RELEASED
+        try:
+            record = await self._attempt(held)
+        finally:
+            gate.leave()
+        self._capacity.give(1)  # the handler is done: the next receive overlaps the settlement
+        await self.finisher.finish(held, record, slot_freed=True)
         return record.outcome
 
     async def _attempt(self, held: Held) -> OutcomeRecord:

@@ -82,11 +82,21 @@ class Finisher:
         """Ids of messages that could not be released while stopping (left to lapse)."""
 
     async def finish(
-        self, held: Held, record: OutcomeRecord, settle_as: OutcomeRecord | None = None
+        self,
+        held: Held,
+        record: OutcomeRecord,
+        settle_as: OutcomeRecord | None = None,
+        *,
+        slot_freed: bool = False,
     ) -> None:
-        """Settle the outcome (or `settle_as`) on the queue, free the slot, tell the sinks."""
+        """Settle the outcome (or `settle_as`) on the queue, free the slot, tell the sinks.
+
+        With `slot_freed`, the caller already gave the message's capacity back (its handler is
+        done, so a receive may overlap the settlement); the message is still held until settled.
+        """
         message_id = held.message.message_id
         succeeded = record.outcome is Outcome.SUCCEEDED
+        settled = False
         try:
             if succeeded:
                 # Keep extending it until the delete is confirmed: a delete retried through an
@@ -101,7 +111,9 @@ class Finisher:
                 self.deleting[message_id] -= 1
                 if not self.deleting[message_id]:
                     del self.deleting[message_id]
-            self.free(held)
+            if not settled or (settle_as or record).outcome in _COMES_BACK:
+                self._poller.put_back += 1  # before the drop: a drain must look again
+            self.free(held, give=not slot_freed)
         if not settled:
             self._counts.unsettled += 1
             record = replace(record, settled=False)
@@ -129,10 +141,11 @@ class Finisher:
         for sink in self._sinks:
             sink.record(record)
 
-    def free(self, held: Held) -> None:
-        """Stop holding a message and give its slot back."""
+    def free(self, held: Held, *, give: bool = True) -> None:
+        """Stop holding a message and give its slot back (unless already given)."""
         self._heartbeat.drop(held)
-        self._capacity.give(1)
+        if give:
+            self._capacity.give(1)
         self._poller.changed.set()
 
     async def drop_duplicate(self, held: Held) -> None:

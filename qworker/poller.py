@@ -1,14 +1,17 @@
 """The receive side of a consumer: poll loops that take capacity first, then receive.
 
-Each loop takes free slots before it receives (`min(10, free)`), so the worker never holds a
-message it cannot start soon, and gives back what the receive did not fill. A transient receive
+Each loop takes free slots before it receives, so the worker never holds a message it cannot start
+soon, and gives back what the receive did not fill. A take waits until a batch's worth of slots
+(`min(10, free-able)`) is free, or a short linger after the first one is (`Capacity`), so slots
+freed one at a time do not each make a small receive. A transient receive
 error is retried after a pause with full jitter (0.5 s doubling up to a long poll's 20 s); any
 other error ends the loop and so the consumer's `run()`. `stop()` ends every loop at once: a
 pending long poll is cancelled, and awaited, so no receive outlives its loop.
 
 A drain (`run_until_empty`) uses short polls and lets them finish (a receive cancelled in flight
 would strand its messages until their visibility lapses); it ends when a receive finds nothing
-while nothing is held or being received.
+while nothing is held or being received, and no message was put back (released, failed, retried)
+since that receive was sent: the server may have answered it before the put-back landed.
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ class Poller:
         self.last_receive_s: float | None = None
         self.cancelled_at: float | None = None
         """When `stop()` cancelled long polls in flight (None: it cancelled none)."""
+        self.put_back = 0
+        """Settlements that left a message on the queue (a drain's empty receive is only final
+        when none happened while it was in flight)."""
         self.changed = asyncio.Event()
         """Set whenever a receive ends (the consumer's waits look again)."""
         self._may_return = asyncio.Event()
@@ -111,6 +117,7 @@ class Poller:
             slots = await self._capacity.take(MAX_BATCH, self._stopping)
             if slots == 0:
                 return
+            put_back = self.put_back
             try:
                 messages = await self._receive(slots)
             except TransientTransportError as exc:
@@ -124,7 +131,9 @@ class Poller:
                 raise
             failures = 0
             self._capacity.give(slots - len(messages))
-            if not messages and self.drain:
+            if not messages and self.drain and self.put_back == put_back:
+                # (A message put back while this receive was in flight may have been visible
+                # again only after the server answered it: then look again at once.)
                 if self._held() == 0 and self.receiving == 0:
                     stop()
                     return

