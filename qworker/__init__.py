@@ -18,7 +18,7 @@ The public API, kept compatible within a major version, is:
 - the names in `qworker.__all__` (this package: `from qworker import QWorker`), each loaded from
   the module that defines it;
 - the names in the `__all__` of the public modules: `qworker.app`, `qworker.envelopes`,
-  `qworker.exceptions`, `qworker.message`, `qworker.metrics`, `qworker.outcome`,
+  `qworker.exceptions`, `qworker.lifespan`, `qworker.message`, `qworker.metrics`, `qworker.outcome`,
   `qworker.producer`, `qworker.pytest_plugin`, `qworker.routing`, `qworker.settings` and
   `qworker.testing`.
 
@@ -37,6 +37,7 @@ if _typing.TYPE_CHECKING:
     from qworker.app import QWorker, Router
     from qworker.consumer import Consumer
     from qworker.exceptions import QWorkerError, Reject, Retry
+    from qworker.lifespan import Depends
     from qworker.message import Message
     from qworker.outcome import Outcome, OutcomeRecord, RetryPolicy
     from qworker.statistics import ConsumerStatistics
@@ -46,6 +47,7 @@ if _typing.TYPE_CHECKING:
 _WHERE: _typing.Final = {
     "Consumer": "qworker.consumer",
     "ConsumerStatistics": "qworker.statistics",
+    "Depends": "qworker.lifespan",
     "Message": "qworker.message",
     "Outcome": "qworker.outcome",
     "OutcomeRecord": "qworker.outcome",
@@ -60,6 +62,7 @@ _WHERE: _typing.Final = {
 __all__ = [
     "Consumer",
     "ConsumerStatistics",
+    "Depends",
     "Message",
     "Outcome",
     "OutcomeRecord",

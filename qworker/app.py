@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import traceback
 import types
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Final, TypeVar, overload
+from typing import Any, Final, TypeVar, overload
 
 from qworker.config import QUEUE_NAME
 from qworker.envelopes import EnvelopeMode, check_mode
@@ -34,6 +36,7 @@ from qworker.exceptions import (
     HandlerSignatureError,
 )
 from qworker.handler import HandlerFunc, HandlerSpec
+from qworker.lifespan import ResourceScope, resource_type_of
 from qworker.producer import (
     AttributeValue,
     Body,
@@ -44,7 +47,12 @@ from qworker.producer import (
     open_producer,
 )
 
-__all__ = ["DEFAULT_QUEUE", "QWorker", "Router"]
+__all__ = ["DEFAULT_QUEUE", "Lifespan", "QWorker", "Router"]
+
+log = logging.getLogger(__name__)
+
+Lifespan = Callable[["QWorker"], AbstractAsyncContextManager[Any]]
+"""An async context manager factory called with the app; it yields the resources."""
 
 F = TypeVar("F", bound=HandlerFunc)
 B = TypeVar("B", bound=Body)
@@ -56,9 +64,16 @@ DEFAULT_QUEUE: Final = None
 class Router:
     """A set of handlers, one per queue, that can be included in an app."""
 
-    def __init__(self) -> None:
-        """Create an empty router."""
+    def __init__(self, *, resources: Any | None = None) -> None:  # noqa: ANN401 (any type)
+        """Create an empty router.
+
+        Args:
+            resources: The type of the resources its handlers may ask for (by this type, or by
+                the type of one of its fields; `qworker.lifespan`); the including app's lifespan
+                must provide them.
+        """
         self._handlers: dict[str | None, HandlerSpec] = {}
+        self.resources = ResourceScope(resources)
 
     def __repr__(self) -> str:
         """Show the queues."""
@@ -117,6 +132,7 @@ class Router:
                     max_in_flight=max_in_flight,
                     timeout_s=timeout_s,
                     envelope=envelope,
+                    resources=self.resources,
                 )
             )
             return func
@@ -144,26 +160,77 @@ class Router:
         self._handlers[spec.queue] = spec
 
     def include_router(self, router: Router) -> None:
-        """Add every handler of `router`."""
+        """Add every handler of `router`; their resources come from this app's lifespan.
+
+        Raises:
+            HandlerSignatureError: A handler asks for a resource this app does not provide.
+        """
         for spec in router.handlers.values():
-            self.add(spec)
+            self.add(spec.rebind(self.resources))
 
 
 class QWorker(Router):
     """A worker application: named handlers for one or more queues."""
 
-    def __init__(self, name: str = "qworker", *, envelope: EnvelopeMode = "auto") -> None:
+    def __init__(
+        self,
+        name: str = "qworker",
+        *,
+        envelope: EnvelopeMode = "auto",
+        lifespan: Lifespan | None = None,
+        resources: Any | None = None,  # noqa: ANN401 (any type)
+    ) -> None:
         """Create an app.
 
         Args:
             name: The service name (the `Service` metric dimension unless the settings say).
             envelope: The handlers' default envelope mode: "auto" unwraps SNS and EventBridge
                 envelopes where unambiguous; "sns", "eventbridge" insist; "none" never unwraps.
+            lifespan: Called with the app, an async context manager entered before the first
+                message and exited after the last one settled; what it yields are the
+                resources handlers ask for (`qworker.lifespan`).
+            resources: The type the lifespan yields (default: read from its return annotation,
+                `AsyncIterator[T]`).
+
+        Raises:
+            HandlerSignatureError: `resources` without a lifespan.
         """
-        super().__init__()
+        if resources is None and lifespan is not None:
+            resources = resource_type_of(lifespan)
+        if resources is not None and lifespan is None:
+            raise HandlerSignatureError(
+                f"QWorker {name!r}: resources need a lifespan to yield them"
+            )
+        super().__init__(resources=resources)
         self.name = name
+        self.lifespan = lifespan
         self.envelope: EnvelopeMode = check_mode(envelope, f"QWorker {name!r}")
         self._producers: list[Producer] = []
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[object]:
+        """Run the lifespan around the block: its resources are the handlers' inside it.
+
+        A worker enters this after its queues resolved and before the first receive, and leaves
+        it after every consumer stopped receiving and drained (`Drainer(sqs)(app)` likewise).
+
+        Raises:
+            RuntimeError: The app is running already.
+            TypeError: The lifespan yielded something other than its declared type.
+        """
+        if self.lifespan is None:
+            yield None
+            return
+        if self.resources.running:
+            raise RuntimeError(f"app {self.name!r} is running already")
+        async with self.lifespan(self) as value:
+            self.resources.start(value)
+            log.info("lifespan started", extra={"action": "lifespan_started", "app": self.name})
+            try:
+                yield value
+            finally:
+                self.resources.stop()
+                log.info("lifespan closing", extra={"action": "lifespan_closing", "app": self.name})
 
     @contextlib.asynccontextmanager
     async def producer(

@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Generic, TypeVar, final
 
 from qworker.exceptions import QueueUnavailable, TransientTransportError, TransportError
-from qworker.transport import MAX_BATCH, BatchFailure
+from qworker.message import BatchFailure
+from qworker.transport import MAX_BATCH
 
 __all__ = ["Batcher"]
 

@@ -153,6 +153,7 @@ class ObservabilityConfig:
     metrics_interval_s: float = 10.0
     emf: Literal["auto", "on", "off"] = "auto"
     metrics_publish_cloudwatch: bool | None = None
+    metrics_message_type: bool = False
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     otel_sample_ratio: float = 1.0
     health_file: str | None = None

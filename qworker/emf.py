@@ -1,18 +1,21 @@
 """EMF: aggregate outcomes in-process and write one CloudWatch EMF document per queue per interval.
 
 `MetricsAggregator` is an outcome sink: it counts outcomes and keeps the handler times and message
-ages of the current interval, per dimension key (role and queue). `snapshot()` takes the interval's
-numbers and starts the next one; `build_document()` is the pure function that turns one key's
-numbers into an EMF document; `EmfStdoutSink` writes documents to stdout through the
-aws-embedded-metrics library (both in `qworker.emf_document`, re-exported here). Writing one
-document per key every few seconds, instead of one per message, costs a few bytes per message
-instead of ~570 (docs/architecture.md, "The message path").
+ages of the current interval, per dimension key (role and queue; and a routed queue's bounded
+message type when `metrics_message_type` is on). `snapshot()` takes the interval's numbers and
+starts the next one; `build_document()` is the pure function that turns one key's numbers into
+an EMF document; `EmfStdoutSink` writes documents to stdout through the aws-embedded-metrics
+library (both in `qworker.emf_document`, re-exported here). Writing one document per key every
+few seconds, instead of one per message, costs a few bytes per message instead of ~570
+(docs/architecture.md, "The message path").
 
 One document carries both dimension sets, `[Service, DeploymentRole]` and
-`[Service, DeploymentRole, Queue]`: CloudWatch adds up every document of a period, so the role-level
-series of a worker with several queues (or of many tasks) is the sum of the per-queue documents,
-which is exactly what the role-level numbers are. Known keys get a document every interval, with
-explicit zeros while idle, so "no data" always means "no worker", never "no messages".
+`[Service, DeploymentRole, Queue]` (and, opted in, a routed queue's per-type documents also
+`[Service, DeploymentRole, Queue, MessageType]`): CloudWatch adds up every document of a period, so
+the role-level series of a worker with several queues (or of many tasks) is the sum of the
+per-queue documents, which is exactly what the role-level numbers are. Known keys get a document
+every interval, with explicit zeros while idle, so "no data" always means "no worker", never
+"no messages".
 
 EMF limits (https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/
 CloudWatch_Embedded_Metric_Format_Specification.html) are the constants below. A value metric with
@@ -41,6 +44,7 @@ from qworker.emf_document import (
 )
 from qworker.metrics import OUTCOME_METRICS, MetricName
 from qworker.outcome import Outcome, OutcomeRecord
+from qworker.routing import metric_dimension
 
 __all__ = [
     "MAX_DIMENSIONS_PER_SET",
@@ -179,6 +183,7 @@ class MetricsAggregator:
         queues: Iterable[str] = (),
         quarantined: Callable[[], bool] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        message_types: bool = False,
     ) -> None:
         """Create an aggregator.
 
@@ -187,11 +192,17 @@ class MetricsAggregator:
             queues: Queues to report from the start (zeros until their first outcome).
             quarantined: Tells whether the worker is quarantined (the `Quarantined` metric).
             wall_clock: Epoch seconds, for document timestamps.
+            message_types: Key routed queues' outcomes by their bounded `MessageType` too
+                (`qworker.routing.metric_dimension`), so their documents carry the
+                `[Service, DeploymentRole, Queue, MessageType]` dimension set.
         """
         self._role = role
         self._quarantined = quarantined
         self._wall_clock = wall_clock
-        self._current: dict[tuple[str, str], _Interval] = {(role, q): _Interval() for q in queues}
+        self._message_types = message_types
+        self._current: dict[tuple[str, str, str | None], _Interval] = {
+            (role, q, None): _Interval() for q in queues
+        }
         self._started = wall_clock()
 
     def __repr__(self) -> str:
@@ -200,13 +211,18 @@ class MetricsAggregator:
 
     def track(self, queue: str) -> None:
         """Report `queue` every interval from now on, with zeros until its first outcome."""
-        self._current.setdefault((self._role, queue), _Interval())
+        self._current.setdefault((self._role, queue, None), _Interval())
 
     def record(self, record: OutcomeRecord) -> None:
         """Count one outcome (an `OutcomeSink`); runs once per message, so it stays lean."""
-        interval = self._current.get((record.role, record.queue))
+        key = (
+            record.role,
+            record.queue,
+            metric_dimension(record.message_type) if self._message_types else None,
+        )
+        interval = self._current.get(key)
         if interval is None:
-            interval = self._current[record.role, record.queue] = _Interval()
+            interval = self._current[key] = _Interval()
         outcome = record.outcome
         interval.outcomes[outcome] += 1
         if outcome is _RELEASED:
@@ -230,14 +246,19 @@ class MetricsAggregator:
         quarantined = int(self._quarantined()) if self._quarantined is not None else 0
         taken, self._current = self._current, {key: _Interval() for key in self._current}
         aggregates = tuple(
-            _aggregate(role, queue, interval, quarantined)
-            for (role, queue), interval in sorted(taken.items())
+            _aggregate(key, interval, quarantined)
+            for key, interval in sorted(
+                taken.items(), key=lambda item: (*item[0][:2], item[0][2] or "")
+            )
         )
         interval_s, self._started = max(0.0, now - self._started), now
         return Snapshot(int(now * 1000), interval_s, aggregates)
 
 
-def _aggregate(role: str, queue: str, interval: _Interval, quarantined: int) -> Aggregate:
+def _aggregate(
+    key: tuple[str, str, str | None], interval: _Interval, quarantined: int
+) -> Aggregate:
+    role, queue, message_type = key
     outcomes = interval.outcomes
     counts = {metric: outcomes[outcome] for outcome, metric in OUTCOME_METRICS.items()}
     counts[MetricName.PROCESSED] = sum(outcomes.values()) - outcomes[Outcome.RELEASED]
@@ -253,4 +274,12 @@ def _aggregate(role: str, queue: str, interval: _Interval, quarantined: int) -> 
         )
         if (dist := samples.distribution()) is not None
     }
-    return Aggregate(role, queue, counts, values, tuple(interval.ids), tuple(interval.failed_ids))
+    return Aggregate(
+        role,
+        queue,
+        counts,
+        values,
+        tuple(interval.ids),
+        tuple(interval.failed_ids),
+        message_type,
+    )

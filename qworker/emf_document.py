@@ -25,6 +25,7 @@ from qworker.exceptions import ConfigError
 from qworker.metrics import (
     COUNT_METRICS,
     DIMENSION_SETS,
+    MESSAGE_TYPE_DIMENSION_SET,
     METRICS,
     VALUE_METRICS,
     Dimension,
@@ -77,7 +78,11 @@ class Distribution:
 @final
 @dataclass(frozen=True, slots=True)
 class Aggregate:
-    """One dimension key's numbers for one interval."""
+    """One dimension key's numbers for one interval.
+
+    `message_type` is set only when the per-type dimension is on and the queue is routed (the
+    bounded `MessageType` value); such a key's document also carries `MESSAGE_TYPE_DIMENSION_SET`.
+    """
 
     role: str
     queue: str
@@ -85,6 +90,7 @@ class Aggregate:
     values: Mapping[MetricName, Distribution]
     message_ids: tuple[str, ...] = ()
     failed_message_ids: tuple[str, ...] = ()
+    message_type: str | None = None
 
 
 @final
@@ -131,7 +137,10 @@ def build_document(
     """
     if not namespace or not namespace.strip():
         raise ConfigError("EMF needs a metrics namespace: set QWORKER_METRICS_NAMESPACE")
-    dimension_sets = [[d.value for d in dimension_set] for dimension_set in DIMENSION_SETS]
+    chosen = DIMENSION_SETS
+    if aggregate.message_type is not None:
+        chosen = (*DIMENSION_SETS, MESSAGE_TYPE_DIMENSION_SET)
+    dimension_sets = [[d.value for d in dimension_set] for dimension_set in chosen]
     if any(len(s) > MAX_DIMENSIONS_PER_SET for s in dimension_sets):
         raise ValueError(f"EMF allows at most {MAX_DIMENSIONS_PER_SET} dimensions per set")
     members: dict[str, Any] = {
@@ -140,6 +149,8 @@ def build_document(
         Dimension.QUEUE.value: aggregate.queue,
         **(properties or {}),
     }
+    if aggregate.message_type is not None:
+        members[Dimension.MESSAGE_TYPE.value] = aggregate.message_type
     if aggregate.message_ids:
         members["MessageIds"] = list(aggregate.message_ids)
     if aggregate.failed_message_ids:

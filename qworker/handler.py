@@ -8,14 +8,16 @@ says what it wants from the body, by its annotation:
 - `str`: the raw body; `bytes`: the body's UTF-8 bytes;
 - `Message`: the whole message (id, attributes, receive count, receipt handle).
 
-A further parameter annotated `Message` also receives the whole message. The signature is checked
-once, when the handler is registered, so a mistake fails at import time and not on the first
-message.
+A further parameter annotated `Message` also receives the whole message; further ones receive the
+app's lifespan resources by type, or a provider's value, `Annotated[T, Depends(provider)]`
+(`qworker.lifespan`). The signature is checked once, when the handler is registered, so a mistake
+fails at import time and not on the first message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
@@ -26,7 +28,8 @@ from pydantic import PydanticUserError, TypeAdapter, ValidationError
 
 from qworker.envelopes import EnvelopeMode, check_mode
 from qworker.exceptions import HandlerSignatureError, MessageDecodeError
-from qworker.transport import Message
+from qworker.lifespan import Injector, ResourceScope, bind, depends_of
+from qworker.message import Message
 
 __all__ = ["HandlerFunc", "HandlerSpec"]
 
@@ -58,6 +61,9 @@ class HandlerSpec:
         message_param: The name of a further `Message` parameter, if any.
         max_in_flight: This handler's own concurrency limit, if any.
         timeout_s: This handler's own timeout, if any.
+        envelope: This handler's envelope mode (None: the app's).
+        needs: Further parameters filled per message: resources and `Depends` (name, annotation).
+        inject: Fills them (None: the handler asks for none, and pays nothing).
         is_async: Whether the handler is a coroutine function (worked out once: it is asked
             for every message).
     """
@@ -70,6 +76,8 @@ class HandlerSpec:
     max_in_flight: int | None = None
     timeout_s: float | None = None
     envelope: EnvelopeMode | None = None
+    needs: tuple[tuple[str, Any], ...] = ()
+    inject: Injector | None = None
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -85,8 +93,18 @@ class HandlerSpec:
         max_in_flight: int | None = None,
         timeout_s: float | None = None,
         envelope: EnvelopeMode | None = None,
+        resources: ResourceScope | None = None,
     ) -> HandlerSpec:
         """Inspect `func` and bind its parameters.
+
+        Args:
+            func: The handler.
+            queue: Its queue (None: the configured one).
+            max_in_flight: Its own concurrency limit.
+            timeout_s: Its own timeout.
+            envelope: Its envelope mode (None: the app's).
+            resources: What its further parameters may ask for by type (the app's lifespan
+                resources); none: only `Message` and `Depends` providers that need no resource.
 
         Raises:
             HandlerSignatureError: The function cannot take a message.
@@ -96,7 +114,9 @@ class HandlerSpec:
             raise HandlerSignatureError(f"handler {name} is not callable")
         if max_in_flight is not None and max_in_flight < 1:
             raise HandlerSignatureError(f"handler {name}: max_in_flight must be at least 1")
-        body_type, message_param = _bind(func, name)
+        body_type, message_param, needs = _bind(func, name)
+        scope = resources if resources is not None else ResourceScope()
+        inject = bind(needs, scope, f"handler {name}: parameter")
         if body_type not in _RAW_TYPES:
             try:
                 _adapter(body_type)  # fail now if pydantic cannot validate this type
@@ -107,7 +127,29 @@ class HandlerSpec:
                 ) from None
         if envelope is not None:
             envelope = check_mode(envelope, f"handler {name}")
-        return cls(func, name, queue, body_type, message_param, max_in_flight, timeout_s, envelope)
+        return cls(
+            func,
+            name,
+            queue,
+            body_type,
+            message_param,
+            max_in_flight,
+            timeout_s,
+            envelope,
+            tuple(needs.items()),
+            inject,
+        )
+
+    def rebind(self, resources: ResourceScope) -> HandlerSpec:
+        """This handler with its resource parameters taken from `resources` (an app's).
+
+        Raises:
+            HandlerSignatureError: `resources` does not provide one of them.
+        """
+        if not self.needs:
+            return self
+        inject = bind(dict(self.needs), resources, f"handler {self.name}: parameter")
+        return dataclasses.replace(self, inject=inject)
 
     def decode(self, message: Message) -> object:
         """Turn the message into the handler's first argument.
@@ -143,6 +185,8 @@ class HandlerSpec:
         else:
             args = (argument,)
             kwargs = {self.message_param: message} if self.message_param else {}
+        if self.inject is not None:
+            kwargs = {**kwargs, **await self.inject(message)}
         if self.is_async:
             await self.func(*args, **kwargs)  # type: ignore[misc]  # checked by is_async
         else:
@@ -167,10 +211,11 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:  # noqa: ANN401 (any type pydantic ca
     return TypeAdapter(tp)
 
 
-def _bind(func: HandlerFunc, name: str) -> tuple[Any, str | None]:
+def _bind(func: HandlerFunc, name: str) -> tuple[Any, str | None, dict[str, Any]]:
     try:
         signature = inspect.signature(func)
         hints = get_type_hints(func)
+        extras = get_type_hints(func, include_extras=True)
     except (TypeError, ValueError, NameError) as exc:
         raise HandlerSignatureError(f"handler {name}: cannot read its signature: {exc}") from None
     params = [
@@ -187,14 +232,24 @@ def _bind(func: HandlerFunc, name: str) -> tuple[Any, str | None]:
             "(a pydantic model, dict, str, bytes or Message)"
         )
     message_param: str | None = None
+    needs: dict[str, Any] = {}
     for param in rest:
-        if hints.get(param.name) is Message and message_param is None:
+        annotation = hints.get(param.name)
+        if annotation is Message and message_param is None:
             # A positional-only parameter cannot be passed by name: pass it by position.
             positional = param.kind is param.POSITIONAL_ONLY and param is params[1]
             message_param = _POSITIONAL if positional else param.name
+        elif depends_of(extras.get(param.name)) is not None or (
+            param.default is param.empty
+            and annotation is not None
+            and annotation is not Message
+            and param.kind is not param.POSITIONAL_ONLY
+        ):
+            needs[param.name] = extras[param.name]
         elif param.default is param.empty:
             raise HandlerSignatureError(
                 f"handler {name}: parameter {param.name!r} cannot be filled: only one further "
-                "parameter, annotated Message, is passed"
+                "parameter, annotated Message, a lifespan resource or an "
+                "Annotated[..., Depends(provider)] is passed"
             )
-    return hints[first.name], message_param
+    return hints[first.name], message_param, needs

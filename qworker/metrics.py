@@ -18,6 +18,7 @@ __all__ = [
     "COUNT_METRICS",
     "DEFAULT_NAMESPACE",
     "DIMENSION_SETS",
+    "MESSAGE_TYPE_DIMENSION_SET",
     "METRICS",
     "OUTCOME_METRICS",
     "VALUE_METRICS",
@@ -36,6 +37,7 @@ class Dimension(enum.StrEnum):
     SERVICE = "Service"
     DEPLOYMENT_ROLE = "DeploymentRole"
     QUEUE = "Queue"
+    MESSAGE_TYPE = "MessageType"
 
 
 class Unit(enum.StrEnum):
@@ -77,6 +79,18 @@ DIMENSION_SETS: Final[tuple[tuple[Dimension, ...], ...]] = (
     (Dimension.SERVICE, Dimension.DEPLOYMENT_ROLE, Dimension.QUEUE),
 )
 """Every metric is emitted under each of these dimension sets."""
+
+MESSAGE_TYPE_DIMENSION_SET: Final[tuple[Dimension, ...]] = (
+    Dimension.SERVICE,
+    Dimension.DEPLOYMENT_ROLE,
+    Dimension.QUEUE,
+    Dimension.MESSAGE_TYPE,
+)
+"""Opt-in (`QWORKER_METRICS_MESSAGE_TYPE`): the documents of a routed queue also carry this set.
+
+Its `MessageType` values are bounded by `qworker.routing.metric_dimension`: at most
+`METRIC_TYPE_LIMIT` (20) declared route names, `unknown` and `other`.
+"""
 
 COUNT_METRICS: Final[tuple[MetricSpec, ...]] = (
     MetricSpec(MetricName.PROCESSED, Unit.COUNT, "messages that ended in any outcome but released"),

@@ -202,7 +202,11 @@ async def build(
     )
     quarantine = _quarantine(config, identity)
     is_quarantined = (lambda: quarantine.quarantined) if quarantine is not None else None
-    aggregator = MetricsAggregator(role=identity.role, quarantined=is_quarantined)
+    aggregator = MetricsAggregator(
+        role=identity.role,
+        quarantined=is_quarantined,
+        message_types=config.metrics_message_type,
+    )
     stale_after_s = max(config.health_interval_s * health.STALE_INTERVALS, 15.0)
     monitor = health.HealthMonitor(
         wait_time_s=config.wait_time_s,

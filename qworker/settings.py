@@ -186,6 +186,11 @@ class QWorkerSettings(BaseSettings):
         description="Also send metrics with PutMetricData to the endpoint (default: on when an "
         "endpoint is set or the embedded server runs; LocalStack does not read EMF).",
     )
+    metrics_message_type: bool = Field(
+        default=False,
+        description="Also emit metrics per message type of routed queues (the MessageType "
+        "dimension: at most 20 route names, 'unknown' and 'other').",
+    )
     otel_exporter: Literal["none", "console", "otlp"] = Field(
         default="none",
         description="Trace exporter: none, console (stderr) or otlp "

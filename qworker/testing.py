@@ -27,12 +27,13 @@ The fake itself lives in `qworker.fake_sqs`; its names are re-exported here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, final
 
-from qworker.app import Router
+from qworker.app import QWorker, Router
 from qworker.config import ConsumerConfig
 from qworker.consumer import Consumer, ConsumerStatistics, OutcomeSink
 from qworker.dispatch import Middleware
@@ -299,7 +300,8 @@ class Drainer:
             )
             for transport, spec in self._targets(target, queue)
         ]
-        async with asyncio.TaskGroup() as group:
+        running = target.running() if isinstance(target, QWorker) else contextlib.nullcontext()
+        async with running, asyncio.TaskGroup() as group:  # the app's lifespan around the drain
             for consumer in consumers:
                 group.create_task(consumer.run_until_empty())
         return Drained(

@@ -45,9 +45,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from qworker.dispatch import Dispatch
 from qworker.exceptions import ConfigError
+from qworker.message import Message
 from qworker.outcome import Outcome, OutcomeRecord
 from qworker.role import Identity
-from qworker.transport import Message
 
 __all__ = [
     "AWS_TRACE_HEADER",

@@ -218,7 +218,8 @@ class Worker:
             producer = Producer.for_client(client, payloads=self.payloads.store)
             try:
                 with self.app.use_producer(producer):
-                    async with asyncio.TaskGroup() as group:
+                    # The lifespan closes only after every consumer stopped receiving and drained.
+                    async with self.app.running(), asyncio.TaskGroup() as group:
                         for consumer in self.consumers:
                             group.create_task(
                                 consumer.run(), name=f"consume {consumer.transport.queue_name}"
