@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from accounting import Journal, Report, account
 from proxy import FaultProxy
 from servers import free_port
 
+from qworker._process import ManagedProcess
 from qworker.health import HealthReport, evaluate, read_report
 from qworker.local import create_queue_with_dlq, dead_letter_name
 
@@ -90,26 +90,31 @@ async def make_bound_queues(
 
 @dataclass
 class BoundWorker:
-    """A `qworker run` subprocess; its stderr (JSON logs) goes to a file."""
+    """A `qworker run` subprocess (a `ManagedProcess`); its stderr (JSON logs) goes to a file."""
 
-    proc: subprocess.Popen[bytes]
-    log_path: Path
+    process: ManagedProcess
     health_path: Path | None
     env: dict[str, str]
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.process.pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
 
     @property
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.process.is_running()
 
     async def terminate(self) -> tuple[int, float]:
-        """SIGTERM; return the exit code and the seconds from the signal to the exit."""
+        """SIGTERM; return the exit code and the seconds from the signal to the exit.
+
+        A worker still running after `STOP_S` is killed (its code is then -9).
+        """
         began = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(self.proc.wait, STOP_S)
+        code = await asyncio.to_thread(self.process.stop, STOP_S)
         return code, time.monotonic() - began
 
     def logs(self) -> list[dict[str, Any]]:
@@ -184,24 +189,21 @@ def spawn_bound(localstack_server: Any, tmp_path: Path) -> Iterator[Spawn]:
             *(["--health-file", str(health_path)] if health_path is not None else []),
             *flags,
         ]  # fmt: skip
-        log_path = tmp_path / f"worker-{label}.log"
-        with log_path.open("wb") as log:  # the child keeps its own descriptor
-            proc = subprocess.Popen(
-                command,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        worker = BoundWorker(proc, log_path, health_path, environment)
+        process = ManagedProcess(
+            command,
+            log_path=tmp_path / f"worker-{label}.log",
+            stdout_path=tmp_path / f"worker-{label}.out",  # EMF documents, kept out of the log
+            env=environment,
+            name=f"worker-{label}",
+        )
+        process.start()
+        worker = BoundWorker(process, health_path, environment)
         started.append(worker)
         return worker
 
     yield start
     for worker in started:
-        if worker.alive:
-            worker.proc.kill()
-        worker.proc.wait(STOP_S)
+        worker.process.kill()  # reaps one that exited; kills one still running
 
 
 @pytest.fixture
