@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -23,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from qworker._process import ManagedProcess
 from qworker.local import create_queue_with_dlq
 from qworker.producer import send_bodies
 from qworker.transport import SqsTransport
@@ -32,7 +31,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.localstack, pytest.mark.slow]
 TESTS = Path(__file__).resolve().parent
 
 
-def start_worker(endpoint: str, queue: str, journal: Path, *extra: str) -> subprocess.Popen[str]:
+def start_worker(endpoint: str, queue: str, journal: Path, *extra: str) -> ManagedProcess:
+    """Start `qworker run worker_handlers`; its stderr (JSON logs) goes to a file by the journal."""
     env = {
         **os.environ,
         "PYTHONPATH": str(TESTS),
@@ -41,25 +41,27 @@ def start_worker(endpoint: str, queue: str, journal: Path, *extra: str) -> subpr
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    return subprocess.Popen(
+    process = ManagedProcess(
         [
             sys.executable, "-m", "qworker", "run", "worker_handlers",
             "--endpoint-url", endpoint, "--queue-name", queue, "--wait-time-s", "2",
             "--log-level", "DEBUG", *extra,
         ],
+        log_path=journal.with_name("worker.log"),
+        stdout_path=journal.with_name("worker.out"),
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        name="worker",
     )  # fmt: skip
+    process.start()
+    return process
 
 
-def wait_for_journal(journal: Path, kind: str, count: int, proc: subprocess.Popen[str]) -> None:
+def wait_for_journal(journal: Path, kind: str, count: int, process: ManagedProcess) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if journal.exists() and journal.read_text().count(kind) >= count:
             return
-        assert proc.poll() is None, "the worker died early"
+        assert process.is_running(), f"the worker died early:\n{process.log_tail()}"
         time.sleep(0.05)  # another process writes the journal: polling the file is the only way
     pytest.fail(f"the worker did not finish {count} messages in time")
 
@@ -101,14 +103,14 @@ async def test_sigterm_mid_work_loses_nothing(
     await send_bodies(queue, [json.dumps({"n": i, "work_s": 0.3}) for i in range(200)])
     journal = tmp_path / "journal.txt"
 
-    proc = start_worker(localstack_server.endpoint_url, name, journal, "--concurrency", "40")
+    worker = start_worker(localstack_server.endpoint_url, name, journal, "--concurrency", "40")
     try:
-        wait_for_journal(journal, "done ", 40, proc)
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
+        wait_for_journal(journal, "done ", 40, worker)
+        code = worker.stop(60)  # SIGTERM; SIGKILL only if it is still running after 60 s
     finally:
-        proc.kill()
-    assert proc.returncode == 0, stderr[-3000:]
+        worker.kill()
+    stderr = worker.log_since_start()
+    assert code == 0, stderr[-3000:]
 
     started, done = journal_counts(journal)
     assert started == done  # every handler that started finished within the grace period
@@ -131,14 +133,16 @@ async def test_sigterm_past_the_grace_period_releases_running_messages(
     await send_bodies(queue, [json.dumps({"n": i, "work_s": 30}) for i in range(5)])
     journal = tmp_path / "journal.txt"
 
-    proc = start_worker(localstack_server.endpoint_url, name, journal, "--shutdown-grace-s", "0.5")
+    worker = start_worker(
+        localstack_server.endpoint_url, name, journal, "--shutdown-grace-s", "0.5"
+    )
     try:
-        wait_for_journal(journal, "start ", 5, proc)
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
+        wait_for_journal(journal, "start ", 5, worker)
+        code = worker.stop(60)  # SIGTERM; SIGKILL only if it is still running after 60 s
     finally:
-        proc.kill()
-    assert proc.returncode == 0, stderr[-3000:]
+        worker.kill()
+    stderr = worker.log_since_start()
+    assert code == 0, stderr[-3000:]
 
     started, done = journal_counts(journal)
     assert sum(started.values()) == 5
