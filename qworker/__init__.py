@@ -18,9 +18,9 @@ The public API, kept compatible within a major version, is:
 - the names in `qworker.__all__` (this package: `from qworker import QWorker`), each loaded from
   the module that defines it;
 - the names in the `__all__` of the public modules: `qworker.app`, `qworker.envelopes`,
-  `qworker.exceptions`, `qworker.lifespan`, `qworker.message`, `qworker.metrics`, `qworker.outcome`,
-  `qworker.producer`, `qworker.pytest_plugin`, `qworker.routing`, `qworker.settings` and
-  `qworker.testing`.
+  `qworker.exceptions`, `qworker.lifespan`, `qworker.message`, `qworker.metrics`,
+  `qworker.middleware`, `qworker.outcome`, `qworker.producer`, `qworker.pytest_plugin`,
+  `qworker.routing`, `qworker.settings` and `qworker.testing`.
 
 Everything else is internal and may change in any release: every other module (the worker's
 parts, such as `qworker.consumer` or `qworker.transport`; the tools `qworker.canary`,
@@ -39,6 +39,7 @@ if _typing.TYPE_CHECKING:
     from qworker.exceptions import QWorkerError, Reject, Retry
     from qworker.lifespan import Depends
     from qworker.message import Message
+    from qworker.middleware import MessageHooks, Middleware
     from qworker.outcome import Outcome, OutcomeRecord, RetryPolicy
     from qworker.statistics import ConsumerStatistics
 
@@ -49,6 +50,8 @@ _WHERE: _typing.Final = {
     "ConsumerStatistics": "qworker.statistics",
     "Depends": "qworker.lifespan",
     "Message": "qworker.message",
+    "MessageHooks": "qworker.middleware",
+    "Middleware": "qworker.middleware",
     "Outcome": "qworker.outcome",
     "OutcomeRecord": "qworker.outcome",
     "QWorker": "qworker.app",
@@ -64,6 +67,8 @@ __all__ = [
     "ConsumerStatistics",
     "Depends",
     "Message",
+    "MessageHooks",
+    "Middleware",
     "Outcome",
     "OutcomeRecord",
     "QWorker",

@@ -37,6 +37,7 @@ from qworker.exceptions import (
 )
 from qworker.handler import HandlerFunc, HandlerSpec
 from qworker.lifespan import ResourceScope, resource_type_of
+from qworker.middleware import Middleware
 from qworker.producer import (
     AttributeValue,
     Body,
@@ -56,6 +57,7 @@ Lifespan = Callable[["QWorker"], AbstractAsyncContextManager[Any]]
 
 F = TypeVar("F", bound=HandlerFunc)
 B = TypeVar("B", bound=Body)
+M = TypeVar("M", bound=Middleware)
 
 DEFAULT_QUEUE: Final = None
 """The queue key of a handler registered without a queue: the queue the settings name."""
@@ -179,6 +181,7 @@ class QWorker(Router):
         envelope: EnvelopeMode = "auto",
         lifespan: Lifespan | None = None,
         resources: Any | None = None,  # noqa: ANN401 (any type)
+        middleware: Iterable[Middleware] = (),
     ) -> None:
         """Create an app.
 
@@ -191,6 +194,8 @@ class QWorker(Router):
                 resources handlers ask for (`qworker.lifespan`).
             resources: The type the lifespan yields (default: read from its return annotation,
                 `AsyncIterator[T]`).
+            middleware: Run around every handler call, the first outermost
+                (`qworker.middleware`); `app.middleware(m)` adds more.
 
         Raises:
             HandlerSignatureError: `resources` without a lifespan.
@@ -204,8 +209,27 @@ class QWorker(Router):
         super().__init__(resources=resources)
         self.name = name
         self.lifespan = lifespan
+        self._middleware: list[Middleware] = []
+        for layer in middleware:
+            self.middleware(layer)
         self.envelope: EnvelopeMode = check_mode(envelope, f"QWorker {name!r}")
         self._producers: list[Producer] = []
+
+    @property
+    def middlewares(self) -> tuple[Middleware, ...]:
+        """The app's middleware, outermost first."""
+        return tuple(self._middleware)
+
+    def middleware(self, layer: M, /) -> M:
+        """Add a middleware, run inside those added before (usable as a decorator).
+
+        Raises:
+            HandlerSignatureError: `layer` is not callable.
+        """
+        if not callable(layer):
+            raise HandlerSignatureError(f"app {self.name!r}: middleware {layer!r} is not callable")
+        self._middleware.append(layer)
+        return layer
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[object]:

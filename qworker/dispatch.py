@@ -15,6 +15,7 @@ their traceback (`handler_crashed`): they would otherwise leave no trace but the
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +26,8 @@ from qworker.exceptions import MessageDecodeError, Reject, Retry
 from qworker.handler import HandlerSpec
 from qworker.logs import RateLimit
 from qworker.message import Message
+from qworker.middleware import CallNext
+from qworker.middleware import Middleware as HandlerMiddleware
 from qworker.outcome import Outcome, OutcomeRecord
 from qworker.role import Identity
 from qworker.routing import message_type_of
@@ -69,6 +72,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.perf_counter,
         wall_clock: Callable[[], float] = time.time,
         envelope: EnvelopeMode = "auto",
+        handler_middleware: Sequence[HandlerMiddleware] = (),
     ) -> None:
         """Bind a handler to a queue.
 
@@ -83,6 +87,9 @@ class Dispatcher:
             clock: Measures handler duration.
             wall_clock: Epoch seconds, for message age.
             envelope: The envelope mode when the handler sets none (`qworker.envelopes`).
+            handler_middleware: The app's public middleware (`qworker.middleware`), outermost
+                first: run around the handler call, inside its timeout; what they raise is the
+                outcome, as the handler's.
         """
         self.spec = spec
         self.queue = queue
@@ -96,6 +103,9 @@ class Dispatcher:
             spec.body_type, spec.envelope if spec.envelope is not None else envelope
         )
         self._message_type = message_type_of(spec.func)
+        self._layers = tuple(reversed(handler_middleware))
+        # No middleware: the handler is called directly (nothing added per message).
+        self._call = self._around if self._layers else spec.call
         chain: Dispatch = self._run
         for layer in reversed(middleware):
             chain = _wrap(layer, chain)
@@ -163,10 +173,10 @@ class Dispatcher:
         outcome, error, delay_s = Outcome.SUCCEEDED, None, None
         try:
             if self.timeout_s is None:
-                await self.spec.call(argument, message)
+                await self._call(argument, message)
             else:
                 async with asyncio.timeout(self.timeout_s):
-                    await self.spec.call(argument, message)
+                    await self._call(argument, message)
         except Retry as exc:
             outcome, error, delay_s = Outcome.RETRIED, str(exc), exc.delay_s
         except Reject as exc:
@@ -193,6 +203,13 @@ class Dispatcher:
         return self.record(
             message, outcome, duration_s=self._clock() - started, error=error, delay_s=delay_s
         )
+
+    async def _around(self, argument: object, message: Message) -> None:
+        """The handler call inside the public middleware chain."""
+        call: CallNext = functools.partial(self.spec.call, argument, message)
+        for layer in self._layers:
+            call = functools.partial(layer, message, call)
+        await call()
 
     def _failed(self, message: Message, exc: Exception) -> None:
         """Log a failing handler's traceback, at most a few a minute per handler."""

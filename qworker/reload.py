@@ -82,7 +82,8 @@ def child_command(module: str, given: Mapping[str, object]) -> list[str]:
     Args:
         module: The handler module.
         given: Settings given on the command line (`None` values are left out): `True` / `False`
-            become `--name` / `--no-name`, anything else `--name=value`.
+            become `--name` / `--no-name`, a list one `--name=item` per item, anything else
+            `--name=value`.
     """
     command = [sys.executable, "-m", "qworker", "run", module]
     for name, value in given.items():
@@ -93,6 +94,8 @@ def child_command(module: str, given: Mapping[str, object]) -> list[str]:
             command.append(flag)
         elif value is False:
             command.append(f"--no-{flag[2:]}")
+        elif isinstance(value, list | tuple):
+            command.extend(f"{flag}={item}" for item in value)
         else:
             command.append(f"{flag}={value}")
     return command

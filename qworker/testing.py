@@ -40,6 +40,7 @@ from qworker.dispatch import Middleware
 from qworker.envelopes import EnvelopeMode
 from qworker.fake_sqs import FakeQueueTransport, FakeSqs, ManualClock, StoredMessage
 from qworker.handler import HandlerFunc, HandlerSpec
+from qworker.middleware import Middleware as HandlerMiddleware
 from qworker.outcome import Outcome, OutcomeRecord, RetryPolicy
 from qworker.role import Identity
 from qworker.transport import QueueTransport
@@ -80,6 +81,7 @@ def consumer_for(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     envelope: EnvelopeMode = "auto",
+    handler_middleware: Sequence[HandlerMiddleware] = (),
     **options: Any,  # noqa: ANN401 (ConsumerConfig fields, typed there)
 ) -> Consumer:
     """Build a consumer of `transport` running `handler`, for tests.
@@ -114,6 +116,8 @@ def consumer_for(
         clock: Monotonic seconds (a `ManualClock` with a `FakeSqs` on the same clock).
         sleep: Injectable sleep (receive backoff, heartbeat).
         envelope: The envelope mode of handlers that set none (the app's, in a worker).
+        handler_middleware: Public middleware around each handler call (an app's
+            `middlewares`; `Drainer(sqs)(app)` passes them).
         **options: `concurrency`, `pollers`, `wait_time_s`, `shutdown_grace_s`, `max_hold_s`.
 
     Raises:
@@ -151,6 +155,7 @@ def consumer_for(
         clock=clock,
         sleep=sleep,
         envelope=envelope,
+        handler_middleware=handler_middleware,
     )
 
 
@@ -286,6 +291,8 @@ class Drainer:
         """
         collect = _Collect()
         options.setdefault("envelope", getattr(target, "envelope", "auto"))
+        if isinstance(target, QWorker):
+            options.setdefault("handler_middleware", target.middlewares)
         sinks = [*options.pop("sinks", ()), collect]
         dead_letter: FakeQueueTransport | None = options.pop("dead_letter", None)
         consumers = [

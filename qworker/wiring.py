@@ -26,6 +26,7 @@ from qworker.dispatch import Dispatcher, Middleware
 from qworker.envelopes import EnvelopeMode
 from qworker.handler import HandlerSpec
 from qworker.message import Message
+from qworker.middleware import Middleware as HandlerMiddleware
 from qworker.outcome import RetryPolicy
 from qworker.role import Identity
 from qworker.settle import Settler
@@ -52,6 +53,7 @@ def build_consumer(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     envelope: EnvelopeMode = "auto",
+    handler_middleware: Sequence[HandlerMiddleware] = (),
 ) -> Consumer:
     """Build the consumer of one queue running one handler.
 
@@ -71,6 +73,7 @@ def build_consumer(
         clock: Monotonic seconds.
         sleep: Injectable sleep (backoff, heartbeat).
         envelope: The envelope mode of handlers that set none (the app's).
+        handler_middleware: The app's public middleware, around each handler call.
     """
     canary = identity.is_canary
     release_failed = canary if config.release_failed is None else config.release_failed
@@ -82,6 +85,7 @@ def build_consumer(
         middleware=middleware,
         body=body,
         envelope=envelope,
+        handler_middleware=handler_middleware,
     )
     settler = Settler(
         transport,

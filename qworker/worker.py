@@ -305,4 +305,5 @@ class Worker:
             body=self.payloads.resolve,
             sleep=self._sleep,
             envelope=self.app.envelope,
+            handler_middleware=self.app.middlewares,
         )

@@ -11,13 +11,14 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import importlib
 import os
 import socket
 import sys
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from qworker import observability, shutdown, tracing
 from qworker._aws import AwsTarget
@@ -26,6 +27,7 @@ from qworker.exceptions import ConfigError
 from qworker.health_file import default_health_file
 from qworker.local import EmbeddedSqs, create_queue_with_dlq, read_state
 from qworker.logs import configure_logging
+from qworker.middleware import Middleware
 from qworker.payloads import PayloadStore, open_s3_client
 from qworker.producer import send_bodies
 from qworker.role import Identity, fetch_ecs_task_id
@@ -79,13 +81,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.reload:
         from qworker.reload import run_reloader  # noqa: PLC0415 (development only)
 
-        given = {k: getattr(args, k, None) for k in QWorkerSettings.model_fields}
+        given: dict[str, object] = {k: getattr(args, k, None) for k in QWorkerSettings.model_fields}
+        given["middleware"] = args.middleware or None
         return run_reloader(args.module, given, grace_s=settings.shutdown_grace_s)
     cwd = str(Path.cwd())
     if cwd not in sys.path:
         # Console scripts do not put the working directory on sys.path; handler modules live there.
         sys.path.insert(0, cwd)
     app = QWorker.from_module(args.module)
+    for spec in args.middleware or ():
+        app.middleware(load_middleware(spec))
     identity = _identity(settings, app.name)
     _check_health_file(settings, identity)
     _check_health_port(settings)
@@ -94,6 +99,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
         lambda guard: serve(app, settings, identity, guard=guard),
         grace_s=settings.shutdown_grace_s,
     )
+
+
+def load_middleware(spec: str) -> Middleware:
+    """Import `module:attribute` for `--middleware`: a middleware object, or a class to call.
+
+    Raises:
+        ConfigError: It cannot be imported or is not callable; the message names `--middleware`.
+    """
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"invalid setting --middleware: {spec!r} is not module:attribute")
+    try:
+        value: object = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            value = getattr(value, part)
+    except Exception as exc:  # noqa: BLE001 (any import failure is one line naming the flag)
+        raise ConfigError(
+            f"invalid setting --middleware: cannot load {spec!r}: {type(exc).__name__}: {exc}"
+        ) from None
+    if isinstance(value, type):
+        value = value()  # a class: its instance is the middleware
+    if not callable(value):
+        raise ConfigError(f"invalid setting --middleware: {spec!r} is not callable")
+    return cast("Middleware", value)
 
 
 def _check_health_file(settings: QWorkerSettings, identity: Identity) -> None:
@@ -344,6 +373,13 @@ def register_run(sub: Any) -> None:  # noqa: ANN401 (argparse's subparsers actio
         action="store_true",
         help="development: restart the worker (drained) when a .py file under the working "
         "directory changes; needs qworker[reload]; refused in a container",
+    )
+    run.add_argument(
+        "--middleware",
+        action="append",
+        metavar="MODULE:ATTRIBUTE",
+        help="add a middleware around every handler call (qworker.middleware), after the app's "
+        "own; repeatable, the first outermost",
     )
     _add_setting_flags(run)
     run.set_defaults(func=_cmd_run)

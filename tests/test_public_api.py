@@ -50,6 +50,7 @@ PUBLIC_MODULES = frozenset(
         "qworker.lifespan",
         "qworker.message",
         "qworker.metrics",
+        "qworker.middleware",
         "qworker.outcome",
         "qworker.producer",
         "qworker.pytest_plugin",
