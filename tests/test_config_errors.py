@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from typing import Any, Final
 import pytest
 from servers import free_port
 
+from qworker._process import ManagedProcess
 from qworker.local import create_queue_with_dlq, dead_letter_name
 from qworker.settings import QWorkerSettings
 
@@ -94,7 +94,7 @@ SETTINGS_CASES: Final = [
     *setting("concurrency", "0"),
     *setting("concurrency", "many"),
     *setting("concurrency", "10001"),
-    *setting("pollers", "0"),
+    *setting("pollers", "-1"),  # 0 is valid: pollers follow the concurrency
     *setting("pollers", "65"),
     *setting("wait_time_s", "21"),
     *setting("wait_time_s", "-1"),
@@ -503,7 +503,7 @@ def test_unreachable_endpoint_gives_up_after_the_startup_timeout_naming_it(
     health_file = workdir / "health.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QWORKER_", "AWS_"))}
     env |= {"PYTHONPATH": str(ROOT), "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}
-    proc = subprocess.Popen(
+    worker = ManagedProcess(
         [
             sys.executable, "-m", "qworker", "run", "good_handler",
             "--endpoint-url", endpoint, "--queue-name", "orders",
@@ -511,27 +511,27 @@ def test_unreachable_endpoint_gives_up_after_the_startup_timeout_naming_it(
             "--wait-time-s", "0", "--health-stall-margin-s", "1",
             "--health-file", str(health_file),
         ],
-        cwd=workdir,
+        log_path=workdir / "worker.log",
+        stdout_path=workdir / "worker.out",
         env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        cwd=workdir,
+        name="worker",
     )  # fmt: skip
     probes: list[subprocess.CompletedProcess[str]] = []
+    worker.start()
+    deadline = time.monotonic() + RUN_TIMEOUT_S
     try:
         # Probe health as a container health check would, while the worker is still waiting.
-        while proc.poll() is None:
+        while worker.is_running():
+            assert time.monotonic() < deadline, f"still running:\n{worker.log_tail()}"
             if health_file.exists():
                 probes.append(read_health(workdir, health_file))
             else:
                 time.sleep(0.1)  # the worker is another process: its file is the only signal
-        _, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-    result = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+        code = worker.stop(0)  # reaps it (kills it first if it is still running)
+    stderr = worker.log_since_start()
+    result = subprocess.CompletedProcess(worker.argv, code, "", stderr)
 
     line = assert_one_line(
         result, Case("unreachable", (endpoint, "not reachable", "8 s")), logs_allowed=True
