@@ -22,6 +22,8 @@ Contenders:
   so this may stop working when the consumer changes) by one whose `take()` waits until
   min(10, requested) slots are free, or 5 ms after the first free slot.
 - **prototype C (B + pollers from concurrency)**: B with max(2, ceil(C / 10)) pollers.
+  B and C are skipped (with a note) when the consumer's capacity is no longer the one they
+  replace.
 - **prototype D (A with 4 pollers)**, drain with the defaults' concurrency: A with 4 pollers.
 
 `python bench/bench_capacity.py [--messages N] [--rounds R] [--receive-ms MS] [--delete-ms MS]`
@@ -154,6 +156,19 @@ class Gate:
         """Run the handler once a slot is free."""
         async with self._slots:
             return await call_next(message)
+
+
+UNFIT: Final = (
+    "the consumer's capacity is not the one prototype B replaces (that of commit 687ecee): "
+    "prototypes B and C are skipped"
+)
+
+
+def batched_take_fits(consumer: object) -> bool:
+    """Whether the consumer's capacity has exactly the interface `BatchedCapacity` replaces."""
+    capacity = getattr(consumer, "_capacity", None)
+    public = {name for name in dir(capacity) if not name.startswith("_")}
+    return capacity is not None and public == {"total", "free", "take", "give"}
 
 
 class BatchedCapacity:
@@ -293,13 +308,18 @@ def qworker(
             transport, handle, pollers=count, concurrency=held, middleware=middleware
         )
         if batched:
-            if not hasattr(consumer, "_capacity"):
-                raise RuntimeError("the consumer has no _capacity any more: update the prototype")
+            if not batched_take_fits(consumer):
+                raise RuntimeError(UNFIT)
             consumer._capacity = BatchedCapacity(held)  # type: ignore[assignment]  # noqa: SLF001
         await consumer.run_until_empty()
         return consumer.statistics().acked
 
     return run
+
+
+async def bare_handler(body: str) -> None:
+    """A handler for the interface probe (never run)."""
+    del body
 
 
 def defaults() -> tuple[int, int]:
@@ -400,6 +420,15 @@ async def measure(args: argparse.Namespace) -> str:
             "middleware, a replaced private attribute), not qworker's shipped behaviour."
         ),
     ]
+    probe = consumer_for(await filled(1, receive_s=0, delete_s=0), bare_handler)
+    if not batched_take_fits(probe):
+        parts.append(f"Note: {UNFIT}.")
+        for spec in workloads.values():
+            spec["contenders"] = {
+                name: entry
+                for name, entry in spec["contenders"].items()
+                if "batched take" not in name and not name.startswith("prototype C")
+            }
     for workload, spec in workloads.items():
         results: dict[str, list[Result]] = {name: [] for name in spec["contenders"]}
         names = list(results)

@@ -113,7 +113,7 @@ def test_batched_capacity_hands_out_what_is_free() -> None:
     [
         bench_capacity.bare,
         bench_capacity.qworker(gate=False, batched=False),
-        bench_capacity.qworker(gate=True, batched=True),
+        bench_capacity.qworker(gate=True, batched=False),
     ],
 )
 def test_capacity_contenders_handle_every_message_within_the_concurrency(contender: Any) -> None:
