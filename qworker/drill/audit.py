@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, final
 
+from qworker._aws import map_errors
+
 
 @final
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,7 +131,8 @@ async def queue_depth(client: Any, url: str) -> int:  # noqa: ANN401 (aiobotocor
         "ApproximateNumberOfMessagesNotVisible",
         "ApproximateNumberOfMessagesDelayed",
     ]
-    response = await client.get_queue_attributes(QueueUrl=url, AttributeNames=names)
+    with map_errors(f"GetQueueAttributes {url}"):
+        response = await client.get_queue_attributes(QueueUrl=url, AttributeNames=names)
     attributes = response.get("Attributes", {})
     return sum(int(attributes.get(name, 0)) for name in names)
 

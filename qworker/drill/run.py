@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import final
 
-from qworker._aws import AwsTarget, open_client, sqs_profile
+from qworker._aws import AwsTarget, map_errors, open_client, sqs_profile
 from qworker.canary.judge import Decision, resolve
 from qworker.config import DeploymentRole
 from qworker.drill.audit import account, drain, queue_depth
@@ -112,7 +112,8 @@ async def run_drill(config: DrillConfig, say: Callable[[str], None] = _say) -> D
         )
         url = await create_queue_with_dlq(client, run.queue, max_receive_count=MAX_RECEIVE_COUNT)
         dlq = dead_letter_name(run.queue)
-        dlq_url = (await client.get_queue_url(QueueName=dlq))["QueueUrl"]
+        with map_errors(f"GetQueueUrl {dlq}"):
+            dlq_url = (await client.get_queue_url(QueueName=dlq))["QueueUrl"]
         say(f"queue {run.queue}, DLQ {dlq} (maxReceiveCount {MAX_RECEIVE_COUNT})")
         fleet = Fleet(
             config, endpoint_url=endpoint, queue=run.queue, run_dir=run.run_dir, ledger=run.ledger
