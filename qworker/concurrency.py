@@ -4,7 +4,7 @@
   batch before they receive (capacity before receive, docs/architecture.md), waiting for a batch's
   worth of free slots or a short linger, so freed slots do not each turn into a small receive.
 - `Gate`: handler slots (the concurrency); a held message waits here for its turn, and is let go
-  unstarted once the gate is closed at shutdown.
+  unstarted once the gate is closed at shutdown. `ahead()`: how many messages may wait there.
 - `first()`: wait until the first of several awaitables is done (a receive or `stop()`, a pause or
   `stop()`), cancelling the others and waiting for them to end (`cancel_and_wait()`), so no task
   outlives the call.
@@ -15,14 +15,52 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Awaitable, Iterable
 from typing import Any, Final, final
 
-__all__ = ["TAKE_LINGER_S", "Capacity", "Gate", "cancel_and_wait", "first", "leaves"]
+__all__ = [
+    "AHEAD_ROUND_TRIPS",
+    "TAKE_LINGER_S",
+    "Capacity",
+    "Gate",
+    "ahead",
+    "cancel_and_wait",
+    "first",
+    "leaves",
+]
 
 TAKE_LINGER_S: Final = 0.005
 """How long a take waits for more slots once at least one is free (then it takes what is free)."""
+
+AHEAD_ROUND_TRIPS: Final = 2.0
+"""A message held ahead of the handler slots waits about this many receive round trips."""
+
+
+def ahead(
+    concurrency: int, receives: int, batch: int, handler_s: float, round_trip_s: float
+) -> int:
+    """How many messages to hold beyond the running handlers, waiting for a handler slot.
+
+    Enough that the handlers never wait for a receive: the handlers finish `concurrency /
+    handler_s` messages a second, so `AHEAD_ROUND_TRIPS` receive round trips' worth of them; a
+    message held ahead then waits about that long. At least `min(batch, concurrency)` (one
+    receive's worth, so the next receive overlaps the running handlers; with slow handlers a
+    message waits at most one handler run), at most one receive per poller.
+
+    Args:
+        concurrency: Handler slots.
+        receives: Receive loops (pollers).
+        batch: The most messages one receive returns.
+        handler_s: A handler's typical run (0: not known yet, then `min(concurrency, most)`).
+        round_trip_s: A receive's typical round trip.
+    """
+    most = batch * receives
+    if handler_s <= 0:
+        return min(concurrency, most)
+    wanted = math.ceil(AHEAD_ROUND_TRIPS * concurrency * round_trip_s / handler_s)
+    return min(most, max(min(batch, concurrency), wanted))
 
 
 @final
@@ -76,6 +114,15 @@ class Capacity:
         """Give slots back."""
         self.free += count
         self._changed.set()
+
+    def resize(self, total: int) -> None:
+        """Change the number of slots (free may go below 0: takes wait until it is positive)."""
+        grown = total - self.total
+        if grown:
+            self.total = total
+            self.free += grown
+            if grown > 0:
+                self._changed.set()
 
 
 @final

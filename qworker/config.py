@@ -44,12 +44,13 @@ MAX_POLLERS: Final = 64
 
 
 def default_pollers(concurrency: int) -> int:
-    """Receive loops per queue when not set: one per 10 handler slots, at least 4, at most 64.
+    """Receive loops per queue when not set: one per 10 handler slots, at least 8, at most 64.
 
-    Enough loops that receives of 10 keep every slot fed while each waits on the server; a
-    small worker still has 4, so one slow or empty receive does not starve it.
+    Enough loops that receives of 10 keep every slot fed while each waits on the server (a loop
+    with no free slot waits without receiving, so a small concurrency costs nothing more), and
+    no fewer than a tuned plain receive loop uses, so the worker out of the box keeps up with it.
     """
-    return min(MAX_POLLERS, max(4, -(-concurrency // RECEIVE_BATCH)))
+    return min(MAX_POLLERS, max(8, -(-concurrency // RECEIVE_BATCH)))
 
 
 class DeploymentRole(enum.StrEnum):

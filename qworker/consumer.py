@@ -7,13 +7,15 @@ It owns the task groups and the shutdown order, and wires the parts of the messa
       → Finisher (qworker.finish: settle on the queue, free the slot) → sinks (qworker.statistics)
 
 Pollers take capacity before they receive (a batch of up to 10 slots, or what a short linger
-gathered), so the worker never holds a message it cannot start soon: it holds at most its
-concurrency plus one receive per poller (at most the concurrency again) ahead, and those wait at a
-gate for a handler slot (at most one handler's run). A message's slot goes back when its handler
-returns, so the next receive overlaps the settlement and the tail of the running handlers, as a
-plain receive loop's would. Several pollers (by default one per 10 slots, `default_pollers`) keep
-the handlers fed while one waits on a long poll. FIFO queues hold only their concurrency, and a
-slot goes back when its message is settled (a chain's messages wait their turn while held).
+gathered), so the worker never holds a message it cannot start soon: beside the running handlers
+it holds only what waits about two receive round trips at the gate for a handler slot (sized from
+the running averages of handler runs and receive round trips, `qworker.concurrency.ahead`: at
+least one receive's worth, at most one receive per poller). A message's slot goes back when its
+handler returns, so the next receive overlaps the settlement and the tail of the running
+handlers, as a plain receive loop's would. Several pollers (by default one per 10 slots, at least
+8, `default_pollers`) keep the handlers fed while one waits on a long poll. FIFO queues hold only
+their concurrency, and a slot goes back when its message is settled (a chain's messages wait
+their turn while held).
 Every message is held by the heartbeat from receive to settlement. All tasks are owned by task
 groups inside `run()`; none outlives it. FIFO queues run each message group's messages in order
 (qworker.groups). Build one with `qworker.wiring.build_consumer`.
@@ -32,9 +34,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import final
+from typing import Final, final
 
-from qworker.concurrency import Capacity, Gate, first, leaves
+from qworker.concurrency import Capacity, Gate, ahead, first, leaves
 from qworker.config import RECEIVE_BATCH, default_pollers
 from qworker.dispatch import Dispatcher
 from qworker.finish import Finisher
@@ -50,6 +52,9 @@ from qworker.transport import QueueTransport
 __all__ = ["Consumer", "ConsumerStatistics", "OutcomeSink"]
 
 log = logging.getLogger(__name__)
+
+_SMOOTHING: Final = 0.1
+"""Weight of a new sample in the running averages of handler runs and receive round trips."""
 
 
 @final
@@ -116,8 +121,11 @@ class Consumer:
         # Standard queues hold up to one receive per poller ahead of the handler slots (the gate);
         # FIFO chains hold their waiting messages themselves, within the concurrency.
         self._gate = None if fifo else Gate(concurrency)
-        ahead = 0 if fifo else min(concurrency, RECEIVE_BATCH * self.pollers)
-        self._capacity = Capacity(concurrency + ahead)
+        self.ahead = 0 if fifo else ahead(concurrency, self.pollers, RECEIVE_BATCH, 0.0, 0.0)
+        """Messages held beyond the running handlers (resized as handlers and receives go)."""
+        self._capacity = Capacity(concurrency + self.ahead)
+        self._handler_s = 0.0
+        self._round_trip_s = 0.0
         self._running: set[asyncio.Task[None]] = set()
         self.poller = Poller(
             transport,
@@ -128,6 +136,7 @@ class Consumer:
             visibility_timeout_s=visibility_timeout_s if request_visibility else None,
             clock=clock,
             sleep=sleep,
+            round_trip=None if fifo else self._resize,
         )
         self._changed = self.poller.changed
         self._counts = OutcomeCounts()
@@ -230,6 +239,19 @@ class Consumer:
             stopping=self.stopping,
         )
 
+    def _resize(self, round_trip_s: float) -> None:
+        """A receive took `round_trip_s`: hold as many ahead as the handlers need meanwhile."""
+        average = self._round_trip_s
+        self._round_trip_s = (
+            average + (round_trip_s - average) * _SMOOTHING if average else round_trip_s
+        )
+        held_ahead = ahead(
+            self.concurrency, self.pollers, RECEIVE_BATCH, self._handler_s, self._round_trip_s
+        )
+        if held_ahead != self.ahead:
+            self.ahead = held_ahead
+            self._capacity.resize(self.concurrency + held_ahead)
+
     # -- the task groups, in shutdown order ------------------------------------------------------
 
     async def _run(self) -> None:
@@ -327,6 +349,10 @@ class Consumer:
             record = await self._attempt(held)
         finally:
             gate.leave()
+        average = self._handler_s
+        self._handler_s = (
+            average + (record.duration_s - average) * _SMOOTHING if average else record.duration_s
+        )
         self._capacity.give(1)  # the handler is done: the next receive overlaps the settlement
         await self.finisher.finish(held, record, slot_freed=True)
         return record.outcome

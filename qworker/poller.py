@@ -54,6 +54,7 @@ class Poller:
         visibility_timeout_s: int | None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        round_trip: Callable[[float], None] | None = None,
     ) -> None:
         """Create the poller; run `loop()` once per concurrent receive loop.
 
@@ -66,6 +67,7 @@ class Poller:
             visibility_timeout_s: Asked on each receive (None: the queue's).
             clock: Monotonic seconds.
             sleep: Injectable sleep (the backoff).
+            round_trip: Told the round trip of each receive that found messages (seconds).
         """
         self._transport = transport
         self._capacity = capacity
@@ -75,6 +77,7 @@ class Poller:
         self._visibility_timeout_s = visibility_timeout_s
         self._clock = clock
         self._sleep = sleep
+        self._round_trip = round_trip
         self.drain = False
         """Short polls until a receive finds nothing and nothing is held (`run_until_empty`)."""
         self.receiving = 0
@@ -158,6 +161,7 @@ class Poller:
                 self._may_return.set()
 
     async def _receive_once(self, slots: int) -> list[Message]:
+        sent = self._clock()
         receive = asyncio.ensure_future(
             self._transport.receive(
                 slots,
@@ -180,8 +184,10 @@ class Poller:
             return []
         messages = receive.result()
         self.receives += 1
-        self.last_receive_s = self._clock()
+        self.last_receive_s = now = self._clock()
         self.received += len(messages)
+        if messages and self._round_trip is not None:
+            self._round_trip(now - sent)
         return messages
 
     async def _backoff(self, failures: int, exc: TransientTransportError) -> None:

@@ -93,7 +93,7 @@ class QWorkerSettings(BaseSettings):
         default=0,
         ge=0,
         le=MAX_POLLERS,
-        description="Concurrent receive loops per queue (0: one per 10 of concurrency, 4 to 64).",
+        description="Concurrent receive loops per queue (0: one per 10 of concurrency, 8 to 64).",
     )
     wait_time_s: int = Field(default=20, ge=0, le=20, description="Long-poll wait (0-20 s).")
     visibility_timeout_s: int | None = Field(

@@ -1,4 +1,4 @@
-"""`first()` and `cancel_and_wait()`: no task they create outlives the call."""
+"""`first()`, `cancel_and_wait()` (no task they create outlives the call), `Capacity`, `Gate`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from qworker.concurrency import Capacity, cancel_and_wait, first
+from qworker.concurrency import Capacity, Gate, ahead, cancel_and_wait, first
 
 
 def _others() -> set[asyncio.Task[object]]:
@@ -54,3 +54,75 @@ async def test_capacity_take_waits_for_a_slot_and_stops() -> None:
     stopping.set()
     assert await capacity.take(10, stopping) == 0
     assert not _others()
+
+
+def test_ahead_covers_the_receive_round_trips_within_its_bounds() -> None:
+    # Unknown handler time: one receive per poller, at most the concurrency.
+    assert ahead(100, 10, 10, 0.0, 0.0) == 100
+    assert ahead(16, 8, 10, 0.0, 0.0) == 16
+    # Handlers finish 100 / 0.05 = 2,000 a second; two 10 ms round trips' worth is 40.
+    assert ahead(100, 10, 10, 0.05, 0.01) == 40
+    # Fast handlers: capped at one receive per poller.
+    assert ahead(16, 8, 10, 0.000_01, 0.03) == 80
+    # Slow handlers: still one receive's worth (so a receive overlaps them), or the concurrency.
+    assert ahead(16, 8, 10, 60.0, 0.02) == 10
+    assert ahead(1, 8, 10, 60.0, 0.02) == 1
+
+
+async def test_capacity_take_gathers_a_batch_or_lingers() -> None:
+    capacity = Capacity(20, linger_s=0.001)
+    stopping = asyncio.Event()
+    assert await capacity.take(10, stopping) == 10
+    assert await capacity.take(10, stopping) == 10
+    capacity.give(3)
+    took = asyncio.create_task(capacity.take(10, stopping))
+    await asyncio.sleep(0)
+    assert not took.done()  # 3 free: it waits for more
+    capacity.give(7)
+    assert await took == 10  # a full batch: taken at once
+    capacity.give(2)
+    assert await capacity.take(10, stopping) == 2  # after the linger, what is free
+
+
+async def test_capacity_resize_below_what_is_taken_waits_for_gives() -> None:
+    capacity = Capacity(10)
+    stopping = asyncio.Event()
+    assert await capacity.take(10, stopping) == 10
+    capacity.resize(5)
+    capacity.give(5)  # 5 given back, but 5 slots fewer: none free
+    assert capacity.free == 0
+    took = asyncio.create_task(capacity.take(10, stopping))
+    await asyncio.sleep(0)
+    assert not took.done()
+    capacity.resize(8)
+    assert await took == 3
+
+
+async def test_gate_lets_the_total_in_hands_slots_on_and_turns_away_when_closed() -> None:
+    gate = Gate(2)
+    assert await gate.enter()
+    assert await gate.enter()
+    third = asyncio.create_task(gate.enter())
+    fourth = asyncio.create_task(gate.enter())
+    await asyncio.sleep(0)
+    assert not third.done()
+    gate.leave()
+    assert await third  # handed the slot that was left
+    assert not fourth.done()
+    gate.close()
+    assert not await fourth  # turned away: never started
+    assert not await gate.enter()
+
+
+async def test_gate_slot_handed_to_a_cancelled_waiter_passes_on() -> None:
+    gate = Gate(1)
+    assert await gate.enter()
+    second = asyncio.create_task(gate.enter())
+    third = asyncio.create_task(gate.enter())
+    await asyncio.sleep(0)
+    gate.leave()  # handed to the second...
+    second.cancel()  # ...which is cancelled before it runs: the slot goes to the third
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert await third
+    assert gate.free == 0

@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from qworker.testing import FakeQueueTransport, FakeSqs, consumer_for
-from qworker.transport import BatchFailure, Message
+from qworker.transport import BatchFailure, Message, QueueAttributes, SendEntry
 
 
-class PutBackRacesReceive(FakeQueueTransport):
+class PutBackRacesReceive:
     """A receive the server answers (empty) before a put-back lands, delivered after it.
 
     The first receive after a message was handed out is held until a visibility change starts;
@@ -18,8 +18,8 @@ class PutBackRacesReceive(FakeQueueTransport):
     """
 
     def __init__(self, inner: FakeQueueTransport) -> None:
-        """Wrap `inner` (the same queue)."""
-        self.__dict__.update(inner.__dict__)
+        """Wrap `inner`."""
+        self.inner = inner
         self.handed_out = False
         self.raced = False
         self.race_started = asyncio.Event()
@@ -36,7 +36,7 @@ class PutBackRacesReceive(FakeQueueTransport):
             self.raced = True
             self.race_started.set()
             await self.change_started.wait()
-        found = await super().receive(
+        found = await self.inner.receive(
             max_messages, wait_time_s=wait_time_s, visibility_timeout_s=visibility_timeout_s
         )
         self.handed_out = self.handed_out or bool(found)
@@ -50,14 +50,31 @@ class PutBackRacesReceive(FakeQueueTransport):
     async def change_visibility(self, receipt_handle: str, timeout_s: int) -> None:
         """Land only after the racing receive was answered."""
         await self._land()
-        await super().change_visibility(receipt_handle, timeout_s)
+        await self.inner.change_visibility(receipt_handle, timeout_s)
 
     async def change_visibility_batch(
         self, entries: Sequence[tuple[str, int]]
     ) -> list[BatchFailure]:
         """Land only after the racing receive was answered."""
         await self._land()
-        return await super().change_visibility_batch(entries)
+        return await self.inner.change_visibility_batch(entries)
+
+    @property
+    def queue_name(self) -> str:
+        """The queue's name."""
+        return self.inner.queue_name
+
+    async def delete_batch(self, receipt_handles: Sequence[str]) -> list[BatchFailure]:
+        """Delete."""
+        return await self.inner.delete_batch(receipt_handles)
+
+    async def send_batch(self, entries: Sequence[SendEntry]) -> list[BatchFailure]:
+        """Send."""
+        return await self.inner.send_batch(entries)
+
+    async def get_attributes(self) -> QueueAttributes:
+        """Describe."""
+        return await self.inner.get_attributes()
 
     async def _land(self) -> None:
         self.change_started.set()
@@ -66,8 +83,9 @@ class PutBackRacesReceive(FakeQueueTransport):
 
 
 async def test_drain_looks_again_when_a_put_back_lands_after_an_empty_receive() -> None:
-    queue = PutBackRacesReceive(FakeSqs().create_queue("race"))
-    await queue.send("m")
+    fake = FakeSqs().create_queue("race")
+    await fake.send("m")
+    queue = PutBackRacesReceive(fake)
     attempts = 0
 
     async def handle(body: str) -> None:
@@ -86,5 +104,5 @@ async def test_drain_looks_again_when_a_put_back_lands_after_an_empty_receive() 
     assert queue.raced  # the race happened: an empty receive while the put-back was landing
     stats = consumer.statistics()
     assert (stats.failed, stats.acked) == (1, 1)  # the put-back message came back and ran
-    assert not queue.visible
-    assert not queue.in_flight
+    assert not fake.visible
+    assert not fake.in_flight
