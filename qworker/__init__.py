@@ -17,10 +17,10 @@ The public API, kept compatible within a major version, is:
 
 - the names in `qworker.__all__` (this package: `from qworker import QWorker`), each loaded from
   the module that defines it;
-- the names in the `__all__` of the public modules: `qworker.app`, `qworker.envelopes`,
-  `qworker.exceptions`, `qworker.lifespan`, `qworker.message`, `qworker.metrics`,
-  `qworker.middleware`, `qworker.outcome`, `qworker.producer`, `qworker.pytest_plugin`,
-  `qworker.routing`, `qworker.settings` and `qworker.testing`.
+- the names in the `__all__` of the public modules: `qworker.app`, `qworker.batch_handler`,
+  `qworker.envelopes`, `qworker.exceptions`, `qworker.lifespan`, `qworker.message`,
+  `qworker.metrics`, `qworker.middleware`, `qworker.outcome`, `qworker.producer`,
+  `qworker.pytest_plugin`, `qworker.routing`, `qworker.settings` and `qworker.testing`.
 
 Everything else is internal and may change in any release: every other module (the worker's
 parts, such as `qworker.consumer` or `qworker.transport`; the tools `qworker.canary`,
@@ -35,6 +35,7 @@ import typing as _typing
 
 if _typing.TYPE_CHECKING:
     from qworker.app import QWorker, Router
+    from qworker.batch_handler import BatchResult
     from qworker.consumer import Consumer
     from qworker.exceptions import QWorkerError, Reject, Retry
     from qworker.lifespan import Depends
@@ -46,6 +47,7 @@ if _typing.TYPE_CHECKING:
 # The names load on first use, so `qworker health` (the container health check) and other light
 # commands do not import the AWS SDK and the rest of the worker.
 _WHERE: _typing.Final = {
+    "BatchResult": "qworker.batch_handler",
     "Consumer": "qworker.consumer",
     "ConsumerStatistics": "qworker.statistics",
     "Depends": "qworker.lifespan",
@@ -63,6 +65,7 @@ _WHERE: _typing.Final = {
 }
 
 __all__ = [
+    "BatchResult",
     "Consumer",
     "ConsumerStatistics",
     "Depends",

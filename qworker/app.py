@@ -98,6 +98,8 @@ class Router:
         max_in_flight: int | None = None,
         timeout_s: float | None = None,
         envelope: EnvelopeMode | None = None,
+        batch_size: int | None = None,
+        batch_wait_s: float = 1.0,
     ) -> Callable[[F], F]: ...
 
     def handler(
@@ -108,6 +110,8 @@ class Router:
         max_in_flight: int | None = None,
         timeout_s: float | None = None,
         envelope: EnvelopeMode | None = None,
+        batch_size: int | None = None,
+        batch_wait_s: float = 1.0,
     ) -> F | Callable[[F], F]:
         """Register a handler for a queue; use as `@app.handler` or `@app.handler("queue", ...)`.
 
@@ -117,6 +121,10 @@ class Router:
             timeout_s: A handler running longer fails.
             envelope: This handler's envelope mode (default: the app's): "auto", "sns",
                 "eventbridge" or "none" (`qworker.envelopes`).
+            batch_size: Make it a batch handler: called with up to this many bodies at once, its
+                first parameter a `list[T]`; each message settled on its own
+                (`qworker.batch_handler`).
+            batch_wait_s: A batch handler's longest wait for a full batch (default 1 s).
 
         Raises:
             HandlerAlreadyRegistered: The queue has a handler already.
@@ -135,6 +143,8 @@ class Router:
                     timeout_s=timeout_s,
                     envelope=envelope,
                     resources=self.resources,
+                    batch_size=batch_size,
+                    batch_wait_s=batch_wait_s,
                 )
             )
             return func

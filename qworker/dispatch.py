@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol, final
 
+from qworker.batch_handler import BatchRunner
 from qworker.envelopes import EnvelopeMode, unwrapper
 from qworker.exceptions import MessageDecodeError, Reject, Retry
 from qworker.handler import HandlerSpec
@@ -104,8 +105,12 @@ class Dispatcher:
         )
         self._message_type = message_type_of(spec.func)
         self._layers = tuple(reversed(handler_middleware))
+        # A batch handler's message joins a batch; any other calls its handler.
+        self._base: Callable[[object, Message], Awaitable[None]] = (
+            BatchRunner(spec, spec.batch).submit if spec.batch is not None else spec.call
+        )
         # No middleware: the handler is called directly (nothing added per message).
-        self._call = self._around if self._layers else spec.call
+        self._call = self._around if self._layers else self._base
         chain: Dispatch = self._run
         for layer in reversed(middleware):
             chain = _wrap(layer, chain)
@@ -206,7 +211,7 @@ class Dispatcher:
 
     async def _around(self, argument: object, message: Message) -> None:
         """The handler call inside the public middleware chain."""
-        call: CallNext = functools.partial(self.spec.call, argument, message)
+        call: CallNext = functools.partial(self._base, argument, message)
         for layer in self._layers:
             call = functools.partial(layer, message, call)
         await call()

@@ -22,10 +22,11 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, final, get_type_hints
+from typing import Any, final, get_args, get_origin, get_type_hints
 
 from pydantic import PydanticUserError, TypeAdapter, ValidationError
 
+from qworker.batch_handler import BatchOptions, BatchResult
 from qworker.envelopes import EnvelopeMode, check_mode
 from qworker.exceptions import HandlerSignatureError, MessageDecodeError
 from qworker.lifespan import Injector, ResourceScope, bind, depends_of
@@ -33,8 +34,9 @@ from qworker.message import Message
 
 __all__ = ["HandlerFunc", "HandlerSpec"]
 
-HandlerFunc = Callable[..., Awaitable[None]] | Callable[..., None]
-"""A handler: an async or sync function taking the decoded body (and optionally the message)."""
+HandlerFunc = Callable[..., Awaitable[BatchResult | None]] | Callable[..., BatchResult | None]
+"""A handler: an async or sync function taking the decoded body (and optionally the message); a
+batch handler may return a `BatchResult`."""
 
 _RAW_TYPES: tuple[type, ...] = (str, bytes, Message)
 
@@ -64,6 +66,9 @@ class HandlerSpec:
         envelope: This handler's envelope mode (None: the app's).
         needs: Further parameters filled per message: resources and `Depends` (name, annotation).
         inject: Fills them (None: the handler asks for none, and pays nothing).
+        batch: A batch handler's batch (`qworker.batch_handler`): `body_type` is then the type
+            of one item of its `list[...]` parameter, and `message_param` names its
+            `list[Message]` parameter.
         is_async: Whether the handler is a coroutine function (worked out once: it is asked
             for every message).
     """
@@ -78,6 +83,7 @@ class HandlerSpec:
     envelope: EnvelopeMode | None = None
     needs: tuple[tuple[str, Any], ...] = ()
     inject: Injector | None = None
+    batch: BatchOptions | None = None
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +100,8 @@ class HandlerSpec:
         timeout_s: float | None = None,
         envelope: EnvelopeMode | None = None,
         resources: ResourceScope | None = None,
+        batch_size: int | None = None,
+        batch_wait_s: float = 1.0,
     ) -> HandlerSpec:
         """Inspect `func` and bind its parameters.
 
@@ -105,6 +113,9 @@ class HandlerSpec:
             envelope: Its envelope mode (None: the app's).
             resources: What its further parameters may ask for by type (the app's lifespan
                 resources); none: only `Message` and `Depends` providers that need no resource.
+            batch_size: Make it a batch handler of up to this many messages: its first parameter
+                is a `list[T]` of bodies (`qworker.batch_handler`).
+            batch_wait_s: A batch handler's longest wait for a full batch.
 
         Raises:
             HandlerSignatureError: The function cannot take a message.
@@ -114,7 +125,14 @@ class HandlerSpec:
             raise HandlerSignatureError(f"handler {name} is not callable")
         if max_in_flight is not None and max_in_flight < 1:
             raise HandlerSignatureError(f"handler {name}: max_in_flight must be at least 1")
-        body_type, message_param, needs = _bind(func, name)
+        batch = None
+        if batch_size is not None:
+            if batch_size < 1:
+                raise HandlerSignatureError(f"handler {name}: batch_size must be at least 1")
+            if not batch_wait_s >= 0:
+                raise HandlerSignatureError(f"handler {name}: batch_wait_s must be 0 or more")
+            batch = BatchOptions(batch_size, batch_wait_s)
+        body_type, message_param, needs = _bind(func, name, batch=batch is not None)
         scope = resources if resources is not None else ResourceScope()
         inject = bind(needs, scope, f"handler {name}: parameter")
         if body_type not in _RAW_TYPES:
@@ -138,6 +156,7 @@ class HandlerSpec:
             envelope,
             tuple(needs.items()),
             inject,
+            batch,
         )
 
     def rebind(self, resources: ResourceScope) -> HandlerSpec:
@@ -211,7 +230,9 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:  # noqa: ANN401 (any type pydantic ca
     return TypeAdapter(tp)
 
 
-def _bind(func: HandlerFunc, name: str) -> tuple[Any, str | None, dict[str, Any]]:
+def _bind(
+    func: HandlerFunc, name: str, *, batch: bool = False
+) -> tuple[Any, str | None, dict[str, Any]]:
     try:
         signature = inspect.signature(func)
         hints = get_type_hints(func)
@@ -231,18 +252,28 @@ def _bind(func: HandlerFunc, name: str) -> tuple[Any, str | None, dict[str, Any]
             f"handler {name}: annotate its first parameter {first.name!r} with the body's type "
             "(a pydantic model, dict, str, bytes or Message)"
         )
+    body_type = hints[first.name]
+    message_type: Any = Message
+    if batch:
+        if get_origin(body_type) is not list or len(get_args(body_type)) != 1:
+            raise HandlerSignatureError(
+                f"handler {name}: a batch handler's first parameter {first.name!r} is a list of "
+                f"bodies, e.g. list[Order], not {body_type!r}"
+            )
+        (body_type,) = get_args(body_type)
+        message_type = list[Message]
     message_param: str | None = None
     needs: dict[str, Any] = {}
     for param in rest:
         annotation = hints.get(param.name)
-        if annotation is Message and message_param is None:
+        if annotation == message_type and message_param is None:
             # A positional-only parameter cannot be passed by name: pass it by position.
             positional = param.kind is param.POSITIONAL_ONLY and param is params[1]
             message_param = _POSITIONAL if positional else param.name
         elif depends_of(extras.get(param.name)) is not None or (
             param.default is param.empty
             and annotation is not None
-            and annotation is not Message
+            and annotation != message_type
             and param.kind is not param.POSITIONAL_ONLY
         ):
             needs[param.name] = extras[param.name]
@@ -252,4 +283,4 @@ def _bind(func: HandlerFunc, name: str) -> tuple[Any, str | None, dict[str, Any]
                 "parameter, annotated Message, a lifespan resource or an "
                 "Annotated[..., Depends(provider)] is passed"
             )
-    return hints[first.name], message_param, needs
+    return body_type, message_param, needs

@@ -24,6 +24,7 @@ from qworker.config import ConsumerConfig
 from qworker.consumer import Consumer
 from qworker.dispatch import Dispatcher, Middleware
 from qworker.envelopes import EnvelopeMode
+from qworker.exceptions import ConfigError
 from qworker.handler import HandlerSpec
 from qworker.message import Message
 from qworker.middleware import Middleware as HandlerMiddleware
@@ -74,7 +75,12 @@ def build_consumer(
         sleep: Injectable sleep (backoff, heartbeat).
         envelope: The envelope mode of handlers that set none (the app's).
         handler_middleware: The app's public middleware, around each handler call.
+
+    Raises:
+        ConfigError: A batch handler on a FIFO queue, or with more `batch_size` than slots.
     """
+    if spec.batch is not None:
+        _check_batch(spec, spec.batch.size, transport.queue_name, fifo=fifo, config=config)
     canary = identity.is_canary
     release_failed = canary if config.release_failed is None else config.release_failed
     dispatcher = Dispatcher(
@@ -115,3 +121,21 @@ def build_consumer(
         clock=clock,
         sleep=sleep,
     )
+
+
+def _check_batch(
+    spec: HandlerSpec, size: int, queue: str, *, fifo: bool, config: ConsumerConfig
+) -> None:
+    """A batch must be able to fill: a standard queue, and at least `size` handler slots."""
+    if fifo:
+        raise ConfigError(
+            f"handler {spec.name}: a batch handler needs a standard queue; {queue} is FIFO "
+            "(its groups run one message at a time)"
+        )
+    slots = spec.max_in_flight or config.concurrency
+    if slots < size:
+        where = "its max_in_flight" if spec.max_in_flight else "QWORKER_CONCURRENCY (--concurrency)"
+        raise ConfigError(
+            f"handler {spec.name}: batch_size {size} is more than {where}, {slots}: a batch "
+            "could never fill; raise it, or lower batch_size"
+        )

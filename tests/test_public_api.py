@@ -45,6 +45,7 @@ def test_every_exported_name_is_defined_in_a_qworker_module() -> None:
 PUBLIC_MODULES = frozenset(
     {
         "qworker.app",
+        "qworker.batch_handler",
         "qworker.envelopes",
         "qworker.exceptions",
         "qworker.lifespan",
