@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import (
+    Link,
     NonRecordingSpan,
     Span,
     SpanContext,
@@ -217,22 +218,22 @@ class TracingMiddleware:
             context.detach(token)
 
     async def _sampled(self, message: Message, call_next: Dispatch) -> OutcomeRecord:
-        # Cheap when unsampled, as most messages are: start_span and attach by hand (the
-        # generator-based start_as_current_span costs twice as much), and add the per-message
-        # attributes and the producer link only to a span the sampler kept. The samplers used here
-        # decide on the trace id alone; the spec allows links after creation ("AddLink").
+        # start_span and attach by hand (the generator-based start_as_current_span costs twice as
+        # much). Every attribute and the producer link go in at start, in one dict and one list
+        # (each set_attribute or add_link after it takes the span's lock and checks again), and
+        # the outcome's in one set_attributes at the end. Reaching here, the span is kept: the
+        # ratio was applied above, and the samplers used here decide on the trace id alone.
+        attributes = dict(self._static)
+        attributes[MESSAGING_MESSAGE_ID] = message.message_id
+        attributes[SQS_RECEIVE_COUNT] = message.receive_count
+        producer = producer_context(message)
         span = self._tracer.start_span(
             self._name,
             context=_ROOT,  # a root span: the producer is a link, whatever the ambient context
             kind=SpanKind.CONSUMER,
-            attributes=self._static,
+            attributes=attributes,
+            links=None if producer is None else (Link(producer),),
         )
-        if span.is_recording():
-            span.set_attribute(MESSAGING_MESSAGE_ID, message.message_id)
-            span.set_attribute(SQS_RECEIVE_COUNT, message.receive_count)
-            producer = producer_context(message)
-            if producer is not None:
-                span.add_link(producer)
         token = context.attach(trace.set_span_in_context(span))
         try:
             record = await call_next(message)
@@ -252,13 +253,13 @@ class TracingMiddleware:
             span.end()
 
     def _describe(self, span: Span, record: OutcomeRecord) -> None:
+        attributes: dict[str, str] = {OUTCOME: record.outcome.value, HANDLER: record.handler}
         if record.queue != self._queue:
             span.update_name(f"process {record.queue}")
-            span.set_attribute(MESSAGING_DESTINATION, record.queue)
-        span.set_attribute(OUTCOME, record.outcome.value)
-        span.set_attribute(HANDLER, record.handler)
+            attributes[MESSAGING_DESTINATION] = record.queue
         if record.message_type is not None:
-            span.set_attribute(MESSAGE_TYPE, record.message_type)
+            attributes[MESSAGE_TYPE] = record.message_type
+        span.set_attributes(attributes)
         if record.outcome in _ERROR_OUTCOMES:
             span.set_status(Status(StatusCode.ERROR, record.error))
 
