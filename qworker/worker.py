@@ -212,18 +212,22 @@ class Worker:
                 resolved.append(found)
             await self._check_payload_bucket()
             self.consumers = [self._consumer(r) for r in resolved]
-            self.ready.set()
             if self.stopping:
+                self.ready.set()
                 return
             producer = Producer.for_client(client, payloads=self.payloads.store)
             try:
                 with self.app.use_producer(producer):
-                    # The lifespan closes only after every consumer stopped receiving and drained.
-                    async with self.app.running(), asyncio.TaskGroup() as group:
-                        for consumer in self.consumers:
-                            group.create_task(
-                                consumer.run(), name=f"consume {consumer.transport.queue_name}"
-                            )
+                    # Ready once the lifespan's resources are open; the lifespan closes only after
+                    # every consumer stopped receiving and drained.
+                    async with self.app.running():
+                        self.ready.set()
+                        async with asyncio.TaskGroup() as group:
+                            for consumer in self.consumers:
+                                group.create_task(
+                                    consumer.run(),
+                                    name=f"consume {consumer.transport.queue_name}",
+                                )
             except BaseExceptionGroup as group:
                 missing = [e for e in leaves(group) if isinstance(e, QueueDoesNotExist)]
                 if not missing:

@@ -54,7 +54,7 @@ async def test_a_worker_stops_receiving_drains_then_closes_the_lifespan(
     @contextlib.asynccontextmanager
     async def lifespan(app: QWorker) -> AsyncIterator[Resources]:
         pool = Pool()
-        events.append("open")
+        events.append(f"open ready={worker.ready.is_set()}")  # ready only once it is open
         yield Resources(pool)
         pool.open = False
         events.append("close")
@@ -95,7 +95,13 @@ async def test_a_worker_stops_receiving_drains_then_closes_the_lifespan(
         worker.stop()
         if not run.done():
             run.cancel()
-    assert events == ["open", "start o-1 acme open=True", "stop", "end o-1 open=True", "close"]
+    assert events == [
+        "open ready=False",
+        "start o-1 acme open=True",
+        "stop",
+        "end o-1 open=True",
+        "close",
+    ]
     # o-2 was never handled (a long poll cut short by the stop may still hold it invisible
     # until its visibility timeout, as SQS does) and is still in the queue: not lost.
     attributes = (

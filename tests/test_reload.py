@@ -131,12 +131,13 @@ def test_the_child_gets_the_settings_given_as_flags() -> None:
             "x_ray": True,
             "region": None,
             "endpoint_url": "-http://odd",
+            "middleware": ["mw:tenant", "mw:Idempotent"],
         },
     )
     assert command == [
         sys.executable, "-m", "qworker", "run", "handlers.orders",
         "--queue-name=orders", "--concurrency=4", "--no-release-failed", "--x-ray",
-        "--endpoint-url=-http://odd",
+        "--endpoint-url=-http://odd", "--middleware=mw:tenant", "--middleware=mw:Idempotent",
     ]  # fmt: skip
 
 
