@@ -37,7 +37,9 @@ async def serve(
         say(f"LocalStack {localstack.VERSION}: installing in {localstack.venv_dir()} (1-2 min)")
     # Its own data directory, and so its own TMPDIR (see qworker.localstack.start): two LocalStacks
     # sharing one would delete each other's CloudWatch metrics when one stops.
-    data_dir = Path(tempfile.mkdtemp(prefix="qworker-drill-localstack-"))
+    data_dir = Path(
+        tempfile.mkdtemp(prefix="qworker-drill-localstack-", dir=localstack.scratch_root())
+    )
     try:
         await asyncio.to_thread(localstack.install)
         server = await asyncio.to_thread(localstack.start, fast=True, data_dir=data_dir)
