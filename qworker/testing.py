@@ -278,7 +278,8 @@ class Drainer:
 
         Args:
             target: A handler function, or a `QWorker` app / `Router` (every handler runs on its
-                own queue, concurrently, with its own timeout and `max_in_flight`).
+                own queue, concurrently, with its own timeout and `max_in_flight`). An app's
+                lifespan runs around the drain, and its middleware and envelope mode apply.
             queue: The queue of a function, or of an app's handler registered without a queue
                 (default: the app's name): a fake queue or a name. A queue that does not exist
                 yet is created with a dead-letter queue `<name>-dlq` (`maxReceiveCount` 3), as
