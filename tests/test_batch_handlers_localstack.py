@@ -83,3 +83,53 @@ async def test_a_batch_handler_settles_each_message_on_its_own(
     assert json.loads(rejected["Body"]) == {"n": 4}
     reason = rejected["MessageAttributes"]["qworker.reject_reason"]["StringValue"]
     assert reason == "n=4 is refused"
+
+
+async def test_a_batch_stays_invisible_past_the_visibility_timeout_while_it_runs(
+    sqs_client: Any,
+    localstack_server: Any,
+) -> None:
+    name = f"batch-hb-{uuid.uuid4().hex[:10]}"
+    url = await create_queue_with_dlq(sqs_client, name, visibility_timeout_s=2)
+    started, release = asyncio.Event(), asyncio.Event()
+    receive_counts: list[int] = []
+    app = QWorker("batch-hb")
+
+    @app.handler(name, batch_size=2, batch_wait_s=0.2)
+    async def handle(orders: list[Order], messages: list[Message]) -> None:
+        receive_counts.extend(m.receive_count for m in messages)
+        started.set()
+        await release.wait()
+
+    await sqs_client.send_message_batch(
+        QueueUrl=url,
+        Entries=[{"Id": str(n), "MessageBody": json.dumps({"n": n})} for n in range(2)],
+    )
+    settings = QWorkerSettings(
+        endpoint_url=localstack_server.endpoint_url, region="us-east-1", wait_time_s=1
+    )
+    worker = Worker(app, settings, identity=Identity(service="batch"), local=True)
+    run = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(60):
+            await started.wait()
+        await asyncio.sleep(5)  # more than twice the queue's visibility timeout
+        counts = (
+            await sqs_client.get_queue_attributes(
+                QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+            )
+        )["Attributes"]
+        assert counts["ApproximateNumberOfMessages"] == "0"  # the heartbeat kept them hidden
+    finally:
+        release.set()
+        worker.stop()
+        async with asyncio.timeout(60):
+            await run
+    assert sorted(receive_counts) == [1, 1]  # never redelivered while the batch ran
+    counts = (
+        await sqs_client.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )
+    )["Attributes"]
+    assert sum(int(v) for v in counts.values()) == 0
