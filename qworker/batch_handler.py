@@ -161,10 +161,13 @@ class BatchRunner:
             # A future cannot hold StopIteration; it fails the batch all the same.
             error = RuntimeError(repr(exc)) if isinstance(exc, StopIteration) else exc
             for e in entries:
-                e.result.set_exception(error)
+                if not e.result.done():
+                    e.result.set_exception(error)
             return
         failures = self._failures(answer, len(entries))
         for index, e in enumerate(entries):
+            if e.result.done():
+                continue  # its waiter is gone (its own timeout): the consumer settled it already
             failed = failures.get(index)
             if failed is None:
                 e.result.set_result(None)

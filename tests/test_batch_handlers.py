@@ -18,6 +18,7 @@ import pytest
 from pydantic import BaseModel
 
 from qworker import BatchResult, Message, QWorker, Reject, Retry
+from qworker.batch_handler import BatchRunner
 from qworker.exceptions import ConfigError, HandlerSignatureError
 from qworker.handler import HandlerSpec
 from qworker.outcome import Outcome
@@ -201,3 +202,26 @@ def test_the_readme_example_runs_as_written() -> None:
         assert Drainer(sqs)(module.app).succeeded == 12
     finally:
         del sys.modules[module.__name__]
+
+
+async def test_a_waiter_gone_before_the_answer_does_not_spoil_the_others() -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def handle(items: list[Order]) -> None:
+        entered.set()
+        await release.wait()
+
+    spec = HandlerSpec.from_function(handle, batch_size=2, batch_wait_s=60)
+    assert spec.batch is not None
+    runner = BatchRunner(spec, spec.batch)
+    first = asyncio.create_task(runner.submit(Order(n=0), Message("m0", "r0", "{}")))
+    await asyncio.sleep(0)  # the first waits for a full batch
+    second = asyncio.create_task(runner.submit(Order(n=1), Message("m1", "r1", "{}")))
+    async with asyncio.timeout(5):
+        await entered.wait()  # the second filled the batch and runs it
+    first.cancel()  # e.g. its own timeout
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    release.set()
+    async with asyncio.timeout(5):
+        await second  # answered: no error from the first's cancelled result
