@@ -144,6 +144,8 @@ class BatchRunner:
         except asyncio.CancelledError:
             if not pending.taken:
                 pending.entries.remove(entry)  # not handled: released by the consumer
+                if not pending.entries and self._pending is pending:
+                    self._pending = None  # the next message starts a fresh wait
             raise
         await entry.result
 
