@@ -120,3 +120,30 @@ def test_target_cells_get_the_critical_run_count() -> None:
         "clustered failures (A/A, 1%)",
         "A/A, 0.1% timeout tail (30 s)",
     ]
+
+
+def _load_obf() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "bench" / "obf_boundary.py"
+    spec = importlib.util.spec_from_file_location("obf_boundary", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_obf_recursion_one_look_is_the_fixed_sample_test() -> None:
+    obf = _load_obf()
+    assert obf.spending_bounds([1.0], 0.025)[0] == pytest.approx(1.95996, abs=1e-4)
+    assert obf.constant([1.0], 0.025) == pytest.approx(1.95996, abs=1e-4)
+
+
+def test_obf_recursion_reproduces_the_published_five_look_boundary() -> None:
+    # Lan-DeMets O'Brien-Fleming spending, one-sided 2.5%, five equal looks: the standard table
+    # (for example gsDesign's sfLDOF) gives z = 4.877, 3.357, 2.680, 2.290, 2.031.
+    obf = _load_obf()
+    times = [k / 5 for k in range(1, 6)]
+    z = [b / t**0.5 for t, b in zip(times, obf.spending_bounds(times, 0.025), strict=True)]
+    assert z == pytest.approx([4.877, 3.357, 2.680, 2.290, 2.031], abs=0.002)
+    # the spent total is alpha, whatever the split
+    assert sum(obf.crossing(times, obf.spending_bounds(times, 0.025))) == pytest.approx(0.025)
