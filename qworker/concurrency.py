@@ -35,19 +35,20 @@ TAKE_LINGER_S: Final = 0.005
 """How long a take waits for more slots once at least one is free (then it takes what is free)."""
 
 AHEAD_ROUND_TRIPS: Final = 2.0
-"""A message held ahead of the handler slots waits about this many receive round trips."""
+"""Messages held beyond the running handlers: this many receive round trips' worth of them."""
 
 
 def ahead(
     concurrency: int, receives: int, batch: int, handler_s: float, round_trip_s: float
 ) -> int:
-    """How many messages to hold beyond the running handlers, waiting for a handler slot.
+    """How many messages to hold beyond the running handlers (being received, or at the gate).
 
     Enough that the handlers never wait for a receive: the handlers finish `concurrency /
-    handler_s` messages a second, so `AHEAD_ROUND_TRIPS` receive round trips' worth of them; a
-    message held ahead then waits about that long. At least `min(batch, concurrency)` (one
-    receive's worth, so the next receive overlaps the running handlers; with slow handlers a
-    message waits at most one handler run), at most one receive per poller.
+    handler_s` messages a second, so `AHEAD_ROUND_TRIPS` receive round trips' worth of them (one
+    spent in the receive, so a message waits about one round trip at the gate). At least
+    `min(batch, concurrency)` (one receive's worth, so the next receive overlaps the running
+    handlers; with slow handlers a message waits at most one handler run), at most two receives
+    per poller (a bound on a bad estimate).
 
     Args:
         concurrency: Handler slots.
@@ -56,7 +57,7 @@ def ahead(
         handler_s: A handler's typical run (0: not known yet, then `min(concurrency, most)`).
         round_trip_s: A receive's typical round trip.
     """
-    most = batch * receives
+    most = 2 * batch * receives
     if handler_s <= 0:
         return min(concurrency, most)
     wanted = math.ceil(AHEAD_ROUND_TRIPS * concurrency * round_trip_s / handler_s)
@@ -65,7 +66,13 @@ def ahead(
 
 @final
 class Capacity:
-    """Free slots for messages to hold: a take waits for a batch's worth, or a short linger."""
+    """Free slots for messages to hold: a take waits for a batch's worth, or a short linger.
+
+    A waiting take is woken only when enough slots are free for it, or once when a first slot is
+    free (its linger starts), not on every slot given back: with many pollers waiting while
+    handlers finish one at a time, waking each of them per message would cost more than the
+    messages.
+    """
 
     def __init__(self, total: int, linger_s: float = TAKE_LINGER_S) -> None:
         """Start with `total` free slots.
@@ -77,7 +84,8 @@ class Capacity:
         self.total = total
         self.free = total
         self.linger_s = linger_s
-        self._changed = asyncio.Event()
+        self._waiters: dict[asyncio.Future[None], tuple[int, bool]] = {}
+        """Waiting takes: how many slots each wants, and whether its linger has started."""
 
     async def take(self, most: int, stopping: asyncio.Event) -> int:
         """Take up to `most` slots; 0 once `stopping` is set.
@@ -87,33 +95,51 @@ class Capacity:
         one receive instead of each making its own.
         """
         want = min(most, self.total)
-        deadline: float | None = None
-        loop = asyncio.get_running_loop()
         while self.free < want and not stopping.is_set():
-            wake = None
-            if self.free > 0:
-                if deadline is None:
-                    deadline = loop.time() + self.linger_s
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                wake = loop.call_later(remaining, self._changed.set)
-            self._changed.clear()
-            try:
-                await first(stopping.wait(), self._changed.wait())
-            finally:
-                if wake is not None:
-                    wake.cancel()
+            if await self._wait(want, stopping) and self.free > 0:
+                break  # lingered long enough, and slots are still free after the clean-up
         if stopping.is_set():
             return 0
         taken = min(most, self.free)
         self.free -= taken
         return taken
 
+    async def _wait(self, want: int, stopping: asyncio.Event) -> bool:
+        """Wait for `want` free slots, a stop, or the end of a linger (then True)."""
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        stop: asyncio.Task[object] | None = None
+        try:
+            while self.free < want and not stopping.is_set():
+                if self.free <= 0:
+                    deadline = None  # the free slots went to another take: linger anew
+                elif deadline is None:
+                    deadline = loop.time() + self.linger_s
+                elif loop.time() >= deadline:
+                    return True
+                if stop is None:
+                    stop = loop.create_task(stopping.wait())
+                    stop.add_done_callback(self._wake_all)
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._waiters[waiter] = (want, deadline is not None)
+                timer = None if deadline is None else loop.call_at(deadline, _wake, waiter)
+                try:
+                    await waiter
+                finally:
+                    self._waiters.pop(waiter, None)
+                    if timer is not None:
+                        timer.cancel()
+        finally:
+            if stop is not None:
+                stop.remove_done_callback(self._wake_all)
+                await cancel_and_wait([stop])  # (others may take slots meanwhile)
+        return False
+
     def give(self, count: int) -> None:
         """Give slots back."""
         self.free += count
-        self._changed.set()
+        if self._waiters:
+            self._wake()
 
     def resize(self, total: int) -> None:
         """Change the number of slots (free may go below 0: takes wait until it is positive)."""
@@ -121,8 +147,29 @@ class Capacity:
         if grown:
             self.total = total
             self.free += grown
-            if grown > 0:
-                self._changed.set()
+            if grown > 0 and self._waiters:
+                self._wake()
+
+    def _wake(self) -> None:
+        """Wake the waiting takes the free slots can serve, oldest first; start lingers."""
+        budget = self.free
+        for waiter, (want, lingering) in list(self._waiters.items()):
+            if budget <= 0:
+                return
+            if budget >= want:
+                budget -= want
+                _wake(waiter)
+            elif not lingering:
+                _wake(waiter)  # a first slot is free: it starts its linger
+
+    def _wake_all(self, _: object = None) -> None:
+        for waiter in list(self._waiters):
+            _wake(waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 @final

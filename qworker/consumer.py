@@ -8,14 +8,14 @@ It owns the task groups and the shutdown order, and wires the parts of the messa
 
 Pollers take capacity before they receive (a batch of up to 10 slots, or what a short linger
 gathered), so the worker never holds a message it cannot start soon: beside the running handlers
-it holds only what waits about two receive round trips at the gate for a handler slot (sized from
-the running averages of handler runs and receive round trips, `qworker.concurrency.ahead`: at
-least one receive's worth, at most one receive per poller). A message's slot goes back when its
-handler returns, so the next receive overlaps the settlement and the tail of the running
-handlers, as a plain receive loop's would. Several pollers (by default one per 10 slots, at least
-8, `default_pollers`) keep the handlers fed while one waits on a long poll. FIFO queues hold only
-their concurrency, and a slot goes back when its message is settled (a chain's messages wait
-their turn while held).
+it holds about two receive round trips' worth of what they finish, being received or waiting at
+the gate for a handler slot (sized from the running averages of handler runs and receive round
+trips, `qworker.concurrency.ahead`: at least one receive's worth, at most two per poller). A
+message's slot goes back when its handler returns, so the next receive overlaps the settlement
+and the tail of the running handlers, as a plain receive loop's would. Several pollers (by
+default one per 10 slots, at least 8, `default_pollers`) keep the handlers fed while one waits on
+a long poll. FIFO queues hold only their concurrency, and a slot goes back when its message is
+settled (a chain's messages wait their turn while held).
 Every message is held by the heartbeat from receive to settlement. All tasks are owned by task
 groups inside `run()`; none outlives it. FIFO queues run each message group's messages in order
 (qworker.groups). Build one with `qworker.wiring.build_consumer`.
@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Final, final
 
 from qworker.concurrency import Capacity, Gate, ahead, first, leaves
@@ -118,7 +118,7 @@ class Consumer:
         self._clock = clock
         self._sleep = sleep
         self._stopping = asyncio.Event()
-        # Standard queues hold up to one receive per poller ahead of the handler slots (the gate);
+        # Standard queues hold messages ahead of the handler slots (the gate), sized as they go;
         # FIFO chains hold their waiting messages themselves, within the concurrency.
         self._gate = None if fifo else Gate(concurrency)
         self.ahead = 0 if fifo else ahead(concurrency, self.pollers, RECEIVE_BATCH, 0.0, 0.0)
@@ -126,7 +126,7 @@ class Consumer:
         self._capacity = Capacity(concurrency + self.ahead)
         self._handler_s = 0.0
         self._round_trip_s = 0.0
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Task[object]] = set()
         self.poller = Poller(
             transport,
             self._capacity,
@@ -325,9 +325,13 @@ class Consumer:
             if runner is not None:
                 self._spawn(work, runner, f"handle {queue}[group {h.message.group_id}]")
 
-    def _spawn(self, work: asyncio.TaskGroup, coro: Awaitable[object], name: str) -> None:
-        task = work.create_task(_run_tracked(coro, self._running), name=name)
+    def _spawn(
+        self, work: asyncio.TaskGroup, coro: Coroutine[object, object, object], name: str
+    ) -> None:
+        # The running set is only for the grace; a done callback, not a wrapping coroutine.
+        task = work.create_task(coro, name=name)
         self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     # -- one message -----------------------------------------------------------------------------
 
@@ -393,13 +397,3 @@ class Consumer:
             max_receive_count=max_receive_count,
             can_dead_letter=self.settler.can_dead_letter,
         )
-
-
-async def _run_tracked(coro: Awaitable[object], running: set[asyncio.Task[None]]) -> None:
-    """Run a handler task and leave the running set when done (the set is only for the grace)."""
-    try:
-        await coro
-    finally:
-        task = asyncio.current_task()
-        if task is not None:
-            running.discard(task)

@@ -57,13 +57,13 @@ async def test_capacity_take_waits_for_a_slot_and_stops() -> None:
 
 
 def test_ahead_covers_the_receive_round_trips_within_its_bounds() -> None:
-    # Unknown handler time: one receive per poller, at most the concurrency.
+    # Unknown handler time: the concurrency, at most two receives per poller.
     assert ahead(100, 10, 10, 0.0, 0.0) == 100
     assert ahead(16, 8, 10, 0.0, 0.0) == 16
     # Handlers finish 100 / 0.05 = 2,000 a second; two 10 ms round trips' worth is 40.
     assert ahead(100, 10, 10, 0.05, 0.01) == 40
-    # Fast handlers: capped at one receive per poller.
-    assert ahead(16, 8, 10, 0.000_01, 0.03) == 80
+    # Fast handlers: capped at two receives per poller.
+    assert ahead(16, 8, 10, 0.000_01, 0.03) == 160
     # Slow handlers: still one receive's worth (so a receive overlaps them), or the concurrency.
     assert ahead(16, 8, 10, 60.0, 0.02) == 10
     assert ahead(1, 8, 10, 60.0, 0.02) == 1
@@ -126,3 +126,23 @@ async def test_gate_slot_handed_to_a_cancelled_waiter_passes_on() -> None:
         await second
     assert await third
     assert gate.free == 0
+
+
+async def test_capacity_take_woken_but_beaten_to_the_slots_waits_on() -> None:
+    capacity = Capacity(10, linger_s=0.001)
+    stopping = asyncio.Event()
+    assert await capacity.take(10, stopping) == 10
+    waiting = asyncio.create_task(capacity.take(10, stopping))
+    await asyncio.sleep(0)
+    capacity.give(10)  # wakes the waiting take...
+    assert await capacity.take(10, stopping) == 10  # ...but another take gets there first
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiting.done()  # it waits on: 0 would mean "stopping"
+    capacity.give(10)
+    assert await waiting == 10
+    stopped = asyncio.create_task(capacity.take(10, stopping))
+    await asyncio.sleep(0)
+    stopping.set()
+    assert await stopped == 0
+    assert not _others()
