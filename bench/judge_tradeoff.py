@@ -11,6 +11,12 @@ A variant is `c,k,cc,prior,both`: the boundary is z >= c / sqrt(t) up to the pla
 continuity correction (cc 1 or 0), the dispersion factor's prior degrees of freedom, and whether
 the pass side's boundary is replaced too (both 1) or left as it is (0). The judge's own boundary is
 `2.394,1,1,1,0` (alpha 2.5%); bench/JUDGE.md gives the measured figures.
+
+A variant `obf,c,cc,prior,horizon,after` is a Lan-DeMets O'Brien-Fleming-type boundary z >= c /
+sqrt(t), t = canary first attempts / horizon (c = 2.087 spends alpha 2.5% at ten equal looks:
+`bench/obf_boundary.py`), and past the horizon the judge's always-valid boundary (after 1) or
+c kept flat (after 0); the pass side is left as it is. `--runs N` sets the 1% -> 3% runs (0:
+none); `--others` adds 1% -> 2%, 10% rejects, 10% retries and the dead canary (300 runs each).
 """
 
 from __future__ import annotations
