@@ -313,16 +313,36 @@ def fallback_minute(c_sum: float, c_max: float, p_sum: float = 18_000.0) -> Minu
 
 
 def test_latency_fallback_catches_a_grossly_slow_canary() -> None:
-    slow = reading_of([fallback_minute(6000.0, 200.0) for _ in range(3)])  # 3x
-    verdict = judge_reading(slow, 180.0)
+    # Three whole minutes and the newest, partial one (not judged: a role may not have flushed).
+    slow = reading_of([fallback_minute(6000.0, 200.0) for _ in range(4)])  # 3x
+    verdict = judge_reading(slow, 240.0)
     assert verdict.decision is Decision.FAIL
     assert verdict.evidence.latency_method == "fallback"
     assert verdict.evidence.latency_ratio == pytest.approx((5800.0 / 99) / (17920.0 / 899))
     assert "median per-minute processing time" in verdict.reasons[0]
-    # Too few minutes to say.
-    assert judge_reading(reading_of([fallback_minute(6000.0, 200.0)] * 2), 120.0).decision is (
+    # Too few whole minutes to say.
+    assert judge_reading(reading_of([fallback_minute(6000.0, 200.0)] * 3), 180.0).decision is (
         Decision.CONTINUE
     )
+
+
+def test_the_newest_minute_before_a_role_flushed_is_not_judged() -> None:
+    # Two healthy whole minutes, then the newest minute where only the primary has flushed yet: the
+    # canary is neither dead (0 of its share) nor slow (a handful of messages) on that evidence.
+    healthy = [minute(100, 1, 900, 9) for _ in range(2)]
+    lagging = minute(0, 0, 400, 4)
+    policy = JudgePolicy(expected_canary_share=0.1)
+    verdict = judge_reading(reading_of([*healthy, lagging]), 150.0, policy)
+    assert verdict.decision is Decision.CONTINUE, verdict.reasons
+    assert not any("dead or starved" in reason for reason in verdict.reasons)
+    # The same newest minute as the only one the bake has: nothing to judge a share on yet.
+    early = judge_reading(reading_of([lagging]), 30.0, policy)
+    assert early.decision is Decision.CONTINUE, early.reasons
+    # Once whole minutes show it, a silent canary is caught.
+    dead = [minute(0, 0, 400, 4) for _ in range(3)]
+    late = judge_reading(reading_of(dead), 180.0, policy)
+    assert late.decision is Decision.FAIL
+    assert "dead or starved" in late.reasons[0]
 
 
 def test_latency_fallback_ignores_a_timeout_tail() -> None:

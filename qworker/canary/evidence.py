@@ -111,9 +111,16 @@ def _share_bounds(
     """
     n_c, n_p = reading.canary.first_attempt_processed, reading.primary.first_attempt_processed
     share = n_c / (n_c + n_p) if n_c + n_p else None
-    windows = [(n_c, n_c + n_p)]
-    recent_share = None
     complete = reading.minutes[:-1]  # the last minute may be partial, or one role not flushed yet
+    if reading.minutes:
+        # The bound is over whole minutes only: in the newest one a role whose workers have not
+        # flushed yet would look dead (0 against the other role's hundreds).
+        b_c = sum(m.canary.first_attempt_processed for m in complete)
+        b_p = sum(m.primary.first_attempt_processed for m in complete)
+        windows = [(b_c, b_c + b_p)]
+    else:
+        windows = [(n_c, n_c + n_p)]
+    recent_share = None
     if len(complete) >= 2:  # noqa: PLR2004 (one minute could be one role's late flush)
         recent = complete[-policy.share_window_minutes :]
         w_c = sum(m.canary.first_attempt_processed for m in recent)
@@ -190,7 +197,9 @@ def _reachable(
 
 
 def _latency(reading: Reading, policy: JudgePolicy, planned: int | None) -> dict[str, object]:
-    minutes = [m for m in reading.minutes if m.canary_time and m.primary_time]
+    # Whole minutes only: the newest is partial, and one role's flush may not be in it yet, which
+    # leaves a few messages from one role against many from the other.
+    minutes = [m for m in reading.minutes[:-1] if m.canary_time and m.primary_time]
     if reading.latency_threshold_ms is not None:
         strata = [
             stats.Stratum(m.canary_time.count, m.canary_time.slow, m.primary_time.count, slow)
