@@ -18,23 +18,16 @@ describe), and inside a running worker (a handler sending on), `await app.send("
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
-import traceback
 import types
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 from typing import Any, Final, TypeVar, overload
 
+from qworker._loading import load_app
 from qworker.config import QUEUE_NAME
 from qworker.envelopes import EnvelopeMode, check_mode
-from qworker.exceptions import (
-    ConfigError,
-    HandlerAlreadyRegistered,
-    HandlerNotFound,
-    HandlerSignatureError,
-)
+from qworker.exceptions import HandlerAlreadyRegistered, HandlerSignatureError
 from qworker.handler import HandlerFunc, HandlerSpec
 from qworker.lifespan import ResourceScope, resource_type_of
 from qworker.middleware import Middleware
@@ -384,75 +377,4 @@ class QWorker(Router):
                 exception at import: the message names the file and line), or has no handler.
             HandlerSignatureError: `handle` cannot take a message.
         """
-        module = _import(module_name)
-        apps = [v for v in vars(module).values() if isinstance(v, QWorker)]
-        if len(apps) == 1:
-            return apps[0]
-        if len(apps) > 1:
-            raise HandlerNotFound(f"module {module_name!r} defines {len(apps)} QWorker apps")
-        handle = getattr(module, "handle", None)
-        if handle is None:
-            raise HandlerNotFound(
-                f"module {module_name!r} has no QWorker app and no module-level handle() function"
-            )
-        app = cls(module_name.rsplit(".", 1)[-1])
-        app.handler(handle)
-        return app
-
-
-def _import(module_name: str) -> types.ModuleType:
-    """Import a handler module; any failure becomes one line naming the module, file and line."""
-    if not all(part.isidentifier() for part in module_name.split(".")):
-        raise HandlerNotFound(
-            f"{module_name!r} is not a module name: give a dotted import path, e.g. handlers.orders"
-        )
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and not _is_prefix(exc.name, module_name):
-            # The module exists but imports something that does not.
-            raise HandlerNotFound(
-                f"handler module {module_name!r} failed at import{_where(exc)}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from None
-        raise HandlerNotFound(f"cannot import handler module {module_name!r}: {exc}") from None
-    except ConfigError:
-        raise  # a handler registered wrongly says so itself
-    except SyntaxError as exc:
-        where = f" ({exc.filename}, line {exc.lineno})" if exc.filename else ""
-        raise HandlerNotFound(
-            f"handler module {module_name!r} has a syntax error{where}: {exc.msg}"
-        ) from None
-    except BaseException as exc:  # noqa: BLE001 (whatever the module raises is reported)
-        raise HandlerNotFound(
-            f"handler module {module_name!r} failed at import{_where(exc)}: {_one_line(exc)}"
-        ) from None
-
-
-def _is_prefix(name: str, module_name: str) -> bool:
-    """Whether `name` is `module_name` or one of its parent packages."""
-    return module_name == name or module_name.startswith(f"{name}.")
-
-
-def _where(exc: BaseException) -> str:
-    """Where an import failed, e.g. ` (handlers.py, line 3; raised at lib.py, line 9)`.
-
-    The handler module's own line comes first; the line that raised follows when it is elsewhere
-    (in a module the handler module imports). The import machinery's frames are left out.
-    """
-    machinery = (str(Path(importlib.__file__).parent), "<frozen", __file__)
-    frames = [
-        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(machinery)
-    ]
-    if not frames:
-        return ""
-    own, raised = frames[0], frames[-1]
-    where = f"{own.filename}, line {own.lineno}"
-    if raised is not own:
-        where += f"; raised at {raised.filename}, line {raised.lineno}"
-    return f" ({where})"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return load_app(module_name, QWorker, cls)

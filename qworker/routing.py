@@ -35,15 +35,15 @@ gives every worker the same values) keep their names, later ones count as `"othe
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol, TypeVar, final, get_args, get_origin, overload
+from typing import Final, Literal, TypeVar, final, get_args, get_origin, overload
 
 from pydantic import BaseModel
 
+from qworker._discriminators import Discriminator, by_attribute, by_detail_type, by_field
 from qworker.envelopes import DEFAULT_ENVELOPE, EnvelopeMode, Unwrap, check_mode, unwrapper
 from qworker.envelopes import unwrap as unwrap_auto
 from qworker.exceptions import HandlerSignatureError, MessageDecodeError, Reject, Retry
@@ -85,106 +85,6 @@ _DECLARED: dict[str, None] = {}
 """Every route name declared in this process, in order (the metric dimension's values)."""
 _MAX_TYPE_CHARS: Final = 100
 _ATTRIBUTE: Final = "__qworker_type_router__"
-
-
-class Discriminator(Protocol):
-    """Reads a message's type; None when the message has none."""
-
-    @property
-    def description(self) -> str:
-        """What it reads, for messages: `attribute 'type'`."""
-        ...
-
-    @property
-    def field(self) -> str | None:
-        """The body field it reads, if it reads one (route names come from its `Literal`)."""
-        ...
-
-    def __call__(self, message: Message) -> str | None:
-        """The message's type, or None."""
-        ...
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class _Attribute:
-    name: str
-
-    @property
-    def description(self) -> str:
-        return f"attribute {self.name!r}"
-
-    @property
-    def field(self) -> str | None:
-        return None
-
-    def __call__(self, message: Message) -> str | None:
-        value = message.attribute(self.name)
-        if value is None and message.envelope is not None and message.envelope.sns is not None:
-            value = message.envelope.sns.attribute(self.name)
-        return value
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class _Field:
-    name: str
-
-    @property
-    def description(self) -> str:
-        return f"body field {self.name!r}"
-
-    @property
-    def field(self) -> str | None:
-        return self.name
-
-    def __call__(self, message: Message) -> str | None:
-        body = message.body
-        if f'"{self.name}"' not in body:
-            return None
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            return None
-        value = parsed.get(self.name) if isinstance(parsed, dict) else None
-        return value if isinstance(value, str) else None
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class _DetailType:
-    @property
-    def description(self) -> str:
-        return "EventBridge detail-type"
-
-    @property
-    def field(self) -> str | None:
-        return None
-
-    def __call__(self, message: Message) -> str | None:
-        envelope = message.envelope
-        if envelope is None or envelope.eventbridge is None:
-            return None
-        return envelope.eventbridge.detail_type
-
-
-def by_attribute(name: str = "type") -> Discriminator:
-    """Route by a string message attribute (the SNS publisher's, through a topic)."""
-    if not name:
-        raise HandlerSignatureError("by_attribute: the attribute's name must not be empty")
-    return _Attribute(name)
-
-
-def by_field(name: str) -> Discriminator:
-    """Route by a top-level string field of the JSON body (a discriminated union's tag)."""
-    if not name:
-        raise HandlerSignatureError("by_field: the field's name must not be empty")
-    return _Field(name)
-
-
-def by_detail_type() -> Discriminator:
-    """Route by an EventBridge event's `detail-type` (the route gets its `detail`)."""
-    return _DetailType()
 
 
 @final
