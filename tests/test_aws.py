@@ -20,6 +20,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
     SSLError,
 )
+from servers import MotoServer
 
 from qworker import _aws, transport
 from qworker._aws import (
@@ -41,7 +42,6 @@ from qworker.exceptions import (
     TransientTransportError,
     TransportError,
 )
-from tests.servers import MotoServer
 
 
 def closed_port() -> int:
