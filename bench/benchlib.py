@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import importlib.util
 import json
 import os
 import platform
@@ -25,9 +24,9 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Final
 
+from qworker import localstack as qworker_localstack
 from qworker.local import create_queue_with_dlq
 from qworker.producer import send_bodies
 from qworker.settings import QWorkerSettings
@@ -73,20 +72,6 @@ class Section:
 # -- LocalStack ----------------------------------------------------------------------------------
 
 
-def _localstack_script() -> ModuleType:
-    # scripts/ is not a package, and its file must not shadow the real `localstack` package.
-    name = "qworker_localstack_script"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "localstack.py")
-    if spec is None or spec.loader is None:
-        raise ImportError("cannot load scripts/localstack.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its classes look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
-
-
 @dataclass(frozen=True, slots=True)
 class Server:
     """A running LocalStack: where to reach it, and its process (for its CPU time)."""
@@ -113,10 +98,9 @@ def start_localstack() -> tuple[Server, Callable[[], None]]:
     It runs with `SQS_DISABLE_CLOUDWATCH_METRICS=1` (about three times the SQS
     throughput) and is stopped by its PID.
     """
-    script = _localstack_script()
     began = time.monotonic()
-    script.install()
-    server = script.start(fast=True)
+    qworker_localstack.install()
+    server = qworker_localstack.start(fast=True)
     print(
         f"# LocalStack pid {server.pid} at {server.endpoint_url} "
         f"(ready in {time.monotonic() - began:.1f} s)",
