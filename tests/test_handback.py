@@ -198,7 +198,11 @@ async def test_canary_hands_every_unsucceeded_message_back_to_the_primary(defect
     # The primary ran copies: never first attempts, whatever their receive count.
     succeeded = [r for r in primary_sink.records if r.outcome is Outcome.SUCCEEDED]
     assert len(succeeded) == MESSAGES
-    assert all(r.hops >= 1 and r.receive_count == 1 and not r.first_attempt for r in succeeded)
+    # A copy the canary received again just before it stopped was released at the stop: the
+    # primary then sees it a second time (a slot frees when the handler returns, so the canary
+    # may receive its own copies before its last settlement stops it). Never more than that.
+    assert all(r.hops >= 1 and not r.first_attempt for r in succeeded), succeeded
+    assert all(r.receive_count <= 2 for r in succeeded), [r.receive_count for r in succeeded]
 
 
 async def test_hand_back_is_bounded_by_the_hop_limit() -> None:
