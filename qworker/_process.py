@@ -3,8 +3,9 @@
 A `ManagedProcess` runs a command in its own session (so its group id is its pid and a signal to
 the group reaches its children), with stdout and stderr captured to files; `wait_ready()` polls a
 readiness check until it holds, the process exits, or the time is up; `stop()` sends SIGTERM to
-the group, waits a bounded time, then SIGKILLs the group. It is used by the LocalStack launcher
-(`qworker.localstack`), the drill's workers (`qworker.drill.workers`) and the test suite's servers.
+the group, waits a bounded time, then SIGKILLs the group; `wait_for_line()` follows this run's log
+as it grows. It is used by the LocalStack launcher (`qworker.localstack`), the drill's workers
+(`qworker.drill.workers`), and the test suite's servers and `qworker` workers.
 
 Stdlib only, Linux only (``/proc``): `scripts/localstack.py` runs it on any ``python3``.
 """
@@ -20,7 +21,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Final, final
 
@@ -94,6 +95,8 @@ class ManagedProcess:
         self.name = name or Path(self.argv[0]).name
         self._process: subprocess.Popen[bytes] | None = None
         self.log_offset = 0  # where this run's output starts in the log
+        self._cursor = 0  # where `wait_for_line()` reads on, in the log
+        self._lines_read = 0
 
     @property
     def pid(self) -> int:
@@ -122,6 +125,7 @@ class ManagedProcess:
         with contextlib.ExitStack() as files:
             log = files.enter_context(self.log_path.open("ab"))  # the child keeps its own copy
             self.log_offset = log.tell()
+            self._cursor, self._lines_read = self.log_offset, 0
             out = files.enter_context(self.stdout_path.open("ab")) if self.stdout_path else log
             self._process = subprocess.Popen(  # noqa: S603 (our own command, no shell)
                 self.argv,
@@ -207,6 +211,40 @@ class ManagedProcess:
                 return self.stop(0)
             await asyncio.sleep(poll_s)  # polling: asyncio cannot watch a Popen it did not start
 
+    def wait_exit(self, timeout_s: float, poll_s: float = POLL_S) -> int:
+        """Wait up to `timeout_s` for it to exit by itself; reap it (and SIGKILL any child left).
+
+        Returns:
+            Its exit code (negative: the signal that ended it).
+
+        Raises:
+            ProcessError: It was still running after `timeout_s` (it is left running).
+        """
+        deadline = time.monotonic() + timeout_s
+        while not self.exited():
+            if time.monotonic() >= deadline:
+                raise ProcessError(
+                    f"{self.name} still running after {timeout_s:g} s:\n{self.log_tail()}"
+                )
+            time.sleep(poll_s)  # polling, as in `wait_ready()`: no blocking wait that reaps
+        return self.stop(0)
+
+    def send_signal(self, signum: int) -> None:
+        """Send `signum` to the process alone (not its group), as a supervisor would.
+
+        Its children get only what it passes on; `stop()` and `kill()` signal the whole group.
+        Nothing is sent once it has been reaped (its pid may be another process's by then).
+
+        Raises:
+            ProcessError: It was never started.
+        """
+        process = self._process
+        if process is None:
+            raise ProcessError(f"{self.name} was never started")
+        if process.returncode is None:  # unreaped: the pid is still ours, even as a zombie
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signum)
+
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM its group, wait up to `timeout_s`, SIGKILL the group, reap; return its code.
 
@@ -234,6 +272,107 @@ class ManagedProcess:
                 return file.read().decode(errors="replace")
         except OSError:
             return ""
+
+    def lines(self) -> list[str]:
+        """Every whole line this run wrote to its log so far (without line ends).
+
+        A last line without its line end is left out while it may still be being written, and
+        included once the process has exited.
+        """
+        exited = self.exited()  # before reading: what it wrote before exiting is in the file
+        text = self.log_since_start()
+        if not exited and not text.endswith("\n"):
+            text = text.rpartition("\n")[0]
+        return text.splitlines()
+
+    @property
+    def lines_read(self) -> int:
+        """How many lines of this run `wait_for_line()` has passed: the last match's index + 1."""
+        return self._lines_read
+
+    def wait_for_line(
+        self,
+        match: str | Callable[[str], bool],
+        *,
+        timeout_s: float,
+        poll_s: float = POLL_S,
+    ) -> str:
+        """Follow this run's log to the next line that matches; return it (without its line end).
+
+        Each call reads on from where the last one stopped (just after its match), so successive
+        calls find successive lines. A line matches when it contains `match`, or `match(line)`
+        holds. Only whole lines count until the process exits (then a last unended one does too).
+
+        Raises:
+            ProcessError: It exited without writing such a line (it is reaped, its group killed),
+                or `timeout_s` passed (it is left running); either with its log's end.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self._next_match(match)
+            if found is not None:
+                return found
+            if time.monotonic() >= deadline:
+                raise self._no_line(match, f"in {timeout_s:g} s")
+            time.sleep(poll_s)  # the log is another process's file: polling is the only way
+
+    async def wait_for_line_async(
+        self,
+        match: str | Callable[[str], bool],
+        *,
+        timeout_s: float,
+        poll_s: float = POLL_S,
+    ) -> str:
+        """`wait_for_line()` for an event loop: the same cursor, sleeping with `asyncio.sleep`.
+
+        Raises:
+            ProcessError: It exited without such a line, or `timeout_s` passed.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self._next_match(match)
+            if found is not None:
+                return found
+            if time.monotonic() >= deadline:
+                raise self._no_line(match, f"in {timeout_s:g} s")
+            await asyncio.sleep(poll_s)  # bounded polling of another process's file
+
+    def _next_match(self, match: str | Callable[[str], bool]) -> str | None:
+        """The next matching line from the cursor on, or None (raising if it has exited)."""
+        exited = self.exited()  # before reading: what it wrote before exiting is in the file
+        matches = (lambda line: match in line) if isinstance(match, str) else match
+        for line in self._read_lines(final=exited):
+            if matches(line):
+                return line
+        if exited:
+            self.stop(0)
+            raise self._no_line(match, f"before it exited with {self.returncode}")
+        return None
+
+    def _read_lines(self, *, final: bool) -> Iterator[str]:
+        """The lines after the cursor, moving it past each one as it is handed out."""
+        base = self._cursor
+        try:
+            with self.log_path.open("rb") as file:
+                file.seek(base)
+                data = file.read()
+        except OSError:
+            return
+        start = 0
+        while start < len(data):
+            end = data.find(b"\n", start)
+            if end < 0 and not final:
+                return  # a line still being written
+            stop = len(data) if end < 0 else end + 1
+            line = data[start:stop].decode(errors="replace").rstrip("\r\n")
+            start = stop
+            self._cursor = base + stop
+            self._lines_read += 1
+            yield line
+
+    def _no_line(self, match: str | Callable[[str], bool], when: str) -> ProcessError:
+        wanted = repr(match) if isinstance(match, str) else getattr(match, "__name__", "a match")
+        return ProcessError(f"{self.name} wrote no line with {wanted} {when}:\n{self.log_tail()}")
 
     def __repr__(self) -> str:
         """Show the command's name and the process."""
