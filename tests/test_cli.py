@@ -6,105 +6,69 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from worker_process import ROOT, WAIT_S, next_entry, qworker, worker_env
 
-ROOT = Path(__file__).resolve().parent.parent
+from qworker.outcome import Outcome
 
 pytestmark = [pytest.mark.integration, pytest.mark.moto]
 
+OUTCOMES = tuple(f"message_{outcome.value}" for outcome in Outcome)
 
-def qworker(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QWORKER_", "AWS_ENDPOINT"))}
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.Popen(
-        [sys.executable, "-m", "qworker", *args],
+
+def send(*args: str, cwd: Path) -> str:
+    """Run `qworker send <args>` to its end; return its stderr."""
+    result = subprocess.run(
+        [sys.executable, "-m", "qworker", "send", *args],
         cwd=cwd,
-        env=env,
+        env=worker_env(),
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
+        timeout=60,
+        check=False,
     )
-
-
-class Lines:
-    """Reads a process's stderr on a thread, so the test can wait for a line with a timeout."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        self._lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(proc.stderr,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: object) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            self._lines.put(line)
-
-    def close(self, proc: subprocess.Popen[str]) -> None:
-        self._thread.join(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-
-    def wait_for(self, text: str, timeout_s: float = 60) -> str:
-        while True:
-            line = self._lines.get(timeout=timeout_s)
-            self.seen.append(line)
-            if text in line:
-                return line
+    assert result.returncode == 0, result.stderr
+    return result.stderr
 
 
 def test_run_on_the_embedded_server_fed_by_send(tmp_path: Path) -> None:
-    worker = qworker(
-        "run", "handlers.orders", "--local-port", "0", "--log-level", "DEBUG", cwd=tmp_path
-    )
-    lines = Lines(worker)
-    try:
-        lines.wait_for('"action":"consumer_started"')
+    with qworker(
+        "run", "handlers.orders", "--local-port", "0", "--log-level", "DEBUG",
+        cwd=tmp_path, log_dir=tmp_path,
+    ) as worker:  # fmt: skip
+        next_entry(worker, "consumer_started")
         state = json.loads((tmp_path / ".qworker" / "embedded.json").read_text())
         assert state["endpoint_url"].startswith("http://127.0.0.1:")
         assert state["queues"] == ["orders"]
         good = {"order_id": "o-1", "customer_id": "c-1", "amount_cents": 1250, "currency": "EUR"}
-        send = qworker("send", json.dumps(good), "not json", cwd=tmp_path)
-        _, err = send.communicate(timeout=60)
-        assert send.returncode == 0, err
-        assert "sent 2 message(s)" in err
-        booked = json.loads(lines.wait_for('"action":"order_booked"'))
+        assert "sent 2 message(s)" in send(json.dumps(good), "not json", cwd=tmp_path)
+        booked = next_entry(worker, "order_booked")
         assert (booked["order_id"], booked["role"]) == ("o-1", "primary")
-        rejected = json.loads(lines.wait_for('"action":"message_rejected"'))
+        rejected = next_entry(worker, "message_rejected")
         assert rejected["error"].startswith("invalid body")
         worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=60) == 0
-    finally:
-        worker.kill()
-        worker.wait()
-        lines.close(worker)
+        assert worker.wait_exit(WAIT_S) == 0
     assert not (tmp_path / ".qworker" / "embedded.json").exists()
 
 
 def test_the_readme_example_file_shows_every_outcome(tmp_path: Path) -> None:
     # README: `make run`, then `qworker send --file handlers/orders.jsonl` from another terminal.
-    worker = qworker(
-        "run", "handlers.orders", "--local-port", "0", "--log-level", "DEBUG", cwd=tmp_path
-    )
-    lines = Lines(worker)
-    try:
-        lines.wait_for('"action":"consumer_started"')
-        send = qworker("send", "--file", str(ROOT / "handlers" / "orders.jsonl"), cwd=tmp_path)
-        _, err = send.communicate(timeout=60)
-        assert send.returncode == 0, err
-        assert "sent 5 message(s)" in err
+    with qworker(
+        "run", "handlers.orders", "--local-port", "0", "--log-level", "DEBUG",
+        cwd=tmp_path, log_dir=tmp_path,
+    ) as worker:  # fmt: skip
+        next_entry(worker, "consumer_started")
+        sent = send("--file", str(ROOT / "handlers" / "orders.jsonl"), cwd=tmp_path)
+        assert "sent 5 message(s)" in sent
         outcomes: dict[str, str] = {}
         while len(outcomes) < 5:
-            entry = json.loads(lines.wait_for('"action":"message_'))
+            entry = next_entry(worker, *OUTCOMES)
             outcomes[entry["message_id"]] = entry["outcome"]
         assert sorted(outcomes.values()) == [
             "rejected",
@@ -114,11 +78,7 @@ def test_the_readme_example_file_shows_every_outcome(tmp_path: Path) -> None:
             "succeeded",
         ]
         worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=60) == 0
-    finally:
-        worker.kill()
-        worker.wait()
-        lines.close(worker)
+        assert worker.wait_exit(WAIT_S) == 0
 
 
 @pytest.mark.parametrize(
