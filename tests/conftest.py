@@ -1,18 +1,18 @@
-"""Shared fixtures: the real servers (tests/servers.py), and a `backend` that runs each behaviour
-test on the in-memory fake, on moto's server and on LocalStack, over HTTP with aiobotocore.
+"""Shared fixtures: the real servers (tests/servers.py), a `backend` that runs each behaviour
+test on the in-memory fake, on moto's server and on LocalStack, over HTTP with aiobotocore, and
+`queue_with_dlq`, fresh LocalStack queues with dead-letter queues (tests/localstack_queues.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from localstack_queues import QueueMaker, delete_queues, unique_name
 from servers import aws_env, localstack_server, moto_server  # noqa: F401
 
 from qworker.local import create_queue_with_dlq, dead_letter_name
@@ -24,8 +24,6 @@ from qworker.worker import open_sqs_client
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-
-_names = itertools.count(1)
 
 
 @dataclass
@@ -53,7 +51,7 @@ class Backend:
         max_receive_count: int = 3,
     ) -> tuple[QueueTransport, QueueTransport]:
         """Create a fresh queue and its dead-letter queue; return both transports."""
-        name = f"{prefix}-{next(_names)}-{uuid.uuid4().hex[:6]}" + (".fifo" if fifo else "")
+        name = unique_name(prefix, fifo=fifo)
         if self.fake is not None:
             queue = self.fake.create_queue(
                 name,
@@ -107,13 +105,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     async with open_sqs_client(_settings(server.endpoint_url), local=True) as client:
         backend = Backend(request.param, client=client, endpoint_url=server.endpoint_url)
         yield backend
-        for name in backend.created:
-            for queue in (name, dead_letter_name(name)):
-                try:
-                    url = (await client.get_queue_url(QueueName=queue))["QueueUrl"]
-                    await client.delete_queue(QueueUrl=url)
-                except Exception:  # noqa: BLE001, S110 (clean-up is best effort)
-                    pass
+        await delete_queues(client, backend.created)
 
 
 @pytest.fixture
@@ -121,3 +113,15 @@ async def sqs_client(localstack_server: Any) -> AsyncIterator[Any]:  # noqa: F81
     """An aiobotocore client on LocalStack."""
     async with open_sqs_client(_settings(localstack_server.endpoint_url), local=True) as client:
         yield client
+
+
+@pytest.fixture
+async def queue_with_dlq(sqs_client: Any) -> AsyncIterator[QueueMaker]:
+    """Makes fresh LocalStack queues, each with its dead-letter queue; deletes them after the test.
+
+    `await queue_with_dlq("orders")` creates `orders-<n>-<tag>` and `orders-<n>-<tag>-dlq` with
+    `qworker.local.create_queue_with_dlq` and returns their name and URLs (`MadeQueue`).
+    """
+    maker = QueueMaker(sqs_client)
+    yield maker
+    await maker.delete_all()

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from typing import Any
 
 import pytest
+from localstack_queues import QueueMaker, messages_left, running_worker
 from pydantic import BaseModel
 
 from qworker import BatchResult, Message, QWorker, Reject, Retry
-from qworker.local import create_queue_with_dlq, dead_letter_name
-from qworker.role import Identity
-from qworker.settings import QWorkerSettings
-from qworker.worker import Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.localstack]
 
@@ -27,15 +23,15 @@ class Order(BaseModel):
 async def test_a_batch_handler_settles_each_message_on_its_own(
     sqs_client: Any,
     localstack_server: Any,
+    queue_with_dlq: QueueMaker,
 ) -> None:
-    name = f"batch-{uuid.uuid4().hex[:10]}"
-    url = await create_queue_with_dlq(sqs_client, name)
+    queue = await queue_with_dlq("batch")
     sizes: list[int] = []
     handled: set[int] = set()
     done = asyncio.Event()
     app = QWorker("batch-ls")
 
-    @app.handler(name, batch_size=3, batch_wait_s=0.5)
+    @app.handler(queue.name, batch_size=3, batch_wait_s=0.5)
     async def handle(orders: list[Order], messages: list[Message]) -> BatchResult:
         sizes.append(len(orders))
         result = BatchResult()
@@ -51,33 +47,16 @@ async def test_a_batch_handler_settles_each_message_on_its_own(
         return result
 
     await sqs_client.send_message_batch(
-        QueueUrl=url,
+        QueueUrl=queue.url,
         Entries=[{"Id": str(n), "MessageBody": json.dumps({"n": n})} for n in range(6)],
     )
-    settings = QWorkerSettings(
-        endpoint_url=localstack_server.endpoint_url, region="us-east-1", wait_time_s=1
-    )
-    worker = Worker(app, settings, identity=Identity(service="batch"), local=True)
-    run = asyncio.create_task(worker.run())
-    try:
-        async with asyncio.timeout(60):
-            await done.wait()
-    finally:
-        worker.stop()
-        async with asyncio.timeout(60):
-            await run
+    async with running_worker(app, localstack_server.endpoint_url, "batch"), asyncio.timeout(60):
+        await done.wait()
     assert max(sizes) <= 3
     assert sum(sizes) == 7  # six messages, n=5 twice
-    counts = (
-        await sqs_client.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )
-    )["Attributes"]
-    assert sum(int(v) for v in counts.values()) == 0  # every handled message deleted
-    dlq_url = (await sqs_client.get_queue_url(QueueName=dead_letter_name(name)))["QueueUrl"]
+    assert await messages_left(sqs_client, queue.url) == 0  # every handled message deleted
     dead = await sqs_client.receive_message(
-        QueueUrl=dlq_url, WaitTimeSeconds=2, MessageAttributeNames=["All"]
+        QueueUrl=queue.dlq_url, WaitTimeSeconds=2, MessageAttributeNames=["All"]
     )
     (rejected,) = dead["Messages"]
     assert json.loads(rejected["Body"]) == {"n": 4}
@@ -88,48 +67,35 @@ async def test_a_batch_handler_settles_each_message_on_its_own(
 async def test_a_batch_stays_invisible_past_the_visibility_timeout_while_it_runs(
     sqs_client: Any,
     localstack_server: Any,
+    queue_with_dlq: QueueMaker,
 ) -> None:
-    name = f"batch-hb-{uuid.uuid4().hex[:10]}"
-    url = await create_queue_with_dlq(sqs_client, name, visibility_timeout_s=2)
+    queue = await queue_with_dlq("batch-hb", visibility_timeout_s=2)
     started, release = asyncio.Event(), asyncio.Event()
     receive_counts: list[int] = []
     app = QWorker("batch-hb")
 
-    @app.handler(name, batch_size=2, batch_wait_s=0.2)
+    @app.handler(queue.name, batch_size=2, batch_wait_s=0.2)
     async def handle(orders: list[Order], messages: list[Message]) -> None:
         receive_counts.extend(m.receive_count for m in messages)
         started.set()
         await release.wait()
 
     await sqs_client.send_message_batch(
-        QueueUrl=url,
+        QueueUrl=queue.url,
         Entries=[{"Id": str(n), "MessageBody": json.dumps({"n": n})} for n in range(2)],
     )
-    settings = QWorkerSettings(
-        endpoint_url=localstack_server.endpoint_url, region="us-east-1", wait_time_s=1
-    )
-    worker = Worker(app, settings, identity=Identity(service="batch"), local=True)
-    run = asyncio.create_task(worker.run())
-    try:
-        async with asyncio.timeout(60):
-            await started.wait()
-        await asyncio.sleep(5)  # more than twice the queue's visibility timeout
-        counts = (
-            await sqs_client.get_queue_attributes(
-                QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
-            )
-        )["Attributes"]
-        assert counts["ApproximateNumberOfMessages"] == "0"  # the heartbeat kept them hidden
-    finally:
-        release.set()
-        worker.stop()
-        async with asyncio.timeout(60):
-            await run
+    async with running_worker(app, localstack_server.endpoint_url, "batch"):
+        try:
+            async with asyncio.timeout(60):
+                await started.wait()
+            await asyncio.sleep(5)  # more than twice the queue's visibility timeout
+            counts = (
+                await sqs_client.get_queue_attributes(
+                    QueueUrl=queue.url, AttributeNames=["ApproximateNumberOfMessages"]
+                )
+            )["Attributes"]
+            assert counts["ApproximateNumberOfMessages"] == "0"  # the heartbeat kept them hidden
+        finally:
+            release.set()
     assert sorted(receive_counts) == [1, 1]  # never redelivered while the batch ran
-    counts = (
-        await sqs_client.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )
-    )["Attributes"]
-    assert sum(int(v) for v in counts.values()) == 0
+    assert await messages_left(sqs_client, queue.url) == 0

@@ -7,18 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
-import uuid
 from typing import Any
 
 import pytest
+from localstack_queues import QueueMaker, messages_left, running_worker
 from pydantic import BaseModel
 
 from qworker import Message, QWorker, Retry
-from qworker.local import create_queue_with_dlq
 from qworker.middleware import CallNext, MessageHooks
-from qworker.role import Identity
-from qworker.settings import QWorkerSettings
-from qworker.worker import Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.localstack]
 
@@ -46,9 +42,9 @@ class Hooks(MessageHooks):
 async def test_middleware_wraps_each_handler_call_of_a_real_worker(
     sqs_client: Any,
     localstack_server: Any,
+    queue_with_dlq: QueueMaker,
 ) -> None:
-    name = f"mw-{uuid.uuid4().hex[:10]}"
-    url = await create_queue_with_dlq(sqs_client, name)
+    queue = await queue_with_dlq("mw")
     events: list[str] = []
     done = asyncio.Event()
 
@@ -69,7 +65,7 @@ async def test_middleware_wraps_each_handler_call_of_a_real_worker(
 
     app = QWorker("mw-ls", middleware=[context, Hooks(events), gate])
 
-    @app.handler(name)
+    @app.handler(queue.name)
     async def handle(order: Order, message: Message) -> None:
         events.append(f"handle {order.order_id} {tenant.get()} {message.receive_count}")
         if order.order_id == "o-3":
@@ -79,32 +75,22 @@ async def test_middleware_wraps_each_handler_call_of_a_real_worker(
         return {k: {"DataType": "String", "StringValue": v} for k, v in values.items()}
 
     await sqs_client.send_message(
-        QueueUrl=url,
+        QueueUrl=queue.url,
         MessageBody=json.dumps({"order_id": "o-1"}),
         MessageAttributes=attributes(tenant="acme"),
     )
     await sqs_client.send_message(
-        QueueUrl=url,
+        QueueUrl=queue.url,
         MessageBody=json.dumps({"order_id": "o-2"}),
         MessageAttributes=attributes(skip="yes"),
     )
     await sqs_client.send_message(
-        QueueUrl=url,
+        QueueUrl=queue.url,
         MessageBody=json.dumps({"order_id": "o-3"}),
         MessageAttributes=attributes(tenant="globex", later="yes"),
     )
-    settings = QWorkerSettings(
-        endpoint_url=localstack_server.endpoint_url, region="us-east-1", wait_time_s=1
-    )
-    worker = Worker(app, settings, identity=Identity(service="mw"), local=True)
-    run = asyncio.create_task(worker.run())
-    try:
-        async with asyncio.timeout(60):
-            await done.wait()
-    finally:
-        worker.stop()
-        async with asyncio.timeout(60):
-            await run
+    async with running_worker(app, localstack_server.endpoint_url, "mw"), asyncio.timeout(60):
+        await done.wait()
     assert "handle o-1 acme 1" in events
     assert (
         events.index("before o-1") < events.index("handle o-1 acme 1") < events.index("after o-1")
@@ -113,10 +99,4 @@ async def test_middleware_wraps_each_handler_call_of_a_real_worker(
     assert not any(e.startswith("handle o-2") for e in events)  # skipped: never handled
     assert "error o-3 Retry" in events  # the hooks saw the inner middleware's Retry
     assert "handle o-3 globex 2" in events
-    attributes_now = (
-        await sqs_client.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )
-    )["Attributes"]
-    assert sum(int(v) for v in attributes_now.values()) == 0  # all three deleted
+    assert await messages_left(sqs_client, queue.url) == 0  # all three deleted

@@ -19,16 +19,14 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from localstack_queues import QueueMaker, running_worker, worker_settings
 from pydantic import BaseModel
 
 from qworker import Message, QWorker
-from qworker.local import create_queue_with_dlq
 from qworker.payloads import pointer_of
 from qworker.producer import SendError
-from qworker.role import Identity
 from qworker.settings import QWorkerSettings
 from qworker.transport import SqsTransport
-from qworker.worker import Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.localstack]
 
@@ -57,17 +55,16 @@ def qworker_send(endpoint_url: str, *args: str, seed: str) -> subprocess.Complet
 
 
 async def test_qworker_send_to_fifo_deduplicates_across_processes(
-    localstack_server: Any, sqs_client: Any
+    localstack_server: Any, sqs_client: Any, queue_with_dlq: QueueMaker
 ) -> None:
-    name = f"send-{uuid.uuid4().hex[:8]}.fifo"
-    url = await create_queue_with_dlq(sqs_client, name)
+    made = await queue_with_dlq("send", fifo=True)
     body = '{"order_id": "o-1"}'
     for seed in ("1", "2"):
         done = await asyncio.to_thread(
             qworker_send,
             localstack_server.endpoint_url,
             "--queue-name",
-            name,
+            made.name,
             "--type",
             "OrderPlaced",
             "--group",
@@ -76,7 +73,7 @@ async def test_qworker_send_to_fifo_deduplicates_across_processes(
             seed=seed,
         )
         assert done.returncode == 0, done.stderr
-    queue = SqsTransport(sqs_client, url)
+    queue = SqsTransport(sqs_client, made.url)
     received = await queue.receive(10, wait_time_s=1)
     assert [m.body for m in received] == [body]
     (message,) = received
@@ -85,11 +82,11 @@ async def test_qworker_send_to_fifo_deduplicates_across_processes(
     assert (await queue.receive(10, wait_time_s=1)) == []
 
 
-async def test_a_handler_sends_on_with_app_send(localstack_server: Any, sqs_client: Any) -> None:
-    orders = f"orders-{uuid.uuid4().hex[:8]}"
-    invoices = f"invoices-{uuid.uuid4().hex[:8]}"
-    await create_queue_with_dlq(sqs_client, orders)
-    await create_queue_with_dlq(sqs_client, invoices)
+async def test_a_handler_sends_on_with_app_send(
+    localstack_server: Any, queue_with_dlq: QueueMaker
+) -> None:
+    orders = (await queue_with_dlq("orders")).name
+    invoices = (await queue_with_dlq("invoices")).name
     app = QWorker("shop")
     seen: list[tuple[Invoice, str | None]] = []
     done = asyncio.Event()
@@ -103,20 +100,10 @@ async def test_a_handler_sends_on_with_app_send(localstack_server: Any, sqs_clie
         seen.append((inv, message.attribute("type")))
         done.set()
 
-    settings = QWorkerSettings(
-        endpoint_url=localstack_server.endpoint_url, region="us-east-1", wait_time_s=1
-    )
-    async with app.producer(settings, local=True):
+    async with app.producer(worker_settings(localstack_server.endpoint_url), local=True):
         await app.send(orders, OrderPlaced(order_id="o-9"))
-    worker = Worker(app, settings, identity=Identity(service="shop"), local=True)
-    run = asyncio.create_task(worker.run())
-    try:
-        async with asyncio.timeout(60):
-            await done.wait()
-    finally:
-        worker.stop()
-        async with asyncio.timeout(60):
-            await run
+    async with running_worker(app, localstack_server.endpoint_url, "shop"), asyncio.timeout(60):
+        await done.wait()
     assert seen == [(Invoice(order_id="o-9", total=42), "Invoice")]
     with pytest.raises(RuntimeError, match="no producer"):
         await app.send(invoices, "after the worker stopped")
@@ -133,12 +120,11 @@ def readme_send_example() -> str:
 
 
 async def test_the_readme_send_example_runs(
-    localstack_server: Any, sqs_client: Any, tmp_path: Path
+    localstack_server: Any, sqs_client: Any, queue_with_dlq: QueueMaker, tmp_path: Path
 ) -> None:
-    name = f"orders-{uuid.uuid4().hex[:8]}"
-    url = await create_queue_with_dlq(sqs_client, name)
+    made = await queue_with_dlq("orders")
     script = tmp_path / "send_orders.py"
-    script.write_text(readme_send_example().replace('"orders"', f'"{name}"'))
+    script.write_text(readme_send_example().replace('"orders"', f'"{made.name}"'))
     env = {
         **os.environ,
         "QWORKER_ENDPOINT_URL": localstack_server.endpoint_url,
@@ -158,7 +144,7 @@ async def test_the_readme_send_example_runs(
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "sent 39"
     attributes = await sqs_client.get_queue_attributes(
-        QueueUrl=url,
+        QueueUrl=made.url,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"],
     )
     counts = attributes["Attributes"]
@@ -168,12 +154,10 @@ async def test_the_readme_send_example_runs(
 
 
 async def test_qworker_send_offloads_to_s3_and_refuses_bad_options(
-    localstack_server: Any, sqs_client: Any
+    localstack_server: Any, sqs_client: Any, queue_with_dlq: QueueMaker
 ) -> None:
-    name = f"send-{uuid.uuid4().hex[:8]}"
-    url = await create_queue_with_dlq(sqs_client, name)
-    fifo = f"send-{uuid.uuid4().hex[:8]}.fifo"
-    await create_queue_with_dlq(sqs_client, fifo)
+    made = await queue_with_dlq("send")
+    fifo = (await queue_with_dlq("send", fifo=True)).name
     bucket = f"send-{uuid.uuid4().hex[:8]}"
     s3 = boto3.client(
         "s3",
@@ -183,10 +167,10 @@ async def test_qworker_send_offloads_to_s3_and_refuses_bad_options(
     )
     s3.create_bucket(Bucket=bucket)
     endpoint = localstack_server.endpoint_url
-    args = ["--queue-name", name, "--payload-bucket", bucket, "--payload-always", "hello"]
+    args = ["--queue-name", made.name, "--payload-bucket", bucket, "--payload-always", "hello"]
     done = await asyncio.to_thread(qworker_send, endpoint, *args, seed="0")
     assert done.returncode == 0, done.stderr
-    (message,) = await SqsTransport(sqs_client, url).receive(10, wait_time_s=1)
+    (message,) = await SqsTransport(sqs_client, made.url).receive(10, wait_time_s=1)
     pointer = pointer_of(message)
     assert pointer is not None
     assert pointer.bucket == bucket
@@ -202,19 +186,18 @@ async def test_qworker_send_offloads_to_s3_and_refuses_bad_options(
 
 
 async def test_an_entry_the_server_refuses_is_listed_and_the_rest_sent(
-    localstack_server: Any, sqs_client: Any
+    localstack_server: Any, sqs_client: Any, queue_with_dlq: QueueMaker
 ) -> None:
-    name = f"send-{uuid.uuid4().hex[:8]}"
-    url = await create_queue_with_dlq(sqs_client, name)
+    made = await queue_with_dlq("send")
     app = QWorker("shop")
     settings = QWorkerSettings(endpoint_url=localstack_server.endpoint_url, region="us-east-1")
     async with app.producer(settings, local=True):
         with pytest.raises(SendError) as caught:
-            await app.send_batch(name, ["first", "bad \x00 char", "third"])
+            await app.send_batch(made.name, ["first", "bad \x00 char", "third"])
     error = caught.value
     assert [(f.index, f.code) for f in error.failed] == [(1, "InvalidMessageContents")]
     assert (error.sent, error.total) == (2, 3)
-    queue = SqsTransport(sqs_client, url)
+    queue = SqsTransport(sqs_client, made.url)
     bodies: list[str] = []
     async with asyncio.timeout(30):
         while len(bodies) < 2:
