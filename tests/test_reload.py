@@ -1,97 +1,61 @@
 """`qworker run --reload`: a real reloader process, real children, real file changes.
 
 Each test starts the reloader as a process of its own (it installs its signal handlers), in a
-temporary directory, and follows its output and its children's line by line: every wait is for a
-line (a worker's `queue_resolved` log, a handler's print, the reloader's reports), never a sleep.
+temporary directory, as a `ManagedProcess` (tests/worker_process.py), and follows its output and
+its children's (one log) line by line: every wait is for a line (a worker's `queue_resolved` log,
+a handler's print, the reloader's reports), never a sleep.
 The worker test runs real `qworker run` children on the moto server: a change while a handler runs
 drains that handler to its end before the new worker starts, and nothing is left on the queue.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import queue
 import signal
-import subprocess
 import sys
 import textwrap
-import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import boto3
 import pytest
+from worker_process import WAIT_S, started
 
+from qworker._process import ManagedProcess
 from qworker.exceptions import ConfigError
 from qworker.reload import CONTAINER_VARIABLES, check_allowed, child_command, run_reloader
 
-WAIT_S: Final = 90.0
-"""The most any one expected line may take (a worker starting on a loaded machine)."""
+
+def expect(process: ManagedProcess, text: str) -> int:
+    """Wait for the next line of its output containing `text`; return that line's index."""
+    process.wait_for_line(text, timeout_s=WAIT_S)
+    return process.lines_read - 1
 
 
-class Output:
-    """A process's merged output, read line by line on a thread; `expect` waits for a line."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        with self.process.stdout:
-            for line in self.process.stdout:
-                self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def expect(self, text: str) -> int:
-        """Wait for the next line containing `text`; return its index in `lines`."""
-        while True:
-            try:
-                line = self._queue.get(timeout=WAIT_S)
-            except queue.Empty:
-                raise AssertionError(
-                    f"no line with {text!r} in {WAIT_S:g} s: {self.lines}"
-                ) from None
-            if line is None:
-                raise AssertionError(f"output ended without {text!r}: {self.lines}")
-            self.lines.append(line)
-            if text in line:
-                return len(self.lines) - 1
-
-    def finish(self) -> int:
-        code = self.process.wait(timeout=WAIT_S)
-        self._thread.join(timeout=WAIT_S)
-        while (line := self._queue.get_nowait() if not self._queue.empty() else None) is not None:
-            self.lines.append(line)
-        return code
-
-
-def start_reloader(cwd: Path, code: str, env: Mapping[str, str] | None = None) -> Output:
-    process = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    return Output(process)
+StartReloader = Callable[..., ManagedProcess]
 
 
 @pytest.fixture
-def reloaders() -> Iterator[list[Output]]:
-    started: list[Output] = []
-    yield started
-    for output in started:
-        if output.process.poll() is None:
-            output.process.kill()
-        output.finish()
+def start_reloader(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartReloader]:
+    """Start a reloader (`python -c code`, stdout and stderr in one log outside the watched
+    directory); every one started is stopped by PID when the test ends."""
+    with contextlib.ExitStack() as stack:
+
+        def start(cwd: Path, code: str, env: Mapping[str, str] | None = None) -> ManagedProcess:
+            return stack.enter_context(
+                started(
+                    [sys.executable, "-c", textwrap.dedent(code)],
+                    cwd=cwd,
+                    log_dir=tmp_path_factory.mktemp("reloader"),
+                    name="reloader",
+                    env=env,
+                )
+            )
+
+        yield start
 
 
 def test_refused_in_a_container() -> None:
@@ -170,46 +134,44 @@ def reloader_of(command: str, grace_s: float = 5, margin_s: float = 10) -> str:
 
 
 def test_a_crashed_child_starts_again_at_the_next_change(
-    tmp_path: Path, reloaders: list[Output]
+    tmp_path: Path, start_reloader: StartReloader
 ) -> None:
     child = tmp_path / "child.py"
     write_child(child, version=1, crash=True)
     out = start_reloader(tmp_path, reloader_of("[sys.executable, 'child.py']"))
-    reloaders.append(out)
-    out.expect("watching")
-    out.expect("child ready v1")
-    out.expect("worker exited with code 7; waiting for a change")
+    expect(out, "watching")
+    expect(out, "child ready v1")
+    expect(out, "worker exited with code 7; waiting for a change")
     write_child(child, version=2)
-    out.expect("changed: child.py; restarting the worker")
-    out.expect("child ready v2")
+    expect(out, "changed: child.py; restarting the worker")
+    expect(out, "child ready v2")
     (tmp_path / "notes.txt").write_text("not python: no restart")
-    out.process.send_signal(signal.SIGTERM)
-    out.expect("SIGTERM: stopping")
-    out.expect("child drained v2")
-    assert out.finish() == 0
-    assert sum("worker started" in line for line in out.lines) == 2
-    assert "stopped (worker exit code 0)" in out.lines[-1]
+    out.send_signal(signal.SIGTERM)
+    expect(out, "SIGTERM: stopping")
+    expect(out, "child drained v2")
+    assert out.wait_exit(WAIT_S) == 0
+    assert sum("worker started" in line for line in out.lines()) == 2
+    assert "stopped (worker exit code 0)" in out.lines()[-1]
 
 
 def test_a_child_that_ignores_sigterm_is_killed_after_grace_and_margin(
-    tmp_path: Path, reloaders: list[Output]
+    tmp_path: Path, start_reloader: StartReloader
 ) -> None:
     child = tmp_path / "child.py"
     write_child(child, version=1, stubborn=True)
     out = start_reloader(
         tmp_path, reloader_of("[sys.executable, 'child.py']", grace_s=0.2, margin_s=0.3)
     )
-    reloaders.append(out)
-    out.expect("child ready v1")
+    expect(out, "child ready v1")
     write_child(child, version=2)
-    out.expect("draining the worker")
-    out.expect("did not exit in 0.5 s: SIGKILL")
-    out.expect("worker exited with code -9")
-    out.expect("child ready v2")
-    out.process.send_signal(signal.SIGINT)
-    out.expect("SIGINT: stopping")
-    out.expect("child drained v2")  # the new child does stop on SIGTERM
-    assert out.finish() == 0
+    expect(out, "draining the worker")
+    expect(out, "did not exit in 0.5 s: SIGKILL")
+    expect(out, "worker exited with code -9")
+    expect(out, "child ready v2")
+    out.send_signal(signal.SIGINT)
+    expect(out, "SIGINT: stopping")
+    expect(out, "child drained v2")  # the new child does stop on SIGTERM
+    assert out.wait_exit(WAIT_S) == 0
 
 
 HANDLERS: Final = """\
@@ -230,7 +192,7 @@ async def handle(body: str) -> None:
 
 
 def test_a_change_drains_the_worker_then_starts_the_new_code(
-    tmp_path: Path, reloaders: list[Output], moto_server: Any
+    tmp_path: Path, start_reloader: StartReloader, moto_server: Any
 ) -> None:
     name = f"reload-{uuid.uuid4().hex[:8]}"
     sqs = boto3.client(
@@ -266,29 +228,28 @@ def test_a_change_drains_the_worker_then_starts_the_new_code(
             **dict.fromkeys(CONTAINER_VARIABLES, ""),
         },
     )
-    reloaders.append(out)
-    out.expect("queue_resolved")
+    expect(out, "queue_resolved")
     sqs.send_message(QueueUrl=url, MessageBody="fast")
-    out.expect("handled fast v1")
+    expect(out, "handled fast v1")
     sqs.send_message(QueueUrl=url, MessageBody="slow")
-    out.expect("handling slow v1")
+    expect(out, "handling slow v1")
 
     app.write_text(HANDLERS.format(version=2))
-    out.expect("changed: reload_app.py; restarting the worker")
-    out.expect("draining the worker")
+    expect(out, "changed: reload_app.py; restarting the worker")
+    expect(out, "draining the worker")
     (tmp_path / "release").write_text("")
-    handled = out.expect("handled slow v1")
-    exited = out.expect("worker exited with code 0")
-    started = out.expect("worker started")
-    out.expect("queue_resolved")
-    assert handled < exited < started  # the old worker finished its message first
+    handled = expect(out, "handled slow v1")
+    exited = expect(out, "worker exited with code 0")
+    restarted = expect(out, "worker started")
+    expect(out, "queue_resolved")
+    assert handled < exited < restarted  # the old worker finished its message first
 
     sqs.send_message(QueueUrl=url, MessageBody="after")
-    out.expect("handled after v2")
-    out.process.send_signal(signal.SIGTERM)
-    out.expect("stopped (worker exit code 0)")
-    assert out.finish() == 0
-    assert not any("handling slow v2" in line for line in out.lines)  # deleted, not redelivered
+    expect(out, "handled after v2")
+    out.send_signal(signal.SIGTERM)
+    expect(out, "stopped (worker exit code 0)")
+    assert out.wait_exit(WAIT_S) == 0
+    assert not any("handling slow v2" in line for line in out.lines())  # deleted, not redelivered
     counts = sqs.get_queue_attributes(
         QueueUrl=url,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
@@ -296,5 +257,5 @@ def test_a_change_drains_the_worker_then_starts_the_new_code(
     assert counts == {
         "ApproximateNumberOfMessages": "0",
         "ApproximateNumberOfMessagesNotVisible": "0",
-    }, json.dumps(out.lines[-20:])
+    }, json.dumps(out.lines()[-20:])
     sqs.delete_queue(QueueUrl=url)
