@@ -8,18 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import (
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    HTTPClientError,
-    NoCredentialsError,
-    ParamValidationError,
-    ProxyConnectionError,
-    ReadTimeoutError,
-    SSLError,
-)
+from aws_errors import CONNECTION_ERRORS, client_error, error_id
+from botocore.exceptions import NoCredentialsError, ParamValidationError, SSLError
 from servers import MotoServer
 
 from qworker import _aws, transport
@@ -52,14 +42,6 @@ def closed_port() -> int:
     return port
 
 
-def client_error(code: str, status: int = 400, message: str = "it broke") -> ClientError:
-    response = {
-        "Error": {"Code": code, "Message": message},
-        "ResponseMetadata": {"HTTPStatusCode": status},
-    }
-    return ClientError(response, "GetMetricData")
-
-
 # -- the mapping table ---------------------------------------------------------------------------
 
 
@@ -67,7 +49,7 @@ def client_error(code: str, status: int = 400, message: str = "it broke") -> Cli
 def test_each_code_maps_to_its_class_and_keeps_the_code(
     code: str, expected: type[TransportError]
 ) -> None:
-    error = client_error(code)
+    error = client_error(code, operation="GetMetricData")
 
     with pytest.raises(TransportError) as info, map_errors("GetMetricData"):
         raise error
@@ -97,19 +79,7 @@ def test_a_known_code_wins_over_the_status() -> None:
     assert error_class("AccessDenied", 500) is AccessDenied
 
 
-@pytest.mark.parametrize(
-    "error",
-    [
-        EndpointConnectionError(endpoint_url="http://127.0.0.1:9"),
-        ConnectTimeoutError(endpoint_url="http://127.0.0.1:9"),
-        ConnectionClosedError(endpoint_url="http://127.0.0.1:9"),
-        ReadTimeoutError(endpoint_url="http://127.0.0.1:9"),
-        HTTPClientError(error=OSError("connection reset by peer")),
-        ProxyConnectionError(proxy_url="http://proxy:3128", error=OSError("refused")),
-        ConnectionResetError("reset"),
-    ],
-    ids=lambda e: type(e).__name__,
-)
+@pytest.mark.parametrize("error", CONNECTION_ERRORS, ids=error_id)
 def test_connection_errors_are_transient(error: Exception) -> None:
     with pytest.raises(QueueUnavailable) as info, map_errors("GetMetricData"):
         raise error
@@ -130,7 +100,7 @@ def test_missing_credentials_are_access_denied_with_a_hint() -> None:
         SSLError(endpoint_url="https://sqs.eu-west-1.amazonaws.com", error=OSError("bad cert")),
         ParamValidationError(report="QueueUrl is missing"),
     ],
-    ids=lambda e: type(e).__name__,
+    ids=error_id,
 )
 def test_other_botocore_errors_are_lasting_transport_errors(error: Exception) -> None:
     with pytest.raises(TransportError) as info, map_errors("SendMessage"):

@@ -6,17 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from botocore.exceptions import (
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    HTTPClientError,
-    NoCredentialsError,
-    ProxyConnectionError,
-    ReadTimeoutError,
-    SSLError,
-)
+from aws_errors import CONNECTION_ERRORS, client_error, error_id
+from botocore.exceptions import ClientError, NoCredentialsError, SSLError
 
 from qworker.exceptions import (
     QueueUnavailable,
@@ -35,15 +26,6 @@ from qworker.message import (
     queue_name_from_url,
 )
 from qworker.transport import ERROR_CODES, map_errors  # the re-exports of qworker._aws
-
-
-def client_error(code: str, status: int = 400, message: str = "it broke") -> ClientError:
-    response = {
-        "Error": {"Code": code, "Message": message},
-        "ResponseMetadata": {"HTTPStatusCode": status},
-    }
-    return ClientError(response, "ReceiveMessage")
-
 
 # -- map_errors ----------------------------------------------------------------------------------
 
@@ -97,21 +79,7 @@ def test_client_error_without_metadata_is_mapped() -> None:
     assert type(info.value) is TransportError
 
 
-@pytest.mark.parametrize(
-    "error",
-    [
-        EndpointConnectionError(endpoint_url="http://127.0.0.1:9"),
-        ConnectTimeoutError(endpoint_url="http://127.0.0.1:9"),
-        ConnectionClosedError(endpoint_url="http://127.0.0.1:9"),
-        ReadTimeoutError(endpoint_url="http://127.0.0.1:9"),
-        # What aiobotocore raises for any other aiohttp error (a reset mid-response, a bad payload).
-        HTTPClientError(error=OSError("connection reset by peer")),
-        ProxyConnectionError(proxy_url="http://proxy:3128", error=OSError("refused")),
-        ConnectionRefusedError("refused"),
-        ConnectionResetError("reset"),
-    ],
-    ids=lambda e: type(e).__name__,
-)
+@pytest.mark.parametrize("error", CONNECTION_ERRORS, ids=error_id)
 def test_connection_errors_are_queue_unavailable(error: Exception) -> None:
     with pytest.raises(QueueUnavailable) as info, map_errors("ReceiveMessage"):
         raise error
@@ -126,7 +94,7 @@ def test_connection_errors_are_queue_unavailable(error: Exception) -> None:
         NoCredentialsError(),
         SSLError(endpoint_url="https://sqs.eu-west-1.amazonaws.com", error=OSError("bad cert")),
     ],
-    ids=lambda e: type(e).__name__,
+    ids=error_id,
 )
 def test_botocore_errors_never_leave_the_transport(error: Exception) -> None:
     # Not necessarily transient (a missing credential, a bad CA bundle), but still qworker errors.
