@@ -9,38 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiobotocore.session import get_session
 from servers import MotoServer
+from worker_process import WAIT_S, next_entry_async, qworker
 
 from qworker.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = '{"order_id": "o-%d", "customer_id": "c-1", "amount_cents": 1250, "currency": "EUR"}'
-
-
-async def read_until(
-    stream: asyncio.StreamReader, wanted: int, action: str
-) -> list[dict[str, Any]]:
-    """Read JSON log lines until `wanted` of them have `action`."""
-    found: list[dict[str, Any]] = []
-    while len(found) < wanted:
-        line = await stream.readline()
-        if not line:
-            raise AssertionError(f"the worker exited after {len(found)} {action} lines")
-        with_action = json.loads(line) if line.startswith(b"{") else {}
-        if with_action.get("action") == action:
-            found.append(with_action)
-    return found
 
 
 async def sum_from_cloudwatch(endpoint_url: str, queue: str, metric: str) -> float:
@@ -83,7 +66,6 @@ async def test_worker_process_emits_metrics_health_and_flushes_on_sigterm(
     queue = f"e2e-{uuid.uuid4().hex[:8]}"
     health_file = tmp_path / "health.json"
     env = {
-        **os.environ,
         "QWORKER_ENDPOINT_URL": moto_server.endpoint_url,
         "QWORKER_QUEUE_NAME": queue,
         "QWORKER_SERVICE": "e2e",
@@ -105,40 +87,28 @@ async def test_worker_process_emits_metrics_health_and_flushes_on_sigterm(
     )
     assert sent == 0
 
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "qworker",
-        "run",
-        "handlers.orders",
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert worker.stderr is not None
-    assert worker.stdout is not None
-    try:
-        async with asyncio.timeout(60):
-            succeeded = await read_until(worker.stderr, 3, "message_succeeded")
-            assert {line["role"] for line in succeeded} == {"primary"}
-            assert await asyncio.to_thread(main, ["health", "--health-file", str(health_file)]) == 0
-            worker.send_signal(signal.SIGTERM)
-            stdout, stderr = await worker.communicate()
-    finally:
-        if worker.returncode is None:
-            worker.kill()
-            await worker.wait()
-    assert worker.returncode == 0, stderr.decode()[-2000:]
+    with qworker(
+        "run", "handlers.orders", cwd=ROOT, log_dir=tmp_path, name="worker", env=env,
+        stdout_apart=True,
+    ) as worker:  # fmt: skip
+        succeeded = [await next_entry_async(worker, "message_succeeded") for _ in range(3)]
+        assert {line["role"] for line in succeeded} == {"primary"}
+        assert await asyncio.to_thread(main, ["health", "--health-file", str(health_file)]) == 0
+        worker.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(WAIT_S):
+            code = await worker.wait_exit_async()
+    stderr = worker.log_since_start()
+    stdout = (tmp_path / "worker.out").read_text()
+    assert code == 0, stderr[-2000:]
 
-    documents = [json.loads(line) for line in stdout.decode().splitlines() if line.strip()]
+    documents = [json.loads(line) for line in stdout.splitlines() if line.strip()]
     assert documents, "no EMF document on stdout"
     assert all("_aws" in d for d in documents)  # nothing but EMF on stdout
     assert sum(d["Succeeded"] for d in documents if d["Queue"] == queue) == 3
     assert {d["DeploymentRole"] for d in documents} == {"primary"}
     assert await sum_from_cloudwatch(moto_server.endpoint_url, queue, "Succeeded") == 3
 
-    spans = [json.loads(s) for s in _console_spans(stderr.decode())]
+    spans = [json.loads(s) for s in _console_spans(stderr)]
     consumer_spans = [s for s in spans if s["kind"] == "SpanKind.CONSUMER"]
     assert len(consumer_spans) == 3
     assert all(s["name"] == f"process {queue}" for s in consumer_spans)
