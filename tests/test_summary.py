@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import signal
 import sys
 from pathlib import Path
 
 import pytest
+from worker_process import WAIT_S, qworker, worker_env
 
 from qworker import observability
 from qworker.emf import MetricsAggregator
@@ -151,58 +151,39 @@ async def test_a_container_writes_emf_and_no_summary(
     assert not [r for r in caplog.records if r.name == "qworker.summary"]
 
 
-ROOT = Path(__file__).resolve().parent.parent
 SUMMARY = re.compile(
     r"last \d+ s: (\d+) succeeded, (\d+) failed, (\d+) retried, (\d+) rejected; p50 [\d.]+ ms\b"
 )
 ORDER = '{"order_id": "o-%d", "customer_id": "c-1", "amount_cents": 1250, "currency": "EUR"}'
 
 
-async def _line_with(stream: asyncio.StreamReader, text: str, seen: list[str]) -> str:
-    while line := (await stream.readline()).decode():
-        seen.append(line)
-        if text in line:
-            return line
-    raise AssertionError(f"stream ended without {text!r}:\n{''.join(seen)[-3000:]}")
-
-
 @pytest.mark.integration
 @pytest.mark.moto
 async def test_make_run_shows_a_summary_line_and_keeps_stdout_clear(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QWORKER_", "AWS_ENDPOINT"))}
-    env |= {
-        "PYTHONPATH": str(ROOT),
+    given = {
         "QWORKER_LOCAL_PORT": "0",
         "QWORKER_METRICS_INTERVAL_S": "1",
         "QWORKER_HEALTH_FILE": str(tmp_path / "health.json"),
     }
-    command = [sys.executable, "-m", "qworker"]
-    worker = await asyncio.create_subprocess_exec(
-        *command, "run", "handlers.orders", "--log-format", "text",
-        cwd=tmp_path, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert worker.stderr is not None
-    seen: list[str] = []
-    try:
-        async with asyncio.timeout(90):
-            await _line_with(worker.stderr, "qworker send --queue-name", seen)
-            sender = await asyncio.create_subprocess_exec(
-                *command, "send", ORDER % 1, ORDER % 2, "not json",
-                cwd=tmp_path, env=env, stdin=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
+    with qworker(
+        "run", "handlers.orders", "--log-format", "text",
+        cwd=tmp_path, log_dir=tmp_path, name="worker", env=given, stdout_apart=True,
+    ) as worker:  # fmt: skip
+        await worker.wait_for_line_async("qworker send --queue-name", timeout_s=WAIT_S)
+        sender = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "qworker", "send", ORDER % 1, ORDER % 2, "not json",
+            cwd=tmp_path, env=worker_env(given), stdin=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        async with asyncio.timeout(WAIT_S):
             assert await sender.wait() == 0
-            totals = [0, 0, 0, 0]  # succeeded, failed, retried, rejected
-            while totals != [2, 0, 0, 1]:
-                line = await _line_with(worker.stderr, "last ", seen)
-                found = SUMMARY.search(line)
-                assert found is not None, line
-                totals = [a + int(b) for a, b in zip(totals, found.groups(), strict=True)]
-            worker.send_signal(signal.SIGTERM)
-            stdout, rest = await worker.communicate()
-    finally:
-        if worker.returncode is None:
-            worker.kill()
-            await worker.wait()
-    assert worker.returncode == 0, "".join(seen) + rest.decode()
-    assert stdout == b""  # no EMF on the terminal
+        totals = [0, 0, 0, 0]  # succeeded, failed, retried, rejected
+        while totals != [2, 0, 0, 1]:
+            line = await worker.wait_for_line_async("last ", timeout_s=WAIT_S)
+            found = SUMMARY.search(line)
+            assert found is not None, line
+            totals = [a + int(b) for a, b in zip(totals, found.groups(), strict=True)]
+        worker.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(WAIT_S):
+            code = await worker.wait_exit_async()
+    assert code == 0, worker.log_since_start()
+    assert (tmp_path / "worker.out").read_bytes() == b""  # no EMF on the terminal
