@@ -145,6 +145,10 @@ class Handlers:
             self.done += 1
 
 
+Contender = Callable[[LatencyTransport, Handlers, int, int, int], Awaitable[int]]
+"""A contender: (transport, handler, messages, pollers, concurrency) -> messages handled."""
+
+
 class Gate:
     """PROTOTYPE middleware: at most `limit` handlers run; the rest of the held messages wait."""
 
@@ -288,9 +292,7 @@ async def bare(  # noqa: C901 (one loop, its helpers inline, as a user would wri
     return state["deleted"]
 
 
-def qworker(
-    *, gate: bool, batched: bool, pollers: int | None = None
-) -> Callable[[LatencyTransport, Handlers, int, int, int], Awaitable[int]]:
+def qworker(*, gate: bool, batched: bool, pollers: int | None = None) -> Contender:
     """qworker's consumer, as shipped or with the prototype changes."""
 
     async def run(
@@ -317,6 +319,34 @@ def qworker(
     return run
 
 
+@dataclass(frozen=True, slots=True)
+class Prototype:
+    """A workload's own last prototype: its row label, whether its take is batched, its pollers."""
+
+    label: str
+    batched: bool
+    pollers: int
+
+
+def lineup(
+    pollers: int, where: str, *, bare_at: tuple[int, str], today: str, last: Prototype
+) -> dict[str, tuple[Contender, int]]:
+    """A workload's contenders, by row label: each with the pollers it runs.
+
+    The bare loop (`bare_at`: its pollers and label), qworker as shipped (labelled `today`) and
+    prototypes A and B, these three with `pollers` (`where` ends their labels), and the workload's
+    own prototype `last` (a handler gate, with a batched take or not).
+    """
+    bare_pollers, bare_where = bare_at
+    return {
+        f"bare ({bare_where})": (bare, bare_pollers),
+        f"{today} ({where})": (qworker(gate=False, batched=False), pollers),
+        f"prototype A: handler gate ({where})": (qworker(gate=True, batched=False), pollers),
+        f"prototype B: A + batched take ({where})": (qworker(gate=True, batched=True), pollers),
+        last.label: (qworker(gate=True, batched=last.batched), last.pollers),
+    }
+
+
 async def bare_handler(body: str) -> None:
     """A handler for the interface probe (never run)."""
     del body
@@ -331,7 +361,7 @@ def defaults() -> tuple[int, int]:
 
 async def one(
     name: str,
-    contender: Callable[[LatencyTransport, Handlers, int, int, int], Awaitable[int]],
+    contender: Contender,
     *,
     messages: int,
     pollers: int,
@@ -362,54 +392,40 @@ async def measure(args: argparse.Namespace) -> str:
     """Run both workloads' rounds; return Markdown."""
     c_default, p_default = defaults()
     pollers_c = max(2, math.ceil(IO_CONCURRENCY / MAX_BATCH))
+    io_where = f"{BARE_POLLERS} pollers"
+    drain_where = f"C={c_default}, {p_default} pollers"
+    prototype_c = Prototype(
+        f"prototype C: B + {pollers_c} pollers (ceil(C/10))", batched=True, pollers=pollers_c
+    )
+    prototype_d = Prototype(
+        f"prototype D: A with {DEFAULTS_POLLERS} pollers (C={c_default})",
+        batched=False,
+        pollers=DEFAULTS_POLLERS,
+    )
     workloads: dict[str, dict[str, Any]] = {
         "I/O-bound": {
             "concurrency": IO_CONCURRENCY,
             "delay_s": IO_DELAY_S,
             "ideal": IO_CONCURRENCY / IO_DELAY_S,
-            "contenders": {
-                f"bare ({BARE_POLLERS} pollers)": (bare, BARE_POLLERS),
-                f"qworker today ({BARE_POLLERS} pollers)": (
-                    qworker(gate=False, batched=False),
-                    BARE_POLLERS,
-                ),
-                f"prototype A: handler gate ({BARE_POLLERS} pollers)": (
-                    qworker(gate=True, batched=False),
-                    BARE_POLLERS,
-                ),
-                f"prototype B: A + batched take ({BARE_POLLERS} pollers)": (
-                    qworker(gate=True, batched=True),
-                    BARE_POLLERS,
-                ),
-                f"prototype C: B + {pollers_c} pollers (ceil(C/10))": (
-                    qworker(gate=True, batched=True),
-                    pollers_c,
-                ),
-            },
+            "contenders": lineup(
+                BARE_POLLERS,
+                io_where,
+                bare_at=(BARE_POLLERS, io_where),
+                today="qworker today",
+                last=prototype_c,
+            ),
         },
         "drain, defaults": {
             "concurrency": c_default,
             "delay_s": 0.0,
             "ideal": None,
-            "contenders": {
-                f"bare ({DRAIN_BARE_POLLERS} pollers, C={c_default})": (bare, DRAIN_BARE_POLLERS),
-                f"qworker defaults today (C={c_default}, {p_default} pollers)": (
-                    qworker(gate=False, batched=False),
-                    p_default,
-                ),
-                f"prototype A: handler gate (C={c_default}, {p_default} pollers)": (
-                    qworker(gate=True, batched=False),
-                    p_default,
-                ),
-                f"prototype B: A + batched take (C={c_default}, {p_default} pollers)": (
-                    qworker(gate=True, batched=True),
-                    p_default,
-                ),
-                f"prototype D: A with {DEFAULTS_POLLERS} pollers (C={c_default})": (
-                    qworker(gate=True, batched=False),
-                    DEFAULTS_POLLERS,
-                ),
-            },
+            "contenders": lineup(
+                p_default,
+                drain_where,
+                bare_at=(DRAIN_BARE_POLLERS, f"{DRAIN_BARE_POLLERS} pollers, C={c_default}"),
+                today="qworker defaults today",
+                last=prototype_d,
+            ),
         },
     }
     parts = [
