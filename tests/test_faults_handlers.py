@@ -17,10 +17,7 @@ cancellation at shutdown still releases its message.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -33,9 +30,8 @@ from fault_handlers import CRASHES
 from test_faults import (
     FAST_RETRY,
     QUIET_S,
-    STOP_S,
-    TESTS,
     WAIT_S,
+    Launcher,
     Queues,
     WorkerProcess,
     account_for,
@@ -106,41 +102,15 @@ class SpawnModule(Protocol):
 @pytest.fixture
 def spawn_module(localstack_server: Any, tmp_path: Path) -> Iterator[SpawnModule]:
     """Start `qworker run <module>` processes; any still running at the end is killed."""
-    started: list[WorkerProcess] = []
+    launcher = Launcher(localstack_server.endpoint_url, tmp_path)
 
     def start(module: str, queues: Queues, journal: Path, *flags: str) -> WorkerProcess:
-        label = len(started) + 1
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QWORKER_")}
-        env |= {
-            "PYTHONPATH": str(TESTS),
-            "QWORKER_TEST_JOURNAL": str(journal),
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        log_path = tmp_path / f"worker-{label}.log"
-        command = [
-            sys.executable, "-m", "qworker", "run", module,
-            "--endpoint-url", localstack_server.endpoint_url,
-            "--queue-name", queues.name,
-            "--wait-time-s", "1",
-            "--log-level", "DEBUG",
-            "--health-file", str(tmp_path / f"health-{label}.json"),
-            *flags,
-        ]  # fmt: skip
-        with log_path.open("wb") as log:  # the child keeps its own descriptor
-            proc = subprocess.Popen(
-                command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log
-            )
-        worker = WorkerProcess(proc, log_path, time.monotonic())
-        started.append(worker)
-        return worker
+        return launcher.start(module, queues.name, journal, *flags)
 
-    yield start
-    for worker in started:
-        if worker.alive:
-            worker.proc.kill()
-        worker.proc.wait(STOP_S)
+    try:
+        yield start
+    finally:
+        launcher.close()
 
 
 @scenario
