@@ -29,6 +29,36 @@ def drawn(text: str) -> bytes:
     return bytes(canvas.pixels)
 
 
+CELL_ROWS = chart.GLYPH_HEIGHT + chart.DESCENDER
+
+
+def read_back(text: str) -> list[tuple[str, ...]]:
+    """Each character's cell of `drawn(text)`, read back as glyph rows ('#' ink, '.' paper)."""
+    pixels = drawn(text)
+    step = chart.GLYPH_WIDTH + 1
+
+    def ink(x: int, y: int) -> str:
+        return "#" if pixels[(y * 120 + x) * 3] == 0 else "."
+
+    return [
+        tuple(
+            "".join(ink(index * step + column, row) for column in range(chart.GLYPH_WIDTH))
+            for row in range(CELL_ROWS)
+        )
+        for index in range(len(text))
+    ]
+
+
+def glyph(char: str) -> tuple[str, ...]:
+    """The font's rows for `char`, padded with blank rows down to the descenders' depth."""
+    rows = tuple(chart.FONT[char])
+    return rows + ("." * chart.GLYPH_WIDTH,) * (CELL_ROWS - len(rows))
+
+
+def inked(pixels: bytes) -> int:
+    return sum(1 for i in range(0, len(pixels), 3) if pixels[i] == 0)
+
+
 def test_every_lower_case_letter_has_its_own_glyph() -> None:
     for letter in "abcdefghijklmnopqrstuvwxyz":
         assert letter in chart.FONT
@@ -36,9 +66,12 @@ def test_every_lower_case_letter_has_its_own_glyph() -> None:
 
 
 def test_text_is_drawn_as_written() -> None:
-    assert drawn("v1.5.0-rc1") != drawn("V1.5.0-RC1")
-    assert drawn("v1.5.0-rc1") == drawn("v1.5.0-rc1")
-    assert drawn("\u00e9") == drawn("?")  # a character the font lacks
+    text = "v1.5.0-rc1"
+
+    assert read_back(text) == [glyph(char) for char in text]  # each cell holds its own glyph
+    assert inked(drawn(text)) == sum(row.count("#") for char in text for row in glyph(char))
+    assert drawn(text) != drawn(text.upper())
+    assert read_back("\u00e9") == [glyph("?")]  # a character the font lacks
 
 
 def test_descenders_go_below_the_baseline() -> None:
@@ -68,6 +101,14 @@ def test_dashed_series_and_a_labelled_point_are_drawn() -> None:
     colors = colors_of(png)
     assert colors[bytes(ring)] > 100
     assert colors[bytes(dashed)] > 100
+
+
+def test_a_dashed_line_is_drawn_in_dashes() -> None:
+    canvas = chart.Canvas(100, 3)
+    canvas.line(0, 1, 99, 1, (0, 0, 0), dash=(10, 6))
+
+    row = "".join("#" if canvas.pixels[(100 + x) * 3] == 0 else "." for x in range(100))
+    assert row == ("#" * 10 + "." * 6) * 6 + "#" * 4
 
 
 def looks(canary_rate: float, minutes: int) -> list[Verdict]:
