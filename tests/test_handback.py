@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -41,8 +38,8 @@ from accounting import FAULT_ID, Journal, send_tagged
 from pydantic import BaseModel
 from test_faults import (
     STOP_S,
-    TESTS,
     VISIBILITY_S,
+    Launcher,
     Queues,
     WorkerProcess,
     account_for,
@@ -343,50 +340,30 @@ class Start(Protocol):
 @pytest.fixture
 def start(localstack_server: Any, tmp_path: Path) -> Iterator[Start]:
     """Start `qworker run handback_handlers` processes; any still running at the end is killed."""
-    started: list[WorkerProcess] = []
+    launcher = Launcher(localstack_server.endpoint_url, tmp_path)
 
     def run(
         queue_name: str, journal: Path, role: str, *flags: str, defect: str = ""
     ) -> WorkerProcess:
-        label = f"{role}-{len(started) + 1}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QWORKER_")}
-        env.update(
-            {
-                "PYTHONPATH": str(TESTS),
-                "QWORKER_TEST_JOURNAL": str(journal),
-                "QWORKER_DEPLOYMENT_ROLE": role,
-                "HANDBACK_DEFECT": defect,
-                "HANDBACK_PRIMARY_DEFECT": defect if role == "primary" else "",
-                "AWS_ACCESS_KEY_ID": "test",
-                "AWS_SECRET_ACCESS_KEY": "test",
-                "AWS_DEFAULT_REGION": "us-east-1",
-            }
-        )
-        log_path = tmp_path / f"worker-{label}.log"
-        command = [
-            sys.executable, "-m", "qworker", "run", "handback_handlers",
-            "--endpoint-url", localstack_server.endpoint_url,
-            "--queue-name", queue_name,
-            "--wait-time-s", "1",
-            "--log-level", "DEBUG",
-            "--health-file", str(tmp_path / f"health-{label}.json"),
-            "--retry-base-s", "0",
-            "--retry-max-s", "1",
+        env = {
+            "QWORKER_DEPLOYMENT_ROLE": role,
+            "HANDBACK_DEFECT": defect,
+            "HANDBACK_PRIMARY_DEFECT": defect if role == "primary" else "",
+        }
+        return launcher.start(
+            "handback_handlers",
+            queue_name,
+            journal,
+            *("--retry-base-s", "0", "--retry-max-s", "1"),
             *flags,
-        ]  # fmt: skip
-        with log_path.open("wb") as log:  # the child keeps its own descriptor
-            proc = subprocess.Popen(
-                command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log
-            )
-        worker = WorkerProcess(proc, log_path, time.monotonic())
-        started.append(worker)
-        return worker
+            label=f"{role}-{len(launcher.started) + 1}",
+            env=env,
+        )
 
-    yield run
-    for worker in started:
-        if worker.alive:
-            worker.proc.kill()
-        worker.proc.wait(STOP_S)
+    try:
+        yield run
+    finally:
+        launcher.close()
 
 
 async def wait_started(workers: list[WorkerProcess]) -> None:
