@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,8 +24,10 @@ from typing import Any
 
 import boto3
 import pytest
+from servers import MotoServer
 
 from handlers.orders import Order
+from qworker._process import ManagedProcess
 
 pytestmark = [
     pytest.mark.container,
@@ -48,6 +49,7 @@ IMAGE = "localhost/qworker:test"
 BUILD_TIMEOUT_S = 540.0
 DRAIN_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
+STOP_GRACE_S = 10.0
 MESSAGES = 12
 REGION = "us-east-1"
 
@@ -85,38 +87,10 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
     return IMAGE
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    """moto's server on the host's 127.0.0.1, from the project venv; stopped by its PID."""
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"moto server did not start (exit code {server.poll()})")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+def endpoint(moto_server: MotoServer) -> str:
+    """moto on the host's 127.0.0.1: tests/servers.py's server, a ManagedProcess stopped by PID."""
+    return moto_server.endpoint_url
 
 
 @pytest.fixture
@@ -180,11 +154,10 @@ def test_image_runs_as_non_root_and_stops_on_sigterm(image: str, container: str)
 
 @dataclass(frozen=True)
 class _Worker:
-    process: subprocess.Popen[bytes]
-    log: Path
+    process: ManagedProcess  # `buildah run`, in its own session; the worker runs under it
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.process.log_since_start()
 
     def records(self) -> list[dict[str, Any]]:
         """The JSON log records (other lines, e.g. from buildah, are skipped)."""
@@ -246,18 +219,25 @@ def _run_worker(container: str, endpoint: str, queue: str, log: Path) -> Iterato
     }
     env_args = [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
     command = ["buildah", "run", "--isolation", "chroot", *env_args, container]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--", "qworker", "run", "handlers.orders"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process = ManagedProcess(
+        [*command, "--", "qworker", "run", "handlers.orders"], log_path=log, name="buildah run"
+    )
+    process.start()
     try:
-        yield _Worker(process, log)
+        yield _Worker(process)
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(30)
+        # Done already, or a failure: SIGTERM (`buildah run` then ends its child), then SIGKILL.
+        process.stop(STOP_GRACE_S)
+
+
+def _wait_exit(process: ManagedProcess, timeout_s: float) -> int | None:
+    """Its exit code once it exited by itself (reaped then), or None after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not process.exited():
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)  # another process: polling its state is the only way to watch it
+    return process.stop(0)
 
 
 def _queue_depth(sqs: Any, url: str) -> tuple[int, int]:
@@ -296,8 +276,8 @@ def test_worker_in_image_drains_queue_and_stops_on_sigterm(
     with _run_worker(container, endpoint, queue, tmp_path / "worker.log") as worker:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while (depth := _queue_depth(sqs, url)) != (0, 0):
-            if worker.process.poll() is not None:
-                pytest.fail(f"worker exited {worker.process.returncode}:\n{worker.output()}")
+            if worker.process.exited():
+                pytest.fail(f"worker exited {worker.process.stop(0)}:\n{worker.output()}")
             if time.monotonic() > deadline:
                 pytest.fail(f"queue not drained in {DRAIN_TIMEOUT_S}s {depth}:\n{worker.output()}")
             time.sleep(0.5)
@@ -305,9 +285,8 @@ def test_worker_in_image_drains_queue_and_stops_on_sigterm(
         pid = _worker_pid(worker.process.pid)
         assert pid is not None, f"no qworker process under buildah run:\n{worker.output()}"
         os.kill(pid, signal.SIGTERM)
-        try:
-            code = worker.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
+        code = _wait_exit(worker.process, STOP_TIMEOUT_S)
+        if code is None:
             pytest.fail(f"worker still running {STOP_TIMEOUT_S}s after SIGTERM:\n{worker.output()}")
         assert code == 0, worker.output()
 
