@@ -15,7 +15,7 @@ import pytest
 from localstack_queues import QueueMaker, delete_queues, unique_name
 from servers import aws_env, localstack_server, moto_server  # noqa: F401
 
-from qworker.local import create_queue_with_dlq, dead_letter_name
+from qworker.local import dead_letter_name
 from qworker.settings import QWorkerSettings
 from qworker.testing import FakeSqs, ManualClock
 from qworker.transport import QueueTransport, SqsTransport
@@ -51,24 +51,22 @@ class Backend:
         max_receive_count: int = 3,
     ) -> tuple[QueueTransport, QueueTransport]:
         """Create a fresh queue and its dead-letter queue; return both transports."""
-        name = unique_name(prefix, fifo=fifo)
-        if self.fake is not None:
-            queue = self.fake.create_queue(
-                name,
+        if self.fake is None:
+            made = await QueueMaker(self.client, self.created)(
+                prefix,
+                fifo=fifo,
                 visibility_timeout_s=visibility_timeout_s,
-                dead_letter=dead_letter_name(name),
                 max_receive_count=max_receive_count,
             )
-            return queue, self.fake.queue(dead_letter_name(name))
-        url = await create_queue_with_dlq(
-            self.client,
+            return SqsTransport(self.client, made.url), SqsTransport(self.client, made.dlq_url)
+        name = unique_name(prefix, fifo=fifo)
+        queue = self.fake.create_queue(
             name,
-            max_receive_count=max_receive_count,
             visibility_timeout_s=visibility_timeout_s,
+            dead_letter=dead_letter_name(name),
+            max_receive_count=max_receive_count,
         )
-        self.created.append(name)
-        dlq = await SqsTransport.open(self.client, name=dead_letter_name(name))
-        return SqsTransport(self.client, url), dlq
+        return queue, self.fake.queue(dead_letter_name(name))
 
     async def elapse(self, seconds: float) -> None:
         """Let `seconds` pass for visibility timeouts: move the fake clock, or wait for real."""

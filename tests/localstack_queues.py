@@ -68,10 +68,10 @@ class MadeQueue:
 class QueueMaker:
     """Makes fresh queues with dead-letter queues on one server; remembers them for clean-up."""
 
-    def __init__(self, client: Any) -> None:
-        """Make queues with `client` (an aiobotocore SQS client)."""
+    def __init__(self, client: Any, created: list[str] | None = None) -> None:
+        """Make queues with `client` (an aiobotocore SQS client), naming each in `created`."""
         self.client = client
-        self.created: list[str] = []
+        self.created: list[str] = [] if created is None else created
 
     async def __call__(
         self,
