@@ -27,7 +27,7 @@ import pytest
 from servers import MotoServer
 
 from handlers.orders import Order
-from qworker._process import ManagedProcess
+from qworker._process import ManagedProcess, ProcessError
 
 pytestmark = [
     pytest.mark.container,
@@ -230,16 +230,6 @@ def _run_worker(container: str, endpoint: str, queue: str, log: Path) -> Iterato
         process.stop(STOP_GRACE_S)
 
 
-def _wait_exit(process: ManagedProcess, timeout_s: float) -> int | None:
-    """Its exit code once it exited by itself (reaped then), or None after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not process.exited():
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.1)  # another process: polling its state is the only way to watch it
-    return process.stop(0)
-
-
 def _queue_depth(sqs: Any, url: str) -> tuple[int, int]:
     attributes = sqs.get_queue_attributes(
         QueueUrl=url,
@@ -285,8 +275,9 @@ def test_worker_in_image_drains_queue_and_stops_on_sigterm(
         pid = _worker_pid(worker.process.pid)
         assert pid is not None, f"no qworker process under buildah run:\n{worker.output()}"
         os.kill(pid, signal.SIGTERM)
-        code = _wait_exit(worker.process, STOP_TIMEOUT_S)
-        if code is None:
+        try:
+            code = worker.process.wait_exit(STOP_TIMEOUT_S, poll_s=0.1)
+        except ProcessError:
             pytest.fail(f"worker still running {STOP_TIMEOUT_S}s after SIGTERM:\n{worker.output()}")
         assert code == 0, worker.output()
 

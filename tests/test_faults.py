@@ -23,13 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
@@ -50,8 +48,8 @@ from accounting import (
 from botocore.exceptions import ClientError
 from proxy import FaultProxy, Mode
 from servers import free_port
+from worker_process import WAIT_S, Launcher, WorkerProcess
 
-from qworker._process import ManagedProcess
 from qworker.local import create_queue_with_dlq, dead_letter_name
 
 Test = TypeVar("Test", bound=Callable[..., Any])
@@ -64,13 +62,9 @@ def scenario(test: Test) -> Test:
     return test
 
 
-TESTS: Final = Path(__file__).resolve().parent
 VISIBILITY_S: Final = 3
 QUIET_S: Final = VISIBILITY_S + 2
 """The drain stops after both queues stayed empty this long: longer than anything stays hidden."""
-WAIT_S: Final = 90.0
-"""Bound on every wait for a worker process (outage backoff alone can reach 20 s)."""
-STOP_S: Final = 60.0
 SQS_MAX_MESSAGE_BYTES: Final = 262_144
 FAST_RETRY: Final = ("--retry-base-s", "0", "--retry-max-s", "1")
 TRICKLE_BATCH: Final = 5
@@ -146,121 +140,7 @@ async def account_for(
     )
 
 
-# -- worker processes -----------------------------------------------------------------------------
-
-
-@dataclass
-class WorkerProcess:
-    """A `qworker run <module>` subprocess; its stderr (JSON logs) goes to its log file.
-
-    A `ManagedProcess`: started in its own session, stopped by PID (`stop()`: SIGTERM, a bounded
-    wait, then SIGKILL of its group), reaped only once it exited, so its pid stays its own.
-    """
-
-    process: ManagedProcess
-    began: float
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def log_path(self) -> Path:
-        return self.process.log_path
-
-    @property
-    def alive(self) -> bool:
-        return self.process.is_running()
-
-    def signal(self, signum: signal.Signals) -> None:
-        """Send `signum` to the worker alone (not its group), as `kill` would."""
-        if self.process.returncode is None:  # not reaped yet: the pid is still the worker's
-            os.kill(self.pid, signum)
-
-    async def wait(self, timeout_s: float = STOP_S) -> int:
-        """Wait until it exits by itself; return its exit code (negative: the signal)."""
-        try:
-            return await asyncio.wait_for(self.process.wait_exit_async(poll_s=0.05), timeout_s)
-        except TimeoutError:
-            pytest.fail(f"worker {self.pid} still running after {timeout_s:g} s:\n{self.tail()}")
-
-    async def stop(self) -> tuple[int, float]:
-        """SIGTERM, wait for the exit; return the exit code and how long shutdown took.
-
-        A worker still running `STOP_S` after the SIGTERM is SIGKILLed (code -9).
-        """
-        began = time.monotonic()
-        code = await asyncio.to_thread(self.process.stop, STOP_S)
-        return code, time.monotonic() - began
-
-    def logs(self) -> list[dict[str, Any]]:
-        lines = self.process.log_since_start().splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-    def actions(self, action: str) -> list[dict[str, Any]]:
-        return [entry for entry in self.logs() if entry.get("action") == action]
-
-    def tail(self, chars: int = 3000) -> str:
-        return self.process.log_since_start()[-chars:]
-
-
-class Launcher:
-    """Starts `qworker run <module>` workers for one test; `close()` kills any still running."""
-
-    def __init__(self, endpoint_url: str, directory: Path) -> None:
-        self.endpoint_url = endpoint_url
-        self.directory = directory
-        self.started: list[WorkerProcess] = []
-
-    def start(
-        self,
-        module: str,
-        queue_name: str,
-        journal: Path,
-        *flags: str,
-        endpoint: str | None = None,
-        label: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> WorkerProcess:
-        """Start a worker on `queue_name`, its handlers journaling to `journal`.
-
-        Its log is worker-<label>.log in the test's directory (stdout in worker-<label>.out).
-        """
-        label = label or str(len(self.started) + 1)
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("QWORKER_")}
-        environment |= {
-            "PYTHONPATH": str(TESTS),
-            "QWORKER_TEST_JOURNAL": str(journal),
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            **(env or {}),
-        }
-        command = [
-            sys.executable, "-m", "qworker", "run", module,
-            "--endpoint-url", endpoint or self.endpoint_url,
-            "--queue-name", queue_name,
-            "--wait-time-s", "1",
-            "--log-level", "DEBUG",
-            "--health-file", str(self.directory / f"health-{label}.json"),
-            *flags,
-        ]  # fmt: skip
-        process = ManagedProcess(
-            command,
-            log_path=self.directory / f"worker-{label}.log",
-            stdout_path=self.directory / f"worker-{label}.out",
-            env=environment,
-            name=f"worker-{label}",
-        )
-        process.start()
-        worker = WorkerProcess(process, time.monotonic())
-        self.started.append(worker)
-        return worker
-
-    def close(self) -> None:
-        """SIGKILL the group of every worker still running, by its PID, and reap them all."""
-        for worker in self.started:
-            worker.process.kill()
+# -- worker processes (tests/worker_process.py: WorkerProcess, Launcher) --------------------------
 
 
 class Spawn(Protocol):

@@ -30,10 +30,7 @@ from fault_handlers import CRASHES
 from test_faults import (
     FAST_RETRY,
     QUIET_S,
-    WAIT_S,
-    Launcher,
     Queues,
-    WorkerProcess,
     account_for,
     job,
     make_queues,
@@ -41,6 +38,7 @@ from test_faults import (
     wait_journal,
     wait_settled,
 )
+from worker_process import WAIT_S, Launcher, WorkerProcess
 
 from qworker.local import dead_letter_name
 

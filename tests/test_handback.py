@@ -37,11 +37,8 @@ import pytest
 from accounting import FAULT_ID, Journal, send_tagged
 from pydantic import BaseModel
 from test_faults import (
-    STOP_S,
     VISIBILITY_S,
-    Launcher,
     Queues,
-    WorkerProcess,
     account_for,
     job,
     make_queues,
@@ -49,6 +46,7 @@ from test_faults import (
     wait_journal,
     wait_settled,
 )
+from worker_process import STOP_S, Launcher, WorkerProcess
 
 from qworker.app import QWorker
 from qworker.consumer import Consumer

@@ -5,23 +5,37 @@
 `started()` / `qworker()` are context managers: whatever the test does, leaving the block stops the
 process (SIGTERM to its group, a bounded wait, then SIGKILL). One-shot commands that exit by
 themselves (`qworker send`, a bad setting) stay plain `subprocess.run` calls.
+
+The fault suites (test_faults, test_faults_handlers, test_handback) start several
+`qworker run <module>` workers per test, signal them, and look at them after they exited: a
+`Launcher` starts each as a `WorkerProcess`, and `Launcher.close()` kills any still running.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+import pytest
 
 from qworker._process import ManagedProcess
 
 __all__ = [
     "ROOT",
+    "STOP_S",
+    "TESTS",
     "WAIT_S",
+    "Launcher",
+    "WorkerProcess",
     "entries",
     "logged",
     "next_entry",
@@ -31,9 +45,13 @@ __all__ = [
     "worker_env",
 ]
 
-ROOT: Final = Path(__file__).resolve().parent.parent
+TESTS: Final = Path(__file__).resolve().parent
+ROOT: Final = TESTS.parent
 WAIT_S: Final = 90.0
-"""The most any one expected line may take (a worker starting on a loaded machine)."""
+"""The most any one expected line or state may take (a worker starting on a loaded machine, a
+fault suite's worker through an outage's backoff, which alone can reach 20 s)."""
+STOP_S: Final = 60.0
+"""How long a fault suite's worker may take to exit after a SIGTERM before it is SIGKILLed."""
 
 
 def worker_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -138,3 +156,122 @@ async def next_entry_async(
     entry = _entry(await process.wait_for_line_async(logged(*actions), timeout_s=timeout_s))
     assert entry is not None
     return entry
+
+
+# -- the fault suites' workers --------------------------------------------------------------------
+
+
+@dataclass
+class WorkerProcess:
+    """A `qworker run <module>` subprocess; its stderr (JSON logs) goes to its log file.
+
+    A `ManagedProcess`: started in its own session, stopped by PID (`stop()`: SIGTERM, a bounded
+    wait, then SIGKILL of its group), reaped only once it exited, so its pid stays its own.
+    """
+
+    process: ManagedProcess
+    began: float
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
+
+    @property
+    def alive(self) -> bool:
+        return self.process.is_running()
+
+    def signal(self, signum: signal.Signals) -> None:
+        """Send `signum` to the worker alone (not its group), as `kill` would."""
+        self.process.send_signal(signum)
+
+    async def wait(self, timeout_s: float = STOP_S) -> int:
+        """Wait until it exits by itself; return its exit code (negative: the signal)."""
+        try:
+            return await asyncio.wait_for(self.process.wait_exit_async(poll_s=0.05), timeout_s)
+        except TimeoutError:
+            pytest.fail(f"worker {self.pid} still running after {timeout_s:g} s:\n{self.tail()}")
+
+    async def stop(self) -> tuple[int, float]:
+        """SIGTERM, wait for the exit; return the exit code and how long shutdown took.
+
+        A worker still running `STOP_S` after the SIGTERM is SIGKILLed (code -9).
+        """
+        began = time.monotonic()
+        code = await asyncio.to_thread(self.process.stop, STOP_S)
+        return code, time.monotonic() - began
+
+    def logs(self) -> list[dict[str, Any]]:
+        """Its JSON log entries so far."""
+        return entries(self.process.lines())
+
+    def actions(self, action: str) -> list[dict[str, Any]]:
+        """Its JSON log entries so far whose "action" is `action`."""
+        return entries(self.process.lines(), action)
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.process.log_since_start()[-chars:]
+
+
+class Launcher:
+    """Starts `qworker run <module>` workers for one test; `close()` kills any still running.
+
+    The modules are found in tests/ (the worker's PYTHONPATH): fault_handlers, handback_handlers.
+    """
+
+    def __init__(self, endpoint_url: str, directory: Path) -> None:
+        self.endpoint_url = endpoint_url
+        self.directory = directory
+        self.started: list[WorkerProcess] = []
+
+    def start(
+        self,
+        module: str,
+        queue_name: str,
+        journal: Path,
+        *flags: str,
+        endpoint: str | None = None,
+        label: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> WorkerProcess:
+        """Start a worker on `queue_name`, its handlers journaling to `journal`.
+
+        Its log is worker-<label>.log in the test's directory (stdout in worker-<label>.out).
+        """
+        label = label or str(len(self.started) + 1)
+        environment = {
+            "PYTHONPATH": str(TESTS),
+            "QWORKER_TEST_JOURNAL": str(journal),
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            **(env or {}),
+        }
+        command = [
+            sys.executable, "-m", "qworker", "run", module,
+            "--endpoint-url", endpoint or self.endpoint_url,
+            "--queue-name", queue_name,
+            "--wait-time-s", "1",
+            "--log-level", "DEBUG",
+            "--health-file", str(self.directory / f"health-{label}.json"),
+            *flags,
+        ]  # fmt: skip
+        process = ManagedProcess(
+            command,
+            log_path=self.directory / f"worker-{label}.log",
+            stdout_path=self.directory / f"worker-{label}.out",
+            env=worker_env(environment),
+            name=f"worker-{label}",
+        )
+        process.start()
+        worker = WorkerProcess(process, time.monotonic())
+        self.started.append(worker)
+        return worker
+
+    def close(self) -> None:
+        """SIGKILL the group of every worker still running, by its PID, and reap them all."""
+        for worker in self.started:
+            worker.process.kill()
