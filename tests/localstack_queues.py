@@ -43,15 +43,20 @@ def unique_name(prefix: str, *, fifo: bool = False) -> str:
     return f"{prefix}-{next(_names)}-{uuid.uuid4().hex[:6]}" + (".fifo" if fifo else "")
 
 
-async def delete_queues(client: Any, names: Iterable[str]) -> None:
-    """Delete each named queue and its dead-letter queue; best effort (clean-up after a test)."""
+async def delete_queues(client: Any, names: Iterable[str], *, strict: bool = False) -> None:
+    """Delete each named queue and its dead-letter queue.
+
+    Best effort (clean-up after a test) unless `strict`: then a queue that cannot be found or
+    deleted raises, so a test whose queues went missing fails instead of passing quietly.
+    """
     for name in names:
         for queue in (name, dead_letter_name(name)):
             try:
                 url = (await client.get_queue_url(QueueName=queue))["QueueUrl"]
                 await client.delete_queue(QueueUrl=url)
-            except Exception:  # noqa: BLE001, S110 (clean-up is best effort)
-                pass
+            except Exception:
+                if strict:
+                    raise
 
 
 @final
@@ -110,16 +115,26 @@ async def messages_left(client: Any, url: str) -> int:
     return sum(int(value) for value in counts.values())
 
 
-def worker_settings(endpoint_url: str) -> QWorkerSettings:
-    """Settings for a worker on the local server: one-second long polls, so it stops quickly."""
-    return QWorkerSettings(endpoint_url=endpoint_url, region=REGION, wait_time_s=1)
+def worker_settings(endpoint_url: str, **fields: Any) -> QWorkerSettings:
+    """Settings for a worker on the local server: one-second long polls, so it stops quickly.
+
+    `fields` are further settings (`pollers=2`).
+    """
+    return QWorkerSettings(endpoint_url=endpoint_url, region=REGION, wait_time_s=1, **fields)
 
 
 @contextlib.asynccontextmanager
-async def running_worker(app: QWorker, endpoint_url: str, service: str) -> AsyncIterator[Worker]:
-    """Run `app` in a real `Worker` on the server for the block; stop it and wait for it after."""
+async def running_worker(
+    app: QWorker, endpoint_url: str, service: str, **fields: Any
+) -> AsyncIterator[Worker]:
+    """Run `app` in a real `Worker` on the server for the block; stop it and wait for it after.
+
+    The worker runs with `worker_settings(endpoint_url, **fields)`. On leaving the block it is
+    stopped (receiving ends, handlers drain) and awaited for up to `STOP_TIMEOUT_S`; an error its
+    run ended with is raised there.
+    """
     worker = Worker(
-        app, worker_settings(endpoint_url), identity=Identity(service=service), local=True
+        app, worker_settings(endpoint_url, **fields), identity=Identity(service=service), local=True
     )
     run = asyncio.create_task(worker.run())
     try:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import Backend, _settings
+from localstack_queues import delete_queues
 from pydantic import BaseModel
 from settled import run_until_settled
 
@@ -282,14 +283,7 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     async with open_sqs_client(_settings(endpoint_url), local=True) as client:
         backend = Backend(request.param, client=client, endpoint_url=endpoint_url)
         yield backend
-        await delete_queues(client, backend.created)
-
-
-async def delete_queues(client: Any, names: list[str]) -> None:
-    for name in names:
-        for queue in (name, dead_letter_name(name)):
-            url = (await client.get_queue_url(QueueName=queue))["QueueUrl"]
-            await client.delete_queue(QueueUrl=url)
+        await delete_queues(client, backend.created, strict=True)
 
 
 async def test_auto_uses_the_move_task_where_the_server_has_it(server: Backend) -> None:
@@ -363,7 +357,7 @@ async def _cli_bodies(endpoint_url: str, name: str) -> tuple[list[str], int]:
         dlq = await SqsTransport.open(client, name=dead_letter_name(name))
         bodies = [letter.body for letter in await peek(source, wait_time_s=0)]
         left = len(await peek(dlq, wait_time_s=0))
-        await delete_queues(client, [name])
+        await delete_queues(client, [name], strict=True)
         return bodies, left
 
 

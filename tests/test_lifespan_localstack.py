@@ -7,19 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import pytest
+from localstack_queues import QueueMaker, messages_left, running_worker
 from pydantic import BaseModel
 
 from qworker import Depends, Message, QWorker
-from qworker.local import create_queue_with_dlq
-from qworker.role import Identity
-from qworker.settings import QWorkerSettings
-from qworker.worker import Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.localstack]
 
@@ -45,9 +41,10 @@ def tenant_of(message: Message) -> str:
 async def test_a_worker_stops_receiving_drains_then_closes_the_lifespan(
     sqs_client: Any,
     localstack_server: Any,
+    queue_with_dlq: QueueMaker,
 ) -> None:
-    name = f"life-{uuid.uuid4().hex[:10]}"
-    url = await create_queue_with_dlq(sqs_client, name)
+    made = await queue_with_dlq("life")
+    name, url = made.name, made.url
     events: list[str] = []
     started, release = asyncio.Event(), asyncio.Event()
 
@@ -73,28 +70,19 @@ async def test_a_worker_stops_receiving_drains_then_closes_the_lifespan(
         MessageBody=json.dumps({"order_id": "o-1"}),
         MessageAttributes={"tenant": {"DataType": "String", "StringValue": "acme"}},
     )
-    settings = QWorkerSettings(
-        endpoint_url=localstack_server.endpoint_url, region="us-east-1", wait_time_s=1
-    )
-    worker = Worker(app, settings, identity=Identity(service="lifespan"), local=True)
-    run = asyncio.create_task(worker.run())
-    try:
-        async with asyncio.timeout(60):
-            await started.wait()
-        worker.stop()
-        events.append("stop")
-        # Sent after the stop: never received by this worker.
-        await sqs_client.send_message(QueueUrl=url, MessageBody=json.dumps({"order_id": "o-2"}))
-        await asyncio.sleep(0)
-        assert "close" not in events  # the handler still runs: the resources stay open
-        release.set()
-        async with asyncio.timeout(60):
-            await run
-    finally:
-        release.set()
-        worker.stop()
-        if not run.done():
-            run.cancel()
+    # Leaving the block stops the worker again (a no-op) and waits for its run to end.
+    async with running_worker(app, localstack_server.endpoint_url, "lifespan") as worker:
+        try:
+            async with asyncio.timeout(60):
+                await started.wait()
+            worker.stop()
+            events.append("stop")
+            # Sent after the stop: never received by this worker.
+            await sqs_client.send_message(QueueUrl=url, MessageBody=json.dumps({"order_id": "o-2"}))
+            await asyncio.sleep(0)
+            assert "close" not in events  # the handler still runs: the resources stay open
+        finally:
+            release.set()
     assert events == [
         "open ready=False",
         "start o-1 acme open=True",
@@ -104,10 +92,4 @@ async def test_a_worker_stops_receiving_drains_then_closes_the_lifespan(
     ]
     # o-2 was never handled (a long poll cut short by the stop may still hold it invisible
     # until its visibility timeout, as SQS does) and is still in the queue: not lost.
-    attributes = (
-        await sqs_client.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )
-    )["Attributes"]
-    assert sum(int(v) for v in attributes.values()) == 1
+    assert await messages_left(sqs_client, url) == 1

@@ -8,21 +8,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from localstack_queues import QueueMaker, running_worker
 from proxy import FaultProxy
 from servers import free_port
 
 from qworker.app import QWorker
-from qworker.local import create_queue_with_dlq
 from qworker.producer import send_bodies
-from qworker.role import Identity
-from qworker.settings import QWorkerSettings
 from qworker.transport import SqsTransport
-from qworker.worker import Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.localstack]
 
@@ -59,11 +55,11 @@ def actions() -> Any:
 
 
 async def test_worker_waits_for_server_then_rides_out_outages(
-    localstack_server: Any, sqs_client: Any, actions: ActionEvents
+    localstack_server: Any, sqs_client: Any, queue_with_dlq: QueueMaker, actions: ActionEvents
 ) -> None:
-    name = f"outage-{uuid.uuid4().hex[:8]}"
-    url = await create_queue_with_dlq(sqs_client, name)
-    queue = SqsTransport(sqs_client, url)
+    made = await queue_with_dlq("outage")
+    name = made.name
+    queue = SqsTransport(sqs_client, made.url)
     target = urlparse(localstack_server.endpoint_url)
     proxy = FaultProxy(str(target.hostname), int(target.port or 0), free_port())
 
@@ -77,31 +73,25 @@ async def test_worker_waits_for_server_then_rides_out_outages(
         if len(set(seen)) == 20:
             all_seen.set()
 
-    settings = QWorkerSettings(
-        endpoint_url=proxy.endpoint_url, region="us-east-1", wait_time_s=1, pollers=2
-    )
-    worker = Worker(app, settings, identity=Identity(service="outage"), local=True)
-    run = asyncio.create_task(worker.run())
     try:
-        await send_bodies(queue, [json.dumps({"n": i}) for i in range(5)])
-        async with asyncio.timeout(60):
-            await actions.event("startup_retry").wait()  # server down at start: refused
-        await proxy.set_mode("pass")
-        async with asyncio.timeout(60):
-            await worker.ready.wait()
-        for mode, start in (("down", 5), ("error", 10), ("throttle", 15)):
-            actions.event("receive_failed").clear()
-            await proxy.set_mode(mode)  # type: ignore[arg-type]
-            await send_bodies(queue, [json.dumps({"n": i}) for i in range(start, start + 5)])
+        # The worker reaches the server through the proxy; leaving the block stops it and waits.
+        async with running_worker(app, proxy.endpoint_url, "outage", pollers=2) as worker:
+            await send_bodies(queue, [json.dumps({"n": i}) for i in range(5)])
             async with asyncio.timeout(60):
-                await actions.event("receive_failed").wait()
+                await actions.event("startup_retry").wait()  # server down at start: refused
             await proxy.set_mode("pass")
-        async with asyncio.timeout(60):
-            await all_seen.wait()
+            async with asyncio.timeout(60):
+                await worker.ready.wait()
+            for mode, start in (("down", 5), ("error", 10), ("throttle", 15)):
+                actions.event("receive_failed").clear()
+                await proxy.set_mode(mode)  # type: ignore[arg-type]
+                await send_bodies(queue, [json.dumps({"n": i}) for i in range(start, start + 5)])
+                async with asyncio.timeout(60):
+                    await actions.event("receive_failed").wait()
+                await proxy.set_mode("pass")
+            async with asyncio.timeout(60):
+                await all_seen.wait()
     finally:
-        worker.stop()
-        async with asyncio.timeout(60):
-            await run
         await proxy.aclose()
 
     assert sorted(set(seen)) == list(range(20))
