@@ -25,21 +25,9 @@ from qworker.message import (
     queue_name_from_arn,
     queue_name_from_url,
 )
-from qworker.transport import ERROR_CODES, map_errors  # the re-exports of qworker._aws
+from qworker.transport import map_errors  # qworker._aws's (tests/test_aws.py: every code)
 
-# -- map_errors ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("code", "expected"), sorted(ERROR_CODES.items()))
-def test_every_claimed_code_maps_to_its_class(code: str, expected: type[TransportError]) -> None:
-    error = client_error(code)
-
-    with pytest.raises(TransportError) as info, map_errors("ReceiveMessage"):
-        raise error
-
-    assert type(info.value) is expected
-    assert info.value.__cause__ is error
-    assert str(info.value) == f"ReceiveMessage: {code}: it broke"
+# -- map_errors (its table, code by code, and the re-export: tests/test_aws.py) ------------------
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
