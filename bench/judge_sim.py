@@ -54,6 +54,7 @@ OUT: Final = Path(__file__).with_name("JUDGE.md")
 MEDIAN_MS: Final = 20.0
 SIGMA: Final = 0.5  # log-normal handler times
 TIMEOUT_MS: Final = 30_000.0
+LOOK_INTERVAL_S = 60.0  # between looks: `run_bake`'s interval_s, the CLI's --interval-s
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,7 +368,13 @@ def _ours(world: World, cell: Cell, policy: JudgePolicy, start: float) -> Outcom
     )
     looks: list[Verdict] = []
     verdict: Verdict = run_bake(
-        source, clock, clock.sleep, policy, started_s=start, on_look=looks.append
+        source,
+        clock,
+        clock.sleep,
+        policy,
+        interval_s=LOOK_INTERVAL_S,
+        started_s=start,
+        on_look=looks.append,
     )
     decision = verdict.decision
     reach = next(
