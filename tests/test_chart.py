@@ -7,6 +7,8 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
+from drill_reports import report_of
+
 from qworker import chart, drill
 from qworker.canary.judge import Decision, RoleCounts, Verdict, judge
 from qworker.drill import report as drill_report
@@ -136,28 +138,6 @@ def test_the_canary_crosses_the_boundary_exactly_when_the_difference_passes_the_
     assert False in above
 
 
-def report_of(history: list[Verdict], tmp_path: Path) -> drill.DrillReport:
-    verdict = history[-1]
-    return drill.DrillReport(
-        server="test",
-        queue="q",
-        rate=100,
-        primary_version="v1.4.2",
-        canary_version="v1.5.0-rc1",
-        policy=drill.DRILL_POLICY,
-        verdict=verdict,
-        decision=verdict.decision,
-        expected=verdict.decision,
-        action=drill.Action.ROLLBACK,
-        action_detail="rolled back",
-        looks=tuple(history),
-        accounting=drill.account([], tmp_path / "none", left_on_queue=0, dead_lettered=0),
-        exit_codes={},
-        chart=tmp_path / "drill.png",
-        run_dir=tmp_path,
-    )
-
-
 def test_a_failed_drill_draws_the_boundary_and_says_what_decided(tmp_path: Path) -> None:
     history = looks(0.06, 10)
     verdict = history[-1]
@@ -167,7 +147,8 @@ def test_a_failed_drill_draws_the_boundary_and_says_what_decided(tmp_path: Path)
     ev = verdict.evidence
     assert point.label == f"fail: z {ev.z:.2f} >= {ev.critical_z:.2f}"
     assert (point.x, point.y) == (ev.elapsed_s, ev.canary_rate * 100)  # type: ignore[operator]
-    colors = colors_of(drill.render_chart(report_of(history, tmp_path)))
+    report = report_of(history, tmp_path, primary_version="v1.4.2", canary_version="v1.5.0-rc1")
+    colors = colors_of(drill.render_chart(report))
     assert colors[bytes(drill_report.MARGIN_COLOR)] > 100
     assert colors[bytes(drill_report.DECISION_COLOR)] > 100
     assert colors[bytes(drill_report.BOUND_COLOR)] == 0  # a fail is decided by z, not the bound
@@ -182,5 +163,6 @@ def test_a_passed_drill_draws_the_upper_bound_under_the_boundary(tmp_path: Path)
     assert point.label.startswith("pass: bound ")
     margin, bound = drill_report.boundary_series(history)
     assert bound[-1][1] < margin[-1][1]
-    colors = colors_of(drill.render_chart(report_of(history, tmp_path)))
+    report = report_of(history, tmp_path, primary_version="v1.4.2", canary_version="v1.5.0-rc1")
+    colors = colors_of(drill.render_chart(report))
     assert colors[bytes(drill_report.BOUND_COLOR)] > 100

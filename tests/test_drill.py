@@ -29,6 +29,7 @@ from typing import Any, Final
 import boto3
 import pytest
 import yaml  # type: ignore[import-untyped]
+from drill_reports import report_of
 
 from qworker import chart, drill, localstack
 from qworker.canary.judge import Decision, RoleCounts, judge
@@ -381,25 +382,7 @@ def test_report_shows_the_evidence_table_share_and_chart(tmp_path: Path) -> None
         policy=drill.DRILL_POLICY,
     )
     assert verdict.decision is Decision.FAIL
-    audit = drill.account([], tmp_path / "none", left_on_queue=0, dead_lettered=0)
-    report = drill.DrillReport(
-        server="test",
-        queue="q",
-        rate=100,
-        primary_version="v1",
-        canary_version="v2-defect",
-        policy=drill.DRILL_POLICY,
-        verdict=verdict,
-        decision=Decision.FAIL,
-        expected=Decision.FAIL,
-        action=drill.Action.ROLLBACK,
-        action_detail="rolled back",
-        looks=(verdict,),
-        accounting=audit,
-        exit_codes={"canary": 0},
-        chart=tmp_path / "drill.png",
-        run_dir=tmp_path,
-    )
+    report = report_of([verdict], tmp_path, canary_version="v2-defect", exit_codes={"canary": 0})
     text = drill.format_report(report)
     assert "canary   v2-defect" in text
     assert "(baseline)" in text
