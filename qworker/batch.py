@@ -1,13 +1,16 @@
 """Batching: gather single requests (deletes, visibility changes) into SQS batch calls.
 
 Callers `await batcher.submit(item)` and get back the entry's `BatchFailure`, or None when it
-succeeded. The batcher collects up to 10 items, or what arrives within a few milliseconds, sends
+succeeded; or `batcher.enqueue(item)` for the future, or `batcher.send_soon(item, done)` to be
+called back synchronously with the answer (no future, no waiting task: the consumer's success path
+uses it). The batcher collects up to 10 items, or what arrives within a few milliseconds, sends
 them in one call, and resolves every caller. Entry ids are the entries' indexes in the batch (see
 `SqsTransport`), and every failed entry is handed back to its caller, never dropped. Transient
 errors (of the whole call, or of entries the server did not blame on us) are retried with a short
 backoff. One try that gets no answer within `attempt_timeout_s` is cut short and retried like a
 transient error: a pooled connection that silently died must not use up the whole batch's time
-(cancelling the call closes that connection, so the retry goes out on another).
+(cancelling the call closes that connection, so the retry goes out on another). `flush()` waits
+until every item queued so far has its answer (a consumer's last step before it stops).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, Generic, TypeVar, final
+from typing import Final, Generic, TypeAlias, TypeVar, final
 
 from qworker.exceptions import QueueUnavailable, TransientTransportError, TransportError
 from qworker.message import BatchFailure
@@ -27,6 +30,11 @@ __all__ = ["Batcher"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+Done: TypeAlias = Callable[[BatchFailure | None, TransportError | None], None]
+"""Called once with an entry's answer: its failure (None: it succeeded), or the call's error."""
+
+_Target: TypeAlias = "asyncio.Future[BatchFailure | None] | Done"
 
 DEFAULT_MAX_WAIT_S: Final = 0.002
 """How long a partial batch waits for more entries: short, as a held message burns visibility."""
@@ -54,7 +62,7 @@ class Batcher(Generic[T]):
         *,
         name: str,
         max_wait_s: float = DEFAULT_MAX_WAIT_S,
-        max_concurrent: int = 4,
+        max_concurrent: int = 16,
         attempts: int = DEFAULT_ATTEMPTS,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         attempt_timeout_s: float = DEFAULT_ATTEMPT_TIMEOUT_S,
@@ -80,8 +88,10 @@ class Batcher(Generic[T]):
         self._timeout_s = timeout_s
         self._attempt_timeout_s = attempt_timeout_s
         self._sleep = sleep
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[BatchFailure | None]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[T, _Target]] = asyncio.Queue()
         self.calls = 0
+        self._unanswered = 0
+        self._answered = asyncio.Event()
 
     def enqueue(self, item: T) -> asyncio.Future[BatchFailure | None]:
         """Queue one item; the future resolves to its entry's failure (None: it succeeded).
@@ -90,8 +100,24 @@ class Batcher(Generic[T]):
         Cancelling a wait on it does not take the item back: shield it, and it is still sent.
         """
         future: asyncio.Future[BatchFailure | None] = asyncio.get_running_loop().create_future()
+        self._unanswered += 1
         self._queue.put_nowait((item, future))
         return future
+
+    def send_soon(self, item: T, done: Done) -> None:
+        """Queue one item; `done` is called once, synchronously, with its answer.
+
+        `done(failure, None)`: the entry's failure, None when it succeeded; `done(None, error)`:
+        the batch call failed for good or timed out. An error `done` raises is logged, not raised.
+        """
+        self._unanswered += 1
+        self._queue.put_nowait((item, done))
+
+    async def flush(self) -> None:
+        """Wait until every item queued so far has its answer (the batches' timeouts bound it)."""
+        while self._unanswered:
+            self._answered.clear()
+            await self._answered.wait()
 
     async def submit(self, item: T) -> BatchFailure | None:
         """Queue one item and wait for its batch's answer.
@@ -109,7 +135,7 @@ class Batcher(Generic[T]):
                 await self._slots.acquire()
                 group.create_task(self._flush(batch), name=f"{self.name} batch")
 
-    async def _collect(self) -> list[tuple[T, asyncio.Future[BatchFailure | None]]]:
+    async def _collect(self) -> list[tuple[T, _Target]]:
         batch = [await self._queue.get()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._max_wait_s
@@ -129,25 +155,23 @@ class Batcher(Generic[T]):
                 break
         return batch
 
-    async def _flush(self, batch: list[tuple[T, asyncio.Future[BatchFailure | None]]]) -> None:
+    async def _flush(self, batch: list[tuple[T, _Target]]) -> None:
+        pending = batch  # (an entry is answered once: only the unanswered fail at the timeout)
         try:
             async with asyncio.timeout(self._timeout_s):
-                pending = batch
                 for attempt in range(1, self._attempts + 1):
                     pending = await self._try(pending, final=attempt == self._attempts)
                     if not pending:
                         return
                     await self._sleep(random.uniform(0, RETRY_BASE_S * 2 ** (attempt - 1)))  # noqa: S311 (jitter, not crypto)
         except TimeoutError:
-            _fail_all(
-                batch, TransportError(f"{self.name} batch timed out after {self._timeout_s:g} s")
+            self._fail_all(
+                pending, TransportError(f"{self.name} batch timed out after {self._timeout_s:g} s")
             )
         finally:
             self._slots.release()
 
-    async def _try(
-        self, batch: list[tuple[T, asyncio.Future[BatchFailure | None]]], *, final: bool
-    ) -> list[tuple[T, asyncio.Future[BatchFailure | None]]]:
+    async def _try(self, batch: list[tuple[T, _Target]], *, final: bool) -> list[tuple[T, _Target]]:
         """Send once; resolve what is settled and return what should be tried again."""
         self.calls += 1
         try:
@@ -165,23 +189,43 @@ class Batcher(Generic[T]):
                     extra={"action": f"{self.name}_retry", "error": str(exc)},
                 )
                 return batch
-            _fail_all(batch, exc)
+            self._fail_all(batch, exc)
             return []
         except TransportError as exc:
-            _fail_all(batch, exc)
+            self._fail_all(batch, exc)
             return []
-        by_index = {f.index: f for f in failures}
-        retry: list[tuple[T, asyncio.Future[BatchFailure | None]]] = []
-        for index, (item, future) in enumerate(batch):
+        by_index = {f.index: f for f in failures} if failures else {}
+        retry: list[tuple[T, _Target]] = []
+        for index, (item, target) in enumerate(batch):
             failure = by_index.get(index)
             if failure is not None and not failure.sender_fault and not final:
-                retry.append((item, future))
-            elif not future.done():
-                future.set_result(failure)
+                retry.append((item, target))
+            else:
+                self._answer(target, failure, None)
         return retry
 
+    def _fail_all(self, batch: list[tuple[T, _Target]], exc: TransportError) -> None:
+        for _, target in batch:
+            self._answer(target, None, exc)
 
-def _fail_all(batch: list[tuple[T, asyncio.Future[BatchFailure | None]]], exc: Exception) -> None:
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(exc)
+    def _answer(
+        self, target: _Target, failure: BatchFailure | None, error: TransportError | None
+    ) -> None:
+        """Give one entry its answer (exactly once per entry)."""
+        self._unanswered -= 1
+        if not self._unanswered:
+            self._answered.set()
+        if isinstance(target, asyncio.Future):
+            if target.done():
+                return
+            if error is not None:
+                target.set_exception(error)
+            else:
+                target.set_result(failure)
+            return
+        try:
+            target(failure, error)
+        except Exception:
+            log.exception(
+                "batch answer callback failed", extra={"action": f"{self.name}_callback_failed"}
+            )

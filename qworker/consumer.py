@@ -156,7 +156,18 @@ class Consumer:
             process=self._process,
             release=self.finisher.release,
             stopping=lambda: self.stopping,
-            retry=None if self.settler.release_failed else self._group_retry(max_receive_count),
+            retry=None
+            if self.settler.release_failed
+            else GroupRetry.in_place(
+                attempt=self._attempt,
+                finisher=self.finisher,
+                heartbeat=self.heartbeat,
+                policy=self.settler.retry_policy,
+                wait=lambda delay: first(self._stopping.wait(), self._sleep(delay)),
+                clock=clock,
+                max_receive_count=max_receive_count,
+                can_dead_letter=self.settler.can_dead_letter,
+            ),
         )
         self.cut_short: list[str] = []
         """Ids of messages whose handlers the shutdown grace cut short (released, not deleted)."""
@@ -220,19 +231,11 @@ class Consumer:
 
     def statistics(self) -> ConsumerStatistics:
         """Return the counters."""
-        counts = self._counts.by_outcome
         poller = self.poller
-        return ConsumerStatistics(
+        return self._counts.snapshot(
             received=poller.received,
             in_flight=len(self.heartbeat),
-            acked=counts[Outcome.SUCCEEDED],
-            failed=counts[Outcome.FAILED],
-            retried=counts[Outcome.RETRIED],
-            rejected=counts[Outcome.REJECTED],
-            released=counts[Outcome.RELEASED],
             handed_back=self.settler.handed_back,
-            unsettled=self._counts.unsettled,
-            duplicates=self._counts.duplicates,
             receive_errors=poller.receive_errors,
             receives=poller.receives,
             last_receive_s=poller.last_receive_s,
@@ -271,6 +274,9 @@ class Consumer:
                             self.poller.loop(deliver, self.stop), name=f"poll {queue}[{index}]"
                         )
                 await self._grace()
+            # Successes settle without a waiting task: their deletes are answered before the
+            # batchers stop (each batch's timeout bounds this).
+            await self.settler.flush()
             heartbeat.cancel()
             settler.cancel()
         log.info(
@@ -280,9 +286,10 @@ class Consumer:
 
     async def _grace(self) -> None:
         """Give running handlers the grace period, then cancel the rest."""
-        if not self._running:
+        running = {task for task in self._running if not task.done()}
+        if not running:
             return
-        _, pending = await asyncio.wait(self._running, timeout=self.shutdown_grace_s)
+        _, pending = await asyncio.wait(running, timeout=self.shutdown_grace_s)
         for task in pending:
             task.cancel()
         if pending:
@@ -317,8 +324,14 @@ class Consumer:
                 )
             return
         if not self.fifo:
+            running = self._running
             for h in held:
-                self._spawn(work, self._process(h), f"handle {queue}[{h.message.message_id}]")
+                # (`_handle` leaves the running set itself: no done callback per message)
+                running.add(
+                    work.create_task(
+                        self._handle(h), name=f"handle {queue}[{h.message.message_id}]"
+                    )
+                )
             return
         for h in held:
             runner = self._groups.add(h)
@@ -336,30 +349,41 @@ class Consumer:
     # -- one message -----------------------------------------------------------------------------
 
     async def _process(self, held: Held) -> Outcome:
-        gate = self._gate
-        if gate is None:  # FIFO: the slot goes back once the message is settled
-            record = await self._attempt(held)
-            await self.finisher.finish(held, record)
-            return record.outcome
-        try:
-            entered = await gate.enter()
-        except asyncio.CancelledError:
-            await self.finisher.release(held, error="cancelled before it started")
-            raise
-        if not entered:  # stopping: never started
-            await self.finisher.release(held)
-            return Outcome.RELEASED
-        try:
-            record = await self._attempt(held)
-        finally:
-            gate.leave()
-        average = self._handler_s
-        self._handler_s = (
-            average + (record.duration_s - average) * _SMOOTHING if average else record.duration_s
-        )
-        self._capacity.give(1)  # the handler is done: the next receive overlaps the settlement
-        await self.finisher.finish(held, record, slot_freed=True)
+        """FIFO: run one message of a chain; its slot goes back once it is settled."""
+        record = await self._attempt(held)
+        await self.finisher.finish(held, record)
         return record.outcome
+
+    async def _handle(self, held: Held) -> None:
+        """Standard queue: wait for a handler slot, run the handler, settle (the task's body)."""
+        try:
+            gate = self._gate
+            assert gate is not None  # noqa: S101 (standard queues have a gate)
+            try:
+                entered = await gate.enter()
+            except asyncio.CancelledError:
+                await self.finisher.release(held, error="cancelled before it started")
+                raise
+            if not entered:  # stopping: never started
+                await self.finisher.release(held)
+                return
+            try:
+                record = await self._attempt(held)
+            finally:
+                gate.leave()
+            average = self._handler_s
+            self._handler_s = (
+                average + (record.duration_s - average) * _SMOOTHING
+                if average
+                else record.duration_s
+            )
+            self._capacity.give(1)  # the handler is done: the next receive overlaps the settlement
+            if record.outcome is Outcome.SUCCEEDED:
+                self.finisher.finish_success(held, record)  # the delete's answer frees it
+            else:
+                await self.finisher.finish(held, record, slot_freed=True)
+        finally:
+            self._running.discard(asyncio.current_task())
 
     async def _attempt(self, held: Held) -> OutcomeRecord:
         """Run the handler; on a cancel, release the message and re-raise."""
@@ -369,31 +393,3 @@ class Consumer:
         except asyncio.CancelledError:
             await self.finisher.release(held, error="cancelled at shutdown")
             raise
-
-    def _group_retry(self, max_receive_count: int | None) -> GroupRetry:
-        """How FIFO chains retry a failed head in place (qworker.groups)."""
-        policy = self.settler.retry_policy
-        heartbeat = self.heartbeat
-
-        def delay_s(record: OutcomeRecord) -> float:
-            if record.outcome is Outcome.RETRIED:
-                return record.delay_s or 0.0
-            return policy.delay_s(record.receive_count)
-
-        def can_hold(held: Held, delay: float) -> bool:
-            held_s = self._clock() - held.received_at
-            return held_s + delay + heartbeat.visibility_timeout_s < heartbeat.max_hold_s
-
-        async def wait(delay: float) -> None:
-            await first(self._stopping.wait(), self._sleep(delay))
-
-        return GroupRetry(
-            attempt=self._attempt,
-            finish=self.finisher.finish,
-            note=self.finisher.note,
-            wait=wait,
-            delay_s=delay_s,
-            can_hold=can_hold,
-            max_receive_count=max_receive_count,
-            can_dead_letter=self.settler.can_dead_letter,
-        )

@@ -123,6 +123,37 @@ class Finisher:
             self._poller.may_return()
         self.note(record)
 
+    def finish_success(self, held: Held, record: OutcomeRecord) -> None:
+        """Settle a success without waiting: its delete is queued, the rest runs on its answer.
+
+        The caller gave the message's slot back already (its handler is done). The message stays
+        held, the heartbeat extending it, until the delete is confirmed; then it is freed and the
+        record goes to the sinks, as `finish()` would. No future and no task waits for the delete.
+        """
+        message = held.message
+        message_id = message.message_id
+        deleting = self.deleting
+        deleting[message_id] += 1
+
+        def deleted(error: str | None) -> None:
+            deleting[message_id] -= 1
+            if not deleting[message_id]:
+                del deleting[message_id]
+            if error is None:
+                self.free(held, give=False)
+                if len(self._heartbeat) == 0:
+                    self._poller.may_return()
+                self.note(record)
+                return
+            self._settler.warn_unsettled(message, record, error)
+            self._poller.put_back += 1  # before the drop: a drain must look again
+            self.free(held, give=False)
+            self._counts.unsettled += 1
+            self._poller.may_return()
+            self.note(replace(record, settled=False))
+
+        self._settler.delete_soon(message, deleted)
+
     async def release(self, held: Held, error: str | None = None) -> None:
         """Let a message go (visible again), unstarted or cancelled at shutdown."""
         # A FIFO message let go at shutdown stays hidden until the long polls cancelled by the

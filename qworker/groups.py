@@ -46,11 +46,14 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
-from qworker.heartbeat import Held
+from qworker.heartbeat import Heartbeat, Held
 from qworker.message import Message
-from qworker.outcome import Outcome, OutcomeRecord
+from qworker.outcome import Outcome, OutcomeRecord, RetryPolicy
+
+if TYPE_CHECKING:
+    from qworker.finish import Finisher
 
 __all__ = ["GroupChains", "GroupRetry", "with_receive_count"]
 
@@ -88,6 +91,44 @@ class GroupRetry:
     can_hold: Callable[[Held, float], bool]
     max_receive_count: int | None
     can_dead_letter: bool
+
+    @classmethod
+    def in_place(
+        cls,
+        *,
+        attempt: Callable[[Held], Awaitable[OutcomeRecord]],
+        finisher: Finisher,
+        heartbeat: Heartbeat,
+        policy: RetryPolicy,
+        wait: Callable[[float], Awaitable[object]],
+        clock: Callable[[], float],
+        max_receive_count: int | None,
+        can_dead_letter: bool,
+    ) -> GroupRetry:
+        """A consumer's in-place retry: its retry policy's backoff, within the heartbeat's limit."""
+
+        def delay_s(record: OutcomeRecord) -> float:
+            if record.outcome is Outcome.RETRIED:
+                return record.delay_s or 0.0
+            return policy.delay_s(record.receive_count)
+
+        def can_hold(held: Held, delay: float) -> bool:
+            held_s = clock() - held.received_at
+            return held_s + delay + heartbeat.visibility_timeout_s < heartbeat.max_hold_s
+
+        async def wait_for(delay: float) -> None:
+            await wait(delay)
+
+        return cls(
+            attempt=attempt,
+            finish=finisher.finish,
+            note=finisher.note,
+            wait=wait_for,
+            delay_s=delay_s,
+            can_hold=can_hold,
+            max_receive_count=max_receive_count,
+            can_dead_letter=can_dead_letter,
+        )
 
 
 @final

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Final, final
 
@@ -34,6 +34,7 @@ from qworker.handback import SQS_MAX_MESSAGE_ATTRIBUTES, HandBack, hand_back_ent
 from qworker.message import (
     ORIGINAL_ID_ATTRIBUTE,
     RECEIVES_ATTRIBUTE,
+    BatchFailure,
     Message,
     MessageAttribute,
     SendEntry,
@@ -120,6 +121,11 @@ class Settler:
         """Messages handed back to the primary (their originals deleted)."""
         return self._hand_back.handed_back
 
+    async def flush(self) -> None:
+        """Wait until every delete and release queued so far has its answer."""
+        await self.deletes.flush()
+        await self.releases.flush()
+
     async def run(self) -> None:
         """Run the batchers until cancelled."""
         async with asyncio.TaskGroup() as group:
@@ -144,7 +150,7 @@ class Settler:
             raise
         except TimeoutError:
             await cancel_and_wait([action])
-            self._warn(message, record, "timed out")
+            self.warn_unsettled(message, record, "timed out")
             return False
 
     async def delete(self, message: Message) -> str | None:
@@ -164,10 +170,25 @@ class Settler:
             return str(exc)
         return None if failure is None else f"{failure.code}: {failure.message}"
 
+    def delete_soon(self, message: Message, done: Callable[[str | None], None]) -> None:
+        """Delete a message through the batcher; `done` is called with None, or why it was not.
+
+        The success path's delete: no future and no waiting task (`done` runs in the batcher's
+        task when the batch's answer arrives). `flush()` waits for it at shutdown.
+        """
+
+        def answered(failure: BatchFailure | None, error: TransportError | None) -> None:
+            if error is not None:
+                done(str(error))
+            else:
+                done(None if failure is None else f"{failure.code}: {failure.message}")
+
+        self.deletes.send_soon(message.receipt_handle, answered)
+
     async def _acknowledge(self, message: Message, record: OutcomeRecord) -> bool:
         error = await self.delete(message)
         if error is not None:
-            self._warn(message, record, error)
+            self.warn_unsettled(message, record, error)
             return False
         return True
 
@@ -192,7 +213,7 @@ class Settler:
                 case Outcome.RELEASED:
                     return await self._release(message, record)
         except TransportError as exc:
-            self._warn(message, record, str(exc))
+            self.warn_unsettled(message, record, str(exc))
             return False
         return True
 
@@ -257,7 +278,7 @@ class Settler:
         delay = round(min(record.delay_s or 0, SQS_MAX_VISIBILITY_S))
         failure = await self.releases.submit((message.receipt_handle, delay))
         if failure is not None:
-            self._warn(message, record, f"{failure.code}: {failure.message}")
+            self.warn_unsettled(message, record, f"{failure.code}: {failure.message}")
             return False
         return True
 
@@ -349,7 +370,8 @@ class Settler:
             return False
         raise TransientTransportError(f"dead-letter send failed: {failures[0].code}")
 
-    def _warn(self, message: Message, record: OutcomeRecord, error: str) -> None:
+    def warn_unsettled(self, message: Message, record: OutcomeRecord, error: str) -> None:
+        """Log that an outcome could not be recorded on the queue (the message comes back)."""
         log.warning(
             "could not record outcome on the queue; the message will be delivered again",
             extra={

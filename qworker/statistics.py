@@ -74,6 +74,36 @@ class OutcomeCounts:
         """Count one outcome."""
         self.by_outcome[record.outcome] += 1
 
+    def snapshot(
+        self,
+        *,
+        received: int,
+        in_flight: int,
+        handed_back: int,
+        receive_errors: int,
+        receives: int,
+        last_receive_s: float | None,
+        stopping: bool,
+    ) -> ConsumerStatistics:
+        """These counts with the rest of a consumer's figures."""
+        counts = self.by_outcome
+        return ConsumerStatistics(
+            received=received,
+            in_flight=in_flight,
+            acked=counts[Outcome.SUCCEEDED],
+            failed=counts[Outcome.FAILED],
+            retried=counts[Outcome.RETRIED],
+            rejected=counts[Outcome.REJECTED],
+            released=counts[Outcome.RELEASED],
+            handed_back=handed_back,
+            unsettled=self.unsettled,
+            duplicates=self.duplicates,
+            receive_errors=receive_errors,
+            receives=receives,
+            last_receive_s=last_receive_s,
+            stopping=stopping,
+        )
+
 
 @final
 class OutcomeLog:

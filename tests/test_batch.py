@@ -192,3 +192,104 @@ async def test_entries_failing_on_every_attempt_get_their_failure(sleeps: Sleeps
 
     assert result == BatchFailure(0, "InternalError", sender_fault=False)
     assert batcher.calls == 2
+
+
+# -- send_soon: answers by callback, no future --------------------------------------------------
+
+
+async def test_send_soon_calls_back_each_entry_once_with_its_answer(sleeps: Sleeps) -> None:
+    def answer(_call: int, items: Sequence[str]) -> list[BatchFailure]:
+        return [
+            BatchFailure(i, "ReceiptHandleIsInvalid", "bad", sender_fault=True)
+            for i, item in enumerate(items)
+            if item == "bad"
+        ]
+
+    batcher: Batcher[str] = Batcher(FakeCall(answer), name="delete", max_wait_s=0, sleep=sleeps)
+    answers: dict[str, list[tuple[object, object]]] = {}
+
+    def recorder(item: str) -> Callable[[BatchFailure | None, Exception | None], None]:
+        return lambda failure, error: answers.setdefault(item, []).append((failure, error))
+
+    for item in ("ok-1", "bad", "ok-2"):
+        batcher.send_soon(item, recorder(item))
+    async with asyncio.TaskGroup() as group:
+        runner = group.create_task(batcher.run(), name="batcher")
+        await batcher.flush()
+        runner.cancel()
+
+    assert answers["ok-1"] == [(None, None)]
+    assert answers["ok-2"] == [(None, None)]
+    [(failure, error)] = answers["bad"]
+    assert isinstance(failure, BatchFailure)
+    assert failure.code == "ReceiptHandleIsInvalid"
+    assert error is None
+
+
+async def test_send_soon_gets_the_error_of_a_call_that_failed_for_good(sleeps: Sleeps) -> None:
+    async def gone(_items: Sequence[str]) -> list[BatchFailure]:
+        raise QueueDoesNotExist("gone")
+
+    batcher: Batcher[str] = Batcher(gone, name="delete", max_wait_s=0, sleep=sleeps)
+    answers: list[tuple[object, object]] = []
+    batcher.send_soon("r-1", lambda f, e: answers.append((f, e)))
+    async with asyncio.TaskGroup() as group:
+        runner = group.create_task(batcher.run(), name="batcher")
+        await batcher.flush()
+        runner.cancel()
+
+    [(failure, error)] = answers
+    assert failure is None
+    assert isinstance(error, QueueDoesNotExist)
+
+
+async def test_a_callback_that_raises_is_logged_and_the_batcher_goes_on(
+    sleeps: Sleeps, caplog: pytest.LogCaptureFixture
+) -> None:
+    batcher: Batcher[str] = Batcher(FakeCall(), name="delete", max_wait_s=0, sleep=sleeps)
+    answered: list[str] = []
+
+    def broken(_failure: object, _error: object) -> None:
+        raise RuntimeError("callback bug")
+
+    batcher.send_soon("r-1", broken)
+    batcher.send_soon("r-2", lambda _f, _e: answered.append("r-2"))
+    async with asyncio.TaskGroup() as group:
+        runner = group.create_task(batcher.run(), name="batcher")
+        await batcher.flush()
+        runner.cancel()
+
+    assert answered == ["r-2"]
+    assert any(getattr(r, "action", None) == "delete_callback_failed" for r in caplog.records)
+
+
+async def test_flush_waits_for_the_answer_of_a_batch_in_flight(sleeps: Sleeps) -> None:
+    release = asyncio.Event()
+    sent = asyncio.Event()
+
+    async def slow(_items: Sequence[str]) -> list[BatchFailure]:
+        sent.set()
+        await release.wait()
+        return []
+
+    batcher: Batcher[str] = Batcher(slow, name="delete", max_wait_s=0, sleep=sleeps)
+    answers: list[object] = []
+    batcher.send_soon("r-1", lambda f, _e: answers.append(f))
+    future = batcher.enqueue("r-2")
+    async with asyncio.TaskGroup() as group:
+        runner = group.create_task(batcher.run(), name="batcher")
+        flushed = group.create_task(batcher.flush(), name="flush")
+        await sent.wait()
+        assert not flushed.done()
+        assert answers == []
+        release.set()
+        await flushed
+        runner.cancel()
+
+    assert answers == [None]
+    assert future.result() is None
+
+
+async def test_flush_with_nothing_queued_returns_at_once(sleeps: Sleeps) -> None:
+    batcher: Batcher[str] = Batcher(FakeCall(), name="delete", max_wait_s=0, sleep=sleeps)
+    await batcher.flush()

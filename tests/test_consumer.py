@@ -445,3 +445,40 @@ async def test_grace_expiry_in_a_fifo_group_releases_the_whole_group() -> None:
     assert [json.loads(m.body)["n"] for m in queue.messages] == [0, 1, 2]
     assert consumer.statistics().released == 3
     assert len(consumer._groups) == 0
+
+
+async def test_stop_waits_for_the_delete_of_a_success_before_run_returns() -> None:
+    """A success settles without a waiting task: the stop still flushes its delete first."""
+    queue = FakeSqs().create_queue("flush")
+    await fill(queue, 1)
+    handled = asyncio.Event()
+    deleting = asyncio.Event()
+    answer = asyncio.Event()
+    delete_batch = queue.delete_batch
+
+    async def slow_delete(receipt_handles: list[str]) -> object:
+        deleting.set()
+        await answer.wait()
+        return await delete_batch(receipt_handles)
+
+    queue.delete_batch = slow_delete  # type: ignore[method-assign,assignment]
+
+    async def handle(body: dict[str, int]) -> None:
+        handled.set()
+
+    consumer = consumer_for(queue, handle, wait_time_s=0)
+    run = asyncio.create_task(consumer.run())
+    async with asyncio.timeout(5):
+        await deleting.wait()
+    assert handled.is_set()
+    consumer.stop()
+    for _ in range(20):
+        await asyncio.sleep(0)  # run() has every chance to return early: it must not
+    assert not run.done()
+    assert consumer.statistics().in_flight == 1  # held (and extended) until the delete answers
+    answer.set()
+    async with asyncio.timeout(5):
+        await run
+    stats = consumer.statistics()
+    assert (stats.acked, stats.unsettled, stats.in_flight) == (1, 0, 0)
+    assert queue.messages == []
