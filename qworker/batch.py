@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Generic, TypeAlias, TypeVar, final
 
@@ -88,7 +89,9 @@ class Batcher(Generic[T]):
         self._timeout_s = timeout_s
         self._attempt_timeout_s = attempt_timeout_s
         self._sleep = sleep
-        self._queue: asyncio.Queue[tuple[T, _Target]] = asyncio.Queue()
+        self._items: deque[tuple[T, _Target]] = deque()
+        self._arrived: asyncio.Future[None] | None = None  # the collector waits for a first item
+        self._filled: asyncio.Future[None] | None = None  # ... then, lingering, for a full batch
         self.calls = 0
         self._unanswered = 0
         self._answered = asyncio.Event()
@@ -100,8 +103,7 @@ class Batcher(Generic[T]):
         Cancelling a wait on it does not take the item back: shield it, and it is still sent.
         """
         future: asyncio.Future[BatchFailure | None] = asyncio.get_running_loop().create_future()
-        self._unanswered += 1
-        self._queue.put_nowait((item, future))
+        self._put((item, future))
         return future
 
     def send_soon(self, item: T, done: Done) -> None:
@@ -110,8 +112,16 @@ class Batcher(Generic[T]):
         `done(failure, None)`: the entry's failure, None when it succeeded; `done(None, error)`:
         the batch call failed for good or timed out. An error `done` raises is logged, not raised.
         """
+        self._put((item, done))
+
+    def _put(self, entry: tuple[T, _Target]) -> None:
         self._unanswered += 1
-        self._queue.put_nowait((item, done))
+        items = self._items
+        items.append(entry)
+        if self._arrived is not None:
+            _wake(self._arrived)
+        if self._filled is not None and len(items) >= MAX_BATCH:
+            _wake(self._filled)
 
     async def flush(self) -> None:
         """Wait until every item queued so far has its answer (the batches' timeouts bound it)."""
@@ -136,24 +146,24 @@ class Batcher(Generic[T]):
                 group.create_task(self._flush(batch), name=f"{self.name} batch")
 
     async def _collect(self) -> list[tuple[T, _Target]]:
-        batch = [await self._queue.get()]
+        """The next batch: up to 10 queued items, after up to `max_wait_s` for a full batch."""
+        items = self._items
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._max_wait_s
-        while len(batch) < MAX_BATCH:
+        while not items:
+            self._arrived = loop.create_future()
             try:
-                batch.append(self._queue.get_nowait())
-                continue
-            except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
+                await self._arrived
+            finally:
+                self._arrived = None
+        if len(items) < MAX_BATCH and self._max_wait_s > 0:
+            self._filled = loop.create_future()
+            timer = loop.call_later(self._max_wait_s, _wake, self._filled)
             try:
-                async with asyncio.timeout(remaining):
-                    batch.append(await self._queue.get())
-            except TimeoutError:
-                break
-        return batch
+                await self._filled
+            finally:
+                timer.cancel()
+                self._filled = None
+        return [items.popleft() for _ in range(min(MAX_BATCH, len(items)))]
 
     async def _flush(self, batch: list[tuple[T, _Target]]) -> None:
         pending = batch  # (an entry is answered once: only the unanswered fail at the timeout)
@@ -229,3 +239,8 @@ class Batcher(Generic[T]):
             log.exception(
                 "batch answer callback failed", extra={"action": f"{self.name}_callback_failed"}
             )
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
