@@ -1,37 +1,34 @@
 """Shared pieces of the heartbeat, shutdown-bound and health fault tests.
 
-Real `qworker run` subprocesses (handlers in tests/bound_handlers.py and bound_sync_handlers.py)
-on LocalStack, directly or through tests/proxy.py; queues with the visibility timeout a test asks
-for; the worker's JSON logs in a file; `accounting.account()` at the end of every scenario.
+Real `qworker run` subprocesses (handlers in tests/bound_handlers.py and bound_sync_handlers.py),
+each a `WorkerProcess` from tests/worker_process.py's `Launcher`, on LocalStack, directly or
+through tests/proxy.py; queues with the visibility timeout a test asks for; the worker's JSON logs
+in a file; `accounting.account()` at the end of every scenario.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import urlparse
 
 import pytest
 from accounting import Journal, Report, account
 from proxy import FaultProxy
 from servers import free_port
+from worker_process import WAIT_S, Launcher, WorkerProcess
 
-from qworker._process import ManagedProcess
 from qworker.health import HealthReport, evaluate, read_report
 from qworker.local import create_queue_with_dlq, dead_letter_name
 
 __all__ = [
     "BoundQueues",
-    "BoundWorker",
     "Spawn",
     "account_bound",
     "fault_proxy",
@@ -44,9 +41,6 @@ __all__ = [
     "wait_journal",
 ]
 
-TESTS: Final = Path(__file__).resolve().parent
-WAIT_S: Final = 90.0
-STOP_S: Final = 60.0
 POLL_S: Final = 0.05
 """How often a test looks at another process's files or the queue (nothing else to wait on)."""
 
@@ -88,59 +82,12 @@ async def make_bound_queues(
     return BoundQueues(client, name, url, dlq_url, visibility_s, max_receive_count)
 
 
-@dataclass
-class BoundWorker:
-    """A `qworker run` subprocess (a `ManagedProcess`); its stderr (JSON logs) goes to a file."""
+class Spawn:
+    """What `spawn_bound` gives a test: starts `qworker run` workers through a `Launcher`."""
 
-    process: ManagedProcess
-    health_path: Path | None
-    env: dict[str, str]
+    def __init__(self, launcher: Launcher) -> None:
+        self.launcher = launcher
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def log_path(self) -> Path:
-        return self.process.log_path
-
-    @property
-    def alive(self) -> bool:
-        return self.process.is_running()
-
-    async def terminate(self) -> tuple[int, float]:
-        """SIGTERM; return the exit code and the seconds from the signal to the exit.
-
-        A worker still running after `STOP_S` is killed (its code is then -9).
-        """
-        began = time.monotonic()
-        code = await asyncio.to_thread(self.process.stop, STOP_S)
-        return code, time.monotonic() - began
-
-    def logs(self) -> list[dict[str, Any]]:
-        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-    def actions(self, action: str) -> list[dict[str, Any]]:
-        return [entry for entry in self.logs() if entry.get("action") == action]
-
-    def tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
-
-    def health_command(self, *args: str) -> tuple[int, str]:
-        """Run `qworker health` (the ECS health check) in this worker's environment."""
-        done = subprocess.run(
-            [sys.executable, "-m", "qworker", "health", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        return done.returncode, done.stdout.strip()
-
-
-class Spawn(Protocol):
     def __call__(
         self,
         queues: BoundQueues,
@@ -150,60 +97,25 @@ class Spawn(Protocol):
         endpoint: str | None = None,
         health_file: bool = True,
         env: dict[str, str] | None = None,
-    ) -> BoundWorker: ...
+    ) -> WorkerProcess:
+        """Start a worker on `queues`; without `health_file` it writes its default health file."""
+        return self.launcher.start(
+            module,
+            queues.name,
+            journal,
+            *flags,
+            endpoint=endpoint,
+            health_file=health_file,
+            env=env,
+        )
 
 
 @pytest.fixture
 def spawn_bound(localstack_server: Any, tmp_path: Path) -> Iterator[Spawn]:
     """Start worker processes; any still running at the end is killed."""
-    started: list[BoundWorker] = []
-
-    def start(
-        queues: BoundQueues,
-        journal: Path,
-        *flags: str,
-        module: str = "bound_handlers",
-        endpoint: str | None = None,
-        health_file: bool = True,
-        env: dict[str, str] | None = None,
-    ) -> BoundWorker:
-        label = len(started) + 1
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("QWORKER_")}
-        environment.update(
-            {
-                "PYTHONPATH": str(TESTS),
-                "QWORKER_TEST_JOURNAL": str(journal),
-                "AWS_ACCESS_KEY_ID": "test",
-                "AWS_SECRET_ACCESS_KEY": "test",
-                "AWS_DEFAULT_REGION": "us-east-1",
-                **(env or {}),
-            }
-        )
-        health_path = tmp_path / f"health-{label}.json" if health_file else None
-        command = [
-            sys.executable, "-m", "qworker", "run", module,
-            "--endpoint-url", endpoint or localstack_server.endpoint_url,
-            "--queue-name", queues.name,
-            "--wait-time-s", "1",
-            "--log-level", "DEBUG",
-            *(["--health-file", str(health_path)] if health_path is not None else []),
-            *flags,
-        ]  # fmt: skip
-        process = ManagedProcess(
-            command,
-            log_path=tmp_path / f"worker-{label}.log",
-            stdout_path=tmp_path / f"worker-{label}.out",  # EMF documents, kept out of the log
-            env=environment,
-            name=f"worker-{label}",
-        )
-        process.start()
-        worker = BoundWorker(process, health_path, environment)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.process.kill()  # reaps one that exited; kills one still running
+    launcher = Launcher(localstack_server.endpoint_url, tmp_path)
+    yield Spawn(launcher)
+    launcher.close()  # reaps one that exited; kills one still running
 
 
 @pytest.fixture
@@ -219,7 +131,7 @@ async def fault_proxy(localstack_server: Any) -> AsyncIterator[FaultProxy]:
 async def wait_for(
     predicate: Callable[[], bool],
     what: str,
-    workers: Sequence[BoundWorker] = (),
+    workers: Sequence[WorkerProcess] = (),
     timeout_s: float = WAIT_S,
 ) -> None:
     """Wait until `predicate()` holds, while `workers` stay alive."""
@@ -237,7 +149,7 @@ async def wait_journal(
     journal: Path,
     done: Callable[[Journal], bool],
     what: str,
-    workers: Sequence[BoundWorker] = (),
+    workers: Sequence[WorkerProcess] = (),
     timeout_s: float = WAIT_S,
 ) -> Journal:
     """Wait until the handlers' journal satisfies `done`."""
@@ -245,7 +157,7 @@ async def wait_journal(
     return Journal.read(journal)
 
 
-def health_now(worker: BoundWorker) -> list[str]:
+def health_now(worker: WorkerProcess) -> list[str]:
     """What `qworker health --health-file` decides right now (empty: healthy), in-process."""
     assert worker.health_path is not None
     try:

@@ -87,8 +87,8 @@ async def test_one_second_of_silent_loss_causes_no_second_run_elsewhere(
         settled = await queue_settled(queues)
         await asyncio.sleep(0.1)
     after_loss_s = time.monotonic() - loss_began
-    code_holder, _ = await holder.terminate()
-    code_other, _ = await other.terminate()
+    code_holder, _ = await holder.stop()
+    code_other, _ = await other.stop()
 
     extensions = holder.actions("heartbeat_failed")
     report = await account_bound(

@@ -81,7 +81,7 @@ async def test_health_during_a_black_hole_is_unhealthy_throughout_then_recovers(
     await fault_proxy.set_mode("pass")
     await wait_for(lambda: not health_now(worker), "healthy again", [worker])
     recovered_s = time.monotonic() - began - CUT_OFF_S
-    await worker.terminate()
+    await worker.stop()
 
     unhealthy = [t for t, problems in probes if problems]
     report = await account_bound(
@@ -140,7 +140,7 @@ async def test_a_mistyped_endpoint_port_is_not_healthy(
     allowance_s = 1 + STALL_MARGIN_S
     await wait_for(lambda: not read_report(path).live, "the start-up allowance to pass", [worker])
     code, out = worker.health_command()
-    stop_code, _ = await worker.terminate()
+    stop_code, _ = await worker.stop()
 
     report = await account_bound(
         "mistyped endpoint port",
@@ -175,7 +175,7 @@ async def test_a_blocked_event_loop_is_logged_naming_the_handler_and_reported(
     code, out = worker.health_command("--health-file", str(worker.health_path))
     await wait_journal(journal, lambda j: bool(j.of("done")), "the handler done", [worker])
     await wait_for(lambda: not health_now(worker), "healthy again", [worker])
-    await worker.terminate()
+    await worker.stop()
 
     report = await account_bound(
         "event loop blocked 10 s by a sync call in an async handler",

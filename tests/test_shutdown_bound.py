@@ -62,7 +62,7 @@ async def test_sigterm_during_a_black_hole_exits_within_the_bound(
     await wait_journal(journal, lambda j: len(j.of("start")) == 5, "5 handlers running", [worker])
 
     await fault_proxy.set_mode("blackhole")
-    code, shutdown_s = await worker.terminate()
+    code, shutdown_s = await worker.stop()
     await fault_proxy.set_mode("pass")
 
     bound_s = grace_s + SHUTDOWN_FLUSH_S
@@ -125,7 +125,7 @@ async def _sync_handler_at_shutdown(
     )
     await wait_journal(journal, lambda j: len(j.of("start")) == 1, "the handler running", [worker])
 
-    code, shutdown_s = await worker.terminate()
+    code, shutdown_s = await worker.stop()
     exited_at = time.time()
 
     bound_s = GRACE_S + SHUTDOWN_FLUSH_S
@@ -172,7 +172,7 @@ async def test_hung_async_handler_that_ignores_cancellation_is_abandoned_within_
         [worker],
     )
 
-    code, shutdown_s = await worker.terminate()
+    code, shutdown_s = await worker.stop()
 
     bound_s = GRACE_S + SHUTDOWN_FLUSH_S
     report = await account_bound(

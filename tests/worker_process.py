@@ -6,9 +6,10 @@
 process (SIGTERM to its group, a bounded wait, then SIGKILL). One-shot commands that exit by
 themselves (`qworker send`, a bad setting) stay plain `subprocess.run` calls.
 
-The fault suites (test_faults, test_faults_handlers, test_handback) start several
-`qworker run <module>` workers per test, signal them, and look at them after they exited: a
-`Launcher` starts each as a `WorkerProcess`, and `Launcher.close()` kills any still running.
+The fault suites (test_faults, test_faults_handlers, test_handback, and through
+tests/bound_support.py test_shutdown_bound, test_health_truth, test_faults_network) start
+`qworker run <module>` workers, signal them, and look at them after they exited: a `Launcher`
+starts each as a `WorkerProcess`, and `Launcher.close()` kills any still running.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -171,6 +173,10 @@ class WorkerProcess:
 
     process: ManagedProcess
     began: float
+    env: dict[str, str]
+    """Its environment (`qworker health` runs in it too)."""
+    health_path: Path | None
+    """The health file named by its ``--health-file``, or None (it writes its default one)."""
 
     @property
     def pid(self) -> int:
@@ -215,11 +221,24 @@ class WorkerProcess:
     def tail(self, chars: int = 3000) -> str:
         return self.process.log_since_start()[-chars:]
 
+    def health_command(self, *args: str) -> tuple[int, str]:
+        """Run `qworker health <args>` (the container health check) in the worker's environment."""
+        done = subprocess.run(
+            [sys.executable, "-m", "qworker", "health", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return done.returncode, done.stdout.strip()
+
 
 class Launcher:
     """Starts `qworker run <module>` workers for one test; `close()` kills any still running.
 
-    The modules are found in tests/ (the worker's PYTHONPATH): fault_handlers, handback_handlers.
+    The modules are found in tests/ (the worker's PYTHONPATH): fault_handlers, handback_handlers,
+    bound_handlers, bound_sync_handlers, worker_handlers.
     """
 
     def __init__(self, endpoint_url: str, directory: Path) -> None:
@@ -236,38 +255,44 @@ class Launcher:
         endpoint: str | None = None,
         label: str | None = None,
         env: Mapping[str, str] | None = None,
+        health_file: bool = True,
+        wait_time_s: int = 1,
     ) -> WorkerProcess:
         """Start a worker on `queue_name`, its handlers journaling to `journal`.
 
-        Its log is worker-<label>.log in the test's directory (stdout in worker-<label>.out).
+        Its log is worker-<label>.log in the test's directory (stdout in worker-<label>.out), its
+        health file health-<label>.json there (without `health_file`: none named, its default).
         """
         label = label or str(len(self.started) + 1)
-        environment = {
-            "PYTHONPATH": str(TESTS),
-            "QWORKER_TEST_JOURNAL": str(journal),
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            **(env or {}),
-        }
+        health_path = self.directory / f"health-{label}.json" if health_file else None
+        environment = worker_env(
+            {
+                "PYTHONPATH": str(TESTS),
+                "QWORKER_TEST_JOURNAL": str(journal),
+                "AWS_ACCESS_KEY_ID": "test",
+                "AWS_SECRET_ACCESS_KEY": "test",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                **(env or {}),
+            }
+        )
         command = [
             sys.executable, "-m", "qworker", "run", module,
             "--endpoint-url", endpoint or self.endpoint_url,
             "--queue-name", queue_name,
-            "--wait-time-s", "1",
+            "--wait-time-s", str(wait_time_s),
             "--log-level", "DEBUG",
-            "--health-file", str(self.directory / f"health-{label}.json"),
+            *(["--health-file", str(health_path)] if health_path is not None else []),
             *flags,
         ]  # fmt: skip
         process = ManagedProcess(
             command,
             log_path=self.directory / f"worker-{label}.log",
-            stdout_path=self.directory / f"worker-{label}.out",
-            env=worker_env(environment),
+            stdout_path=self.directory / f"worker-{label}.out",  # EMF documents, apart
+            env=environment,
             name=f"worker-{label}",
         )
         process.start()
-        worker = WorkerProcess(process, time.monotonic())
+        worker = WorkerProcess(process, time.monotonic(), environment, health_path)
         self.started.append(worker)
         return worker
 
