@@ -17,7 +17,6 @@ While the bounded wait lasts, `qworker health` does not say healthy.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -31,12 +30,11 @@ from typing import Any, Final
 
 import pytest
 from servers import free_port
+from worker_process import qworker, worker_env
 
-from qworker._process import ManagedProcess
 from qworker.local import create_queue_with_dlq, dead_letter_name
 from qworker.settings import QWorkerSettings
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 EXIT_CONFIG: Final = 2
 RUN_TIMEOUT_S: Final = 60.0
 """Bound on one `qworker run`: a case that hangs fails here instead of hanging the suite."""
@@ -245,18 +243,15 @@ def workdir(tmp_path: Path) -> Path:
 def run_qworker(
     workdir: Path, case: Case, *base_flags: str, extra_env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("QWORKER_", "AWS_", "ECS_", "OTEL_"))
-    }
-    env |= {
-        "PYTHONPATH": str(ROOT),
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        **(extra_env or {}),
-        **case.env,
-    }
+    env = worker_env(
+        {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            **(extra_env or {}),
+            **case.env,
+        },
+        scrub=("QWORKER_", "AWS_", "ECS_", "OTEL_"),
+    )
     flags = [f.replace("{tmp}", str(workdir)) for f in (*base_flags, *case.flags)]
     return subprocess.run(
         [sys.executable, "-m", "qworker", "run", case.module, *flags],
@@ -476,12 +471,10 @@ async def test_missing_queue_fails_start_up(
 
 
 def read_health(workdir: Path, health_file: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QWORKER_")}
-    env["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
         [sys.executable, "-m", "qworker", "health", "--health-file", str(health_file)],
         cwd=workdir,
-        env=env,
+        env=worker_env(scrub=("QWORKER_",)),
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
@@ -501,26 +494,21 @@ def test_unreachable_endpoint_gives_up_after_the_startup_timeout_naming_it(
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     health_file = workdir / "health.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QWORKER_", "AWS_"))}
-    env |= {"PYTHONPATH": str(ROOT), "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}
-    worker = ManagedProcess(
-        [
-            sys.executable, "-m", "qworker", "run", "good_handler",
-            "--endpoint-url", endpoint, "--queue-name", "orders",
-            "--startup-timeout-s", "8", "--health-interval-s", "0.2",
-            "--wait-time-s", "0", "--health-stall-margin-s", "1",
-            "--health-file", str(health_file),
-        ],
-        log_path=workdir / "worker.log",
-        stdout_path=workdir / "worker.out",
-        env=env,
-        cwd=workdir,
-        name="worker",
-    )  # fmt: skip
     probes: list[subprocess.CompletedProcess[str]] = []
-    worker.start()
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    try:
+    with qworker(
+        "run", "good_handler",
+        "--endpoint-url", endpoint, "--queue-name", "orders",
+        "--startup-timeout-s", "8", "--health-interval-s", "0.2",
+        "--wait-time-s", "0", "--health-stall-margin-s", "1",
+        "--health-file", str(health_file),
+        cwd=workdir,
+        log_dir=workdir,
+        name="worker",
+        env={"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"},
+        scrub=("QWORKER_", "AWS_"),
+        stdout_apart=True,
+    ) as worker:  # fmt: skip
+        deadline = time.monotonic() + RUN_TIMEOUT_S
         # Probe health as a container health check would, while the worker is still waiting.
         while worker.is_running():
             assert time.monotonic() < deadline, f"still running:\n{worker.log_tail()}"
@@ -528,8 +516,7 @@ def test_unreachable_endpoint_gives_up_after_the_startup_timeout_naming_it(
                 probes.append(read_health(workdir, health_file))
             else:
                 time.sleep(0.1)  # the worker is another process: its file is the only signal
-    finally:
-        code = worker.stop(0)  # reaps it (kills it first if it is still running)
+        code = worker.stop(0)  # reaps it
     stderr = worker.log_since_start()
     result = subprocess.CompletedProcess(worker.argv, code, "", stderr)
 

@@ -11,15 +11,15 @@ their visibility lapses. That is SQS's contract, so the accounting waits for the
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from worker_process import Launcher
 
 from qworker._process import ManagedProcess
 from qworker.local import create_queue_with_dlq
@@ -28,32 +28,13 @@ from qworker.transport import SqsTransport
 
 pytestmark = [pytest.mark.integration, pytest.mark.localstack, pytest.mark.slow]
 
-TESTS = Path(__file__).resolve().parent
 
-
-def start_worker(endpoint: str, queue: str, journal: Path, *extra: str) -> ManagedProcess:
-    """Start `qworker run worker_handlers`; its stderr (JSON logs) goes to a file by the journal."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(TESTS),
-        "QWORKER_TEST_JOURNAL": str(journal),
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    process = ManagedProcess(
-        [
-            sys.executable, "-m", "qworker", "run", "worker_handlers",
-            "--endpoint-url", endpoint, "--queue-name", queue, "--wait-time-s", "2",
-            "--log-level", "DEBUG", *extra,
-        ],
-        log_path=journal.with_name("worker.log"),
-        stdout_path=journal.with_name("worker.out"),
-        env=env,
-        name="worker",
-    )  # fmt: skip
-    process.start()
-    return process
+@pytest.fixture
+def launcher(localstack_server: Any, tmp_path: Path) -> Iterator[Launcher]:
+    """Starts the test's workers; kills any still running at the end."""
+    launcher = Launcher(localstack_server.endpoint_url, tmp_path)
+    yield launcher
+    launcher.close()
 
 
 def wait_for_journal(journal: Path, kind: str, count: int, process: ManagedProcess) -> None:
@@ -93,24 +74,39 @@ async def remaining(queue: SqsTransport, expected: int) -> list[int]:
     return found
 
 
-async def test_sigterm_mid_work_loses_nothing(
-    localstack_server: Any, sqs_client: Any, tmp_path: Path
-) -> None:
-    name = f"sigterm-{uuid.uuid4().hex[:8]}"
+async def sigterm_mid_work(
+    launcher: Launcher,
+    sqs_client: Any,
+    *flags: str,
+    prefix: str,
+    count: int,
+    work_s: float,
+    once: tuple[str, int],
+) -> tuple[SqsTransport, Path, str]:
+    """Send `count` messages of `work_s` each to a new queue, start `qworker run worker_handlers`
+    (2 s long polls, its default health file) with `flags`, and SIGTERM it once its journal holds
+    `once` (a kind, a count) lines; assert it exited 0; return the queue, the journal, its log."""
+    journal = launcher.directory / "journal.txt"
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     queue = SqsTransport(
         sqs_client, await create_queue_with_dlq(sqs_client, name, visibility_timeout_s=VISIBILITY_S)
     )
-    await send_bodies(queue, [json.dumps({"n": i, "work_s": 0.3}) for i in range(200)])
-    journal = tmp_path / "journal.txt"
-
-    worker = start_worker(localstack_server.endpoint_url, name, journal, "--concurrency", "40")
-    try:
-        wait_for_journal(journal, "done ", 40, worker)
-        code = worker.stop(60)  # SIGTERM; SIGKILL only if it is still running after 60 s
-    finally:
-        worker.kill()
+    await send_bodies(queue, [json.dumps({"n": i, "work_s": work_s}) for i in range(count)])
+    worker = launcher.start(
+        "worker_handlers", name, journal, *flags, health_file=False, wait_time_s=2
+    ).process
+    wait_for_journal(journal, *once, worker)
+    code = worker.stop(60)  # SIGTERM; SIGKILL only if it is still running after 60 s
     stderr = worker.log_since_start()
     assert code == 0, stderr[-3000:]
+    return queue, journal, stderr
+
+
+async def test_sigterm_mid_work_loses_nothing(launcher: Launcher, sqs_client: Any) -> None:
+    queue, journal, stderr = await sigterm_mid_work(
+        launcher, sqs_client, "--concurrency", "40",
+        prefix="sigterm", count=200, work_s=0.3, once=("done ", 40),
+    )  # fmt: skip
 
     started, done = journal_counts(journal)
     assert started == done  # every handler that started finished within the grace period
@@ -124,25 +120,12 @@ async def test_sigterm_mid_work_loses_nothing(
 
 
 async def test_sigterm_past_the_grace_period_releases_running_messages(
-    localstack_server: Any, sqs_client: Any, tmp_path: Path
+    launcher: Launcher, sqs_client: Any
 ) -> None:
-    name = f"grace-{uuid.uuid4().hex[:8]}"
-    queue = SqsTransport(
-        sqs_client, await create_queue_with_dlq(sqs_client, name, visibility_timeout_s=VISIBILITY_S)
-    )
-    await send_bodies(queue, [json.dumps({"n": i, "work_s": 30}) for i in range(5)])
-    journal = tmp_path / "journal.txt"
-
-    worker = start_worker(
-        localstack_server.endpoint_url, name, journal, "--shutdown-grace-s", "0.5"
-    )
-    try:
-        wait_for_journal(journal, "start ", 5, worker)
-        code = worker.stop(60)  # SIGTERM; SIGKILL only if it is still running after 60 s
-    finally:
-        worker.kill()
-    stderr = worker.log_since_start()
-    assert code == 0, stderr[-3000:]
+    queue, journal, stderr = await sigterm_mid_work(
+        launcher, sqs_client, "--shutdown-grace-s", "0.5",
+        prefix="grace", count=5, work_s=30, once=("start ", 5),
+    )  # fmt: skip
 
     started, done = journal_counts(journal)
     assert sum(started.values()) == 5

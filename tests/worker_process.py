@@ -33,6 +33,7 @@ from qworker._process import ManagedProcess
 
 __all__ = [
     "ROOT",
+    "SCRUBBED",
     "STOP_S",
     "TESTS",
     "WAIT_S",
@@ -56,12 +57,18 @@ STOP_S: Final = 60.0
 """How long a fault suite's worker may take to exit after a SIGTERM before it is SIGKILLed."""
 
 
-def worker_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Our environment without QWORKER_* and AWS_ENDPOINT*, PYTHONPATH at the project, plus `extra`.
+SCRUBBED: Final = ("QWORKER_", "AWS_ENDPOINT")
+"""The variables of ours a child does not see by default: a developer's own settings."""
+
+
+def worker_env(
+    extra: Mapping[str, str] | None = None, *, scrub: tuple[str, ...] = SCRUBBED
+) -> dict[str, str]:
+    """Our environment without the variables `scrub` starts, PYTHONPATH at the project, `extra`.
 
     The scrub keeps a developer's own settings out of the child: it sees what the test gives it.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QWORKER_", "AWS_ENDPOINT"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(scrub)}
     env["PYTHONPATH"] = str(ROOT)
     env.update(extra or {})
     return env
@@ -75,9 +82,11 @@ def started(
     log_dir: Path,
     name: str,
     env: Mapping[str, str] | None = None,
+    scrub: tuple[str, ...] = SCRUBBED,
     stdout_apart: bool = False,
 ) -> Iterator[ManagedProcess]:
-    """Start `argv` (environment: `worker_env(env)`); stop it by PID when the block is left.
+    """Start `argv` (environment: `worker_env(env, scrub=scrub)`); stop it by PID when the block is
+    left.
 
     Its stderr goes to ``log_dir/<name>.log``, and so does its stdout unless `stdout_apart`
     (then ``log_dir/<name>.out``).
@@ -86,7 +95,7 @@ def started(
         argv,
         log_path=log_dir / f"{name}.log",
         stdout_path=log_dir / f"{name}.out" if stdout_apart else None,
-        env=worker_env(env),
+        env=worker_env(env, scrub=scrub),
         cwd=cwd,
         name=name,
     )
@@ -103,6 +112,7 @@ def qworker(
     log_dir: Path,
     name: str = "qworker",
     env: Mapping[str, str] | None = None,
+    scrub: tuple[str, ...] = SCRUBBED,
     stdout_apart: bool = False,
 ) -> contextlib.AbstractContextManager[ManagedProcess]:
     """`started()` for ``python -m qworker <args>``."""
@@ -112,6 +122,7 @@ def qworker(
         log_dir=log_dir,
         name=name,
         env=env,
+        scrub=scrub,
         stdout_apart=stdout_apart,
     )
 
