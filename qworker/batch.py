@@ -26,7 +26,7 @@ from qworker.exceptions import QueueUnavailable, TransientTransportError, Transp
 from qworker.message import BatchFailure
 from qworker.transport import MAX_BATCH
 
-__all__ = ["Batcher"]
+__all__ = ["Batcher", "Done", "describe_failure"]
 
 log = logging.getLogger(__name__)
 
@@ -244,3 +244,10 @@ class Batcher(Generic[T]):
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def describe_failure(failure: BatchFailure | None, error: TransportError | None) -> str | None:
+    """Why a batched action failed (None: it worked), from its batch answer."""
+    if error is not None:
+        return str(error)
+    return None if failure is None else f"{failure.code}: {failure.message}"

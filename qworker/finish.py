@@ -18,9 +18,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Final, final
 
+from qworker.batch import describe_failure
 from qworker.concurrency import Capacity
 from qworker.dispatch import Dispatcher
+from qworker.exceptions import TransportError
 from qworker.heartbeat import Heartbeat, Held
+from qworker.message import BatchFailure
 from qworker.outcome import Outcome, OutcomeRecord
 from qworker.poller import Poller
 from qworker.settle import Settler
@@ -135,10 +138,11 @@ class Finisher:
         deleting = self.deleting
         deleting[message_id] += 1
 
-        def deleted(error: str | None) -> None:
+        def deleted(failure: BatchFailure | None, call_error: TransportError | None) -> None:
             deleting[message_id] -= 1
             if not deleting[message_id]:
                 del deleting[message_id]
+            error = describe_failure(failure, call_error) if failure or call_error else None
             if error is None:
                 self.free(held, give=False)
                 if len(self._heartbeat) == 0:

@@ -214,15 +214,19 @@ class Message:
     @classmethod
     def from_sqs(cls, raw: Mapping[str, Any]) -> Message:
         """Build a message from one entry of a ReceiveMessage response."""
+        # (botocore gives strings already; the conversions only guard odd input, per message)
+        attributes = raw.get("Attributes")
+        message_attributes = raw.get("MessageAttributes")
         return cls(
             message_id=str(raw["MessageId"]),
             receipt_handle=str(raw["ReceiptHandle"]),
             body=str(raw.get("Body", "")),
-            attributes={str(k): str(v) for k, v in raw.get("Attributes", {}).items()},
+            attributes={str(k): str(v) for k, v in attributes.items()} if attributes else {},
             message_attributes={
-                str(k): MessageAttribute.from_sqs(v)
-                for k, v in raw.get("MessageAttributes", {}).items()
-            },
+                str(k): MessageAttribute.from_sqs(v) for k, v in message_attributes.items()
+            }
+            if message_attributes
+            else {},
         )
 
 

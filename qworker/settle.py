@@ -23,18 +23,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Final, final
 
-from qworker.batch import Batcher
+from qworker.batch import Batcher, Done, describe_failure
 from qworker.concurrency import cancel_and_wait
+from qworker.dead_letter import REJECT_ATTRIBUTES, dead_letter_attributes
 from qworker.exceptions import QueueDoesNotExist, TransientTransportError, TransportError
-from qworker.handback import SQS_MAX_MESSAGE_ATTRIBUTES, HandBack, hand_back_entry
+from qworker.handback import HandBack, hand_back_entry
 from qworker.message import (
     ORIGINAL_ID_ATTRIBUTE,
     RECEIVES_ATTRIBUTE,
-    BatchFailure,
     Message,
     MessageAttribute,
     SendEntry,
@@ -54,14 +54,6 @@ _HANDED_BACK: Final = frozenset({Outcome.FAILED, Outcome.RETRIED, Outcome.REJECT
 
 _SPENDS_BUDGET: Final = frozenset({Outcome.FAILED, Outcome.RETRIED})
 """The outcomes that leave a message on the queue for another delivery (a receive spent)."""
-
-REJECT_ATTRIBUTES: Final = (
-    "qworker.reject_reason",
-    "qworker.source_queue",
-    "qworker.original_message_id",
-    "qworker.receive_count",
-)
-"""Attributes a rejected message carries into the dead-letter queue, most important first."""
 
 
 @final
@@ -168,22 +160,16 @@ class Settler:
             raise
         except TransportError as exc:
             return str(exc)
-        return None if failure is None else f"{failure.code}: {failure.message}"
+        return describe_failure(failure, None)
 
-    def delete_soon(self, message: Message, done: Callable[[str | None], None]) -> None:
-        """Delete a message through the batcher; `done` is called with None, or why it was not.
+    def delete_soon(self, message: Message, done: Done) -> None:
+        """Delete a message through the batcher; `done(failure, error)` is called with the answer.
 
         The success path's delete: no future and no waiting task (`done` runs in the batcher's
-        task when the batch's answer arrives). `flush()` waits for it at shutdown.
+        task when the batch's answer arrives; `describe_failure` words a failure). `flush()` waits
+        for it at shutdown.
         """
-
-        def answered(failure: BatchFailure | None, error: TransportError | None) -> None:
-            if error is not None:
-                done(str(error))
-            else:
-                done(None if failure is None else f"{failure.code}: {failure.message}")
-
-        self.deletes.send_soon(message.receipt_handle, answered)
+        self.deletes.send_soon(message.receipt_handle, done)
 
     async def _acknowledge(self, message: Message, record: OutcomeRecord) -> bool:
         error = await self.delete(message)
@@ -383,29 +369,3 @@ class Settler:
                 "error": error,
             },
         )
-
-
-def dead_letter_attributes(
-    message: Message, record: OutcomeRecord
-) -> Mapping[str, MessageAttribute]:
-    """The attributes a rejected message carries: its own, then the reason, within SQS's 10."""
-    # A message rejected before (redriven, then rejected again) carries our old attributes: the
-    # new ones replace them.
-    original = message.attribute(ORIGINAL_ID_ATTRIBUTE) or message.message_id
-    # The budget spent on the source does not follow the message: a redrive starts afresh.
-    attributes = {
-        k: v
-        for k, v in message.message_attributes.items()
-        if k not in REJECT_ATTRIBUTES and k != RECEIVES_ATTRIBUTE
-    }
-    ours = {
-        "qworker.reject_reason": record.error or "rejected",
-        "qworker.source_queue": record.queue,
-        ORIGINAL_ID_ATTRIBUTE: original,
-        "qworker.receive_count": str(message.effective_receive_count),
-    }
-    for name, value in ours.items():
-        if len(attributes) >= SQS_MAX_MESSAGE_ATTRIBUTES:
-            break
-        attributes[name] = MessageAttribute("String", value)
-    return attributes

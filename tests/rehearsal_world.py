@@ -60,13 +60,13 @@ from metric_math import AlarmState, Series, evaluate, evaluate_alarm
 from rehearsal_pipeline import Artifacts, Rule, Stage, environment_variables, substitute
 from test_deploy_templates import ACCOUNT, Renderer, load
 
+from qworker.dead_letter import REJECT_ATTRIBUTES
 from qworker.drill.audit import drain, queue_depth
 from qworker.drill.config import DrillError
 from qworker.drill.traffic import Producer
 from qworker.drill.workers import WorkerProcess
 from qworker.local import create_queue_with_dlq, dead_letter_name
 from qworker.settings import DeploymentRole, QWorkerSettings
-from qworker.settle import REJECT_ATTRIBUTES
 from qworker.transport import SqsTransport
 from qworker.worker import open_sqs_client
 

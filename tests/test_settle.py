@@ -9,9 +9,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from qworker.dead_letter import REJECT_ATTRIBUTES, dead_letter_attributes
 from qworker.exceptions import BadRequest, ServerError
+from qworker.handback import hand_back_entry
 from qworker.outcome import SQS_MAX_VISIBILITY_S, Outcome, OutcomeRecord, RetryPolicy
-from qworker.settle import REJECT_ATTRIBUTES, Settler, dead_letter_attributes, hand_back_entry
+from qworker.settle import Settler
 from qworker.testing import FakeQueueTransport, FakeSqs, ManualClock, StoredMessage
 from qworker.transport import (
     BatchFailure,

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 from typing import Final, final
 
+from qworker.dead_letter import REJECT_ATTRIBUTES
 from qworker.dlq.move_task import (
     MOVE_TASK_TIMEOUT_S,
     MoveTasks,
@@ -24,7 +25,6 @@ from qworker.message import (
     SendEntry,
     queue_name_from_arn,
 )
-from qworker.settle import REJECT_ATTRIBUTES
 from qworker.transport import MAX_BATCH, QueueTransport
 
 log = logging.getLogger("qworker.dlq")  # one logger for the whole DLQ tool, as before the split
