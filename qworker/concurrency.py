@@ -185,6 +185,13 @@ class Gate:
         self.closed = False
         self._waiters: deque[asyncio.Future[bool]] = deque()
 
+    def try_enter(self) -> bool:
+        """Take a slot if one is free now and nobody waits (no coroutine: the common case)."""
+        if self.free > 0 and not self._waiters and not self.closed:
+            self.free -= 1
+            return True
+        return False
+
     async def enter(self) -> bool:
         """Wait for a slot and take it (True), or return False once the gate is closed."""
         if self.closed:

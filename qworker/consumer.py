@@ -102,6 +102,7 @@ class Consumer:
         """
         self.transport = transport
         self.dispatcher = dispatcher
+        self._dispatch = dispatcher.process
         self.concurrency = concurrency
         self.pollers = pollers or default_pollers(concurrency)
         self.wait_time_s = wait_time_s
@@ -360,7 +361,7 @@ class Consumer:
             gate = self._gate
             assert gate is not None  # noqa: S101 (standard queues have a gate)
             try:
-                entered = await gate.enter()
+                entered = gate.try_enter() or await gate.enter()
             except asyncio.CancelledError:
                 await self.finisher.release(held, error="cancelled before it started")
                 raise
@@ -368,7 +369,11 @@ class Consumer:
                 await self.finisher.release(held)
                 return
             try:
-                record = await self._attempt(held)
+                held.started = True
+                record = await self._dispatch(held.message)
+            except asyncio.CancelledError:
+                await self.finisher.release(held, error="cancelled at shutdown")
+                raise
             finally:
                 gate.leave()
             average = self._handler_s
@@ -389,7 +394,7 @@ class Consumer:
         """Run the handler; on a cancel, release the message and re-raise."""
         try:
             held.started = True
-            return await self.dispatcher(held.message)
+            return await self._dispatch(held.message)
         except asyncio.CancelledError:
             await self.finisher.release(held, error="cancelled at shutdown")
             raise

@@ -114,11 +114,12 @@ class Dispatcher:
         chain: Dispatch = self._run
         for layer in reversed(middleware):
             chain = _wrap(layer, chain)
-        self._chain = chain
+        self.process: Dispatch = chain
+        """Process one message and return its outcome (what calling the dispatcher does)."""
 
     async def __call__(self, message: Message) -> OutcomeRecord:
         """Process one message and return its outcome."""
-        return await self._chain(message)
+        return await self.process(message)
 
     def record(
         self,

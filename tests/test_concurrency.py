@@ -146,3 +146,18 @@ async def test_capacity_take_woken_but_beaten_to_the_slots_waits_on() -> None:
     stopping.set()
     assert await stopped == 0
     assert not _others()
+
+
+async def test_gate_try_enter_takes_only_a_free_slot_of_an_open_gate() -> None:
+    gate = Gate(1)
+    assert gate.try_enter()
+    assert not gate.try_enter()  # full
+    waiting = asyncio.ensure_future(gate.enter())
+    await asyncio.sleep(0)
+    gate.leave()  # the slot goes to the waiter ...
+    assert await waiting
+    gate.leave()
+    assert gate.try_enter()  # ... and is free again once it leaves
+    gate.leave()
+    gate.close()
+    assert not gate.try_enter()  # closed: nobody enters
