@@ -43,6 +43,10 @@ MAX_POLLERS: Final = 64
 """The most receive loops per queue (the `pollers` setting's upper bound)."""
 
 
+DEFAULT_CONCURRENCY: Final = 16
+"""Handlers running at once when not set (`QWORKER_CONCURRENCY`)."""
+
+
 def default_pollers(concurrency: int) -> int:
     """Receive loops per queue when not set: one per 10 handler slots, at least 8, at most 64.
 

@@ -20,6 +20,7 @@ from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qworker.config import (
+    DEFAULT_CONCURRENCY,
     MAX_POLLERS,
     QUEUE_NAME,
     ConsumerConfig,
@@ -88,7 +89,9 @@ class QWorkerSettings(BaseSettings):
         default=DeploymentRole.PRIMARY, description="primary or canary."
     )
     version: str = Field(default="dev", min_length=1, description="Version (the image tag).")
-    concurrency: int = Field(default=16, ge=1, le=10_000, description="Handlers running at once.")
+    concurrency: int = Field(
+        default=DEFAULT_CONCURRENCY, ge=1, le=10_000, description="Handlers running at once."
+    )
     pollers: int = Field(
         default=0,
         ge=0,

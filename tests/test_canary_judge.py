@@ -699,8 +699,13 @@ def test_source_percentile_mode_does_not_fall_back() -> None:
 
 
 class FakeEcs:
-    def __init__(self, running: dict[str, int], pollers: dict[str, str | None]) -> None:
-        self.running, self.pollers = running, pollers
+    def __init__(
+        self,
+        running: dict[str, int],
+        pollers: dict[str, str | None],
+        concurrency: dict[str, str] | None = None,
+    ) -> None:
+        self.running, self.pollers, self.concurrency = running, pollers, concurrency or {}
 
     def describe_services(self, **kwargs: Any) -> Mapping[str, object]:
         return {
@@ -712,18 +717,38 @@ class FakeEcs:
         }
 
     def describe_task_definition(self, **kwargs: Any) -> Mapping[str, object]:
-        value = self.pollers[kwargs["taskDefinition"]]
+        name = kwargs["taskDefinition"]
+        value = self.pollers[name]
         env = [] if value is None else [{"name": "QWORKER_POLLERS", "value": value}]
+        if name in self.concurrency:
+            env.append({"name": "QWORKER_CONCURRENCY", "value": self.concurrency[name]})
         return {"taskDefinition": {"containerDefinitions": [{"environment": env}]}}
 
 
 def test_expected_share_from_ecs_tasks_and_pollers() -> None:
+    # The primary sets no pollers: the worker's default for the default concurrency (16 -> 8).
     ecs = FakeEcs({"canary": 1, "primary": 4}, {"canary": "4", "primary": None})
-    assert expected_share_from_ecs(ecs, "c", "canary", "primary", 2) == pytest.approx(4 / 12)
+    assert expected_share_from_ecs(ecs, "c", "canary", "primary", 16) == pytest.approx(4 / 36)
     idle = FakeEcs({"canary": 0, "primary": 0}, {"canary": None, "primary": None})
-    assert expected_share_from_ecs(idle, "c", "canary", "primary", 2) is None
+    assert expected_share_from_ecs(idle, "c", "canary", "primary", 16) is None
     with pytest.raises(LookupError, match="missing"):
-        expected_share_from_ecs(ecs, "c", "missing", "primary", 2)
+        expected_share_from_ecs(ecs, "c", "missing", "primary", 16)
+
+
+def test_expected_share_from_ecs_pollers_follow_each_task_definitions_concurrency() -> None:
+    """Pollers absent or 0 follow the task's own QWORKER_CONCURRENCY, as the worker does."""
+    ecs = FakeEcs(
+        {"canary": 1, "primary": 3},
+        {"canary": "0", "primary": None},
+        concurrency={"canary": "160", "primary": "400"},
+    )
+    # canary: 160 slots -> 16 pollers; primary: 400 slots -> 40 pollers each, 3 tasks.
+    assert expected_share_from_ecs(ecs, "c", "canary", "primary", 16) == pytest.approx(
+        16 / (16 + 3 * 40)
+    )
+    malformed = FakeEcs({"canary": 1, "primary": 1}, {"canary": "x", "primary": "2"})
+    # A malformed value is what the worker would refuse; the share falls back to the default.
+    assert expected_share_from_ecs(malformed, "c", "canary", "primary", 16) == pytest.approx(8 / 10)
 
 
 def test_queue_name_of() -> None:

@@ -50,6 +50,7 @@ from qworker.canary.reader import (
     queue_name_of,
 )
 from qworker.canary.verdict_text import format_progress, format_verdict, verdict_json
+from qworker.config import DEFAULT_CONCURRENCY
 from qworker.exceptions import ConfigError, TransportError
 from qworker.metrics import DEFAULT_NAMESPACE
 from qworker.settings import load_settings
@@ -229,7 +230,11 @@ def _with_ecs_share(
     if ecs is None:
         ecs = make_ecs_client(settings.region, settings.endpoint_url)
     share = expected_share_from_ecs(
-        ecs, args.ecs_cluster, args.canary_ecs_service, args.primary_ecs_service, settings.pollers
+        ecs,
+        args.ecs_cluster,
+        args.canary_ecs_service,
+        args.primary_ecs_service,
+        DEFAULT_CONCURRENCY,  # the workers' default, not this process's settings
     )
     return dataclasses.replace(policy, expected_canary_share=share)
 

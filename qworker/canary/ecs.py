@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from qworker._aws import map_errors
+from qworker.config import default_pollers
 
 __all__ = ["EcsClient", "expected_share_from_ecs"]
 
@@ -27,20 +28,22 @@ def expected_share_from_ecs(
     cluster: str,
     canary_service: str,
     primary_service: str,
-    default_pollers: int,
+    default_concurrency: int,
 ) -> float | None:
     """The canary's expected share of receives: its running tasks x pollers over both services'.
 
     Each service's running task count comes from DescribeServices and its pollers from the task
-    definition's `QWORKER_POLLERS` environment variable (default `default_pollers`, the settings'
-    default); every poller long-polls the same queue, so receives split by pollers.
+    definition's environment as the worker reads it: `QWORKER_POLLERS`, or when it is absent or 0,
+    one per 10 of `QWORKER_CONCURRENCY` (`default_concurrency` when absent), 8 to 64
+    (`qworker.config.default_pollers`); every poller long-polls the same queue, so receives split
+    by pollers.
 
     Args:
         ecs: An ECS client.
         cluster: The cluster's name or ARN.
         canary_service: The canary service's name or ARN.
         primary_service: The primary service's name or ARN.
-        default_pollers: Pollers per task when the task definition does not set them.
+        default_concurrency: The worker's concurrency when the task definition does not set it.
 
     Returns:
         The expected share, or None when neither service runs a task.
@@ -66,23 +69,33 @@ def expected_share_from_ecs(
             raise LookupError(f"ECS service {name!r} not found in cluster {cluster!r}")
         running = int(str(service.get("runningCount", 0)))
         capacity.append(
-            running * _pollers(ecs, str(service.get("taskDefinition")), default_pollers)
+            running * _pollers(ecs, str(service.get("taskDefinition")), default_concurrency)
         )
     total = sum(capacity)
     return capacity[0] / total if total else None
 
 
-def _pollers(ecs: EcsClient, task_definition: str, default: int) -> int:
+def _pollers(ecs: EcsClient, task_definition: str, default_concurrency: int) -> int:
     with map_errors("DescribeTaskDefinition"):
         response = ecs.describe_task_definition(taskDefinition=task_definition)
+    environment: dict[str, str] = {}
     definition = response.get("taskDefinition")
     containers = definition.get("containerDefinitions") if isinstance(definition, Mapping) else None
     for container in containers if isinstance(containers, Sequence) else ():
-        environment = container.get("environment") if isinstance(container, Mapping) else None
-        for variable in environment if isinstance(environment, Sequence) else ():
-            if isinstance(variable, Mapping) and variable.get("name") == "QWORKER_POLLERS":
-                try:
-                    return max(1, int(str(variable.get("value"))))
-                except ValueError:
-                    return default
-    return default
+        variables = container.get("environment") if isinstance(container, Mapping) else None
+        for variable in variables if isinstance(variables, Sequence) else ():
+            if isinstance(variable, Mapping):
+                environment[str(variable.get("name"))] = str(variable.get("value"))
+    pollers = _positive(environment.get("QWORKER_POLLERS"))
+    if pollers:
+        return pollers
+    concurrency = _positive(environment.get("QWORKER_CONCURRENCY")) or default_concurrency
+    return default_pollers(concurrency)
+
+
+def _positive(raw: str | None) -> int:
+    """A positive integer setting's value, or 0 (absent, 0: follow the default, or malformed)."""
+    try:
+        return max(0, int(raw)) if raw is not None else 0
+    except ValueError:
+        return 0
