@@ -65,6 +65,16 @@ async def test_health_during_a_black_hole_is_unhealthy_throughout_then_recovers(
     await wait_journal(journal, lambda j: len(j.of("done")) == 5, "five done", [worker])
     await wait_for(lambda: not health_now(worker), "healthy", [worker])
     assert worker.health_command("--health-file", str(worker.health_path)) == (0, "healthy")
+    # The scenario cuts off an idle worker: the five deletes must have landed first (on a loaded
+    # machine a delete can still be on its way when "done" is journaled).
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    deadline = time.monotonic() + 60
+    while True:
+        response = await sqs_client.get_queue_attributes(QueueUrl=queues.url, AttributeNames=names)
+        if not any(int(v) for v in response["Attributes"].values()):
+            break
+        assert time.monotonic() < deadline, response["Attributes"]
+        await asyncio.sleep(0.1)  # another process deletes them: polling the queue is the only way
 
     began = time.monotonic()
     await fault_proxy.set_mode("blackhole")
