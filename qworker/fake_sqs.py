@@ -255,7 +255,12 @@ class FakeQueueTransport:
     async def receive(
         self, max_messages: int, *, wait_time_s: float, visibility_timeout_s: int | None = None
     ) -> list[Message]:
-        """Receive up to `max_messages`, waiting up to `wait_time_s` (real time) for the first."""
+        """Receive up to `max_messages`, waiting up to `wait_time_s` (real time) for the first.
+
+        Like a receive over the network, it takes at least one turn of the event loop: what was
+        scheduled before it (a handler just started) runs before it looks at the queue.
+        """
+        await asyncio.sleep(0)
         self._call("receive")
         batch = self._take(max(1, min(max_messages, MAX_BATCH)), visibility_timeout_s)
         if batch or wait_time_s <= 0:

@@ -187,6 +187,8 @@ class Message:
 
     def _count(self, name: str) -> int:
         """A non-negative integer attribute (absent or malformed: 0)."""
+        if not self.message_attributes:
+            return 0  # (most messages: no lookup per message)
         raw = self.attribute(name)
         if raw is None:
             return 0
@@ -214,14 +216,14 @@ class Message:
     @classmethod
     def from_sqs(cls, raw: Mapping[str, Any]) -> Message:
         """Build a message from one entry of a ReceiveMessage response."""
-        # (botocore gives strings already; the conversions only guard odd input, per message)
+        # (botocore gives strings already: the system attributes are copied as they are)
         attributes = raw.get("Attributes")
         message_attributes = raw.get("MessageAttributes")
         return cls(
             message_id=str(raw["MessageId"]),
             receipt_handle=str(raw["ReceiptHandle"]),
             body=str(raw.get("Body", "")),
-            attributes={str(k): str(v) for k, v in attributes.items()} if attributes else {},
+            attributes=dict(attributes) if attributes else {},
             message_attributes={
                 str(k): MessageAttribute.from_sqs(v) for k, v in message_attributes.items()
             }

@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final, final
 
-from qworker.concurrency import Capacity, cancel_and_wait, first
+from qworker.concurrency import Capacity, first
 from qworker.exceptions import TransientTransportError
 from qworker.message import Message
 from qworker.transport import MAX_BATCH, QueueTransport
@@ -94,6 +94,7 @@ class Poller:
         self.changed = asyncio.Event()
         """Set whenever a receive ends (the consumer's waits look again)."""
         self._may_return = asyncio.Event()
+        self._long_polls: set[asyncio.Future[list[Message]]] = set()
 
     def stop(self) -> None:
         """Note a stop (before the consumer sets its event): long polls in flight are cancelled."""
@@ -101,6 +102,8 @@ class Poller:
             # The server may still answer the long polls cancelled now, taking messages nobody
             # will see (the consumer's release keeps FIFO messages hidden past them).
             self.cancelled_at = self._clock()
+        for receive in self._long_polls:
+            receive.cancel()
 
     def may_return(self) -> None:
         """A message may be visible again (or nothing is held): wake a waiting drain."""
@@ -161,28 +164,30 @@ class Poller:
                 self._may_return.set()
 
     async def _receive_once(self, slots: int) -> list[Message]:
+        if not self.drain and self._stopping.is_set():
+            return []  # stopped between the capacity's take and now
         sent = self._clock()
-        receive = asyncio.ensure_future(
-            self._transport.receive(
-                slots,
-                wait_time_s=0 if self.drain else self.wait_time_s,
-                visibility_timeout_s=self._visibility_timeout_s,
-            )
+        call = self._transport.receive(
+            slots,
+            wait_time_s=0 if self.drain else self.wait_time_s,
+            visibility_timeout_s=self._visibility_timeout_s,
         )
-        try:
-            if not self.drain:
-                await first(receive, self._stopping.wait(), cancel=False)
-                if not receive.done():
-                    receive.cancel()  # stopped: give up the long poll
-            if not receive.done():
-                await asyncio.wait([receive])
-        finally:
-            # Interrupted (a sibling loop failed, or run() was cancelled): the receive must not
-            # outlive its loop.
-            await cancel_and_wait([receive])
-        if receive.cancelled():
-            return []
-        messages = receive.result()
+        if self.drain:
+            messages = await call  # a drain lets its short polls finish
+        else:
+            # The long poll runs as a task of its own so that `stop()` can cancel it alone; the
+            # loop awaits it directly (no task or waiter per receive besides it).
+            receive = asyncio.ensure_future(call)
+            self._long_polls.add(receive)
+            try:
+                messages = await receive
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not receive.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this loop was cancelled (a sibling failed, or run() was)
+                return []  # stop() gave up the long poll
+            finally:
+                self._long_polls.discard(receive)
         self.receives += 1
         self.last_receive_s = now = self._clock()
         self.received += len(messages)

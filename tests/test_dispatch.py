@@ -16,6 +16,7 @@ import pytest
 from qworker.dispatch import Dispatcher
 from qworker.exceptions import Reject, Retry
 from qworker.handler import HandlerSpec
+from qworker.message import HOPS_ATTRIBUTE, RECEIVES_ATTRIBUTE, MessageAttribute
 from qworker.outcome import Outcome
 from qworker.role import Identity
 from qworker.testing import FakeSqs, consumer_for
@@ -248,3 +249,44 @@ async def test_a_failing_handler_logs_its_traceback_a_few_times_a_minute(
     assert all(r.exc_info is not None and r.exc_info[0] is ValueError for r in logged)
     assert logged[-1].tracebacks_held_back == 15  # type: ignore[attr-defined]
     assert logged[0].tracebacks_held_back is None  # type: ignore[attr-defined]
+
+
+def test_a_record_carries_every_field_where_it_belongs() -> None:
+    """`Dispatcher.record` builds the record positionally (for speed): each value in its field."""
+
+    async def handle(body: str) -> None:
+        return None
+
+    spec = HandlerSpec.from_function(handle, queue="orders")
+    run = Dispatcher(
+        spec,
+        queue="orders",
+        identity=Identity(service="t", role="canary", version="v7"),
+        wall_clock=lambda: 1_700_000_010.5,
+    )
+    sent = Message(
+        message_id="m-9",
+        receipt_handle="r-9",
+        body="x",
+        attributes={"ApproximateReceiveCount": "2", "SentTimestamp": "1700000000000"},
+        message_attributes={
+            HOPS_ATTRIBUTE: MessageAttribute(data_type="Number", value="1"),
+            RECEIVES_ATTRIBUTE: MessageAttribute(data_type="Number", value="3"),
+        },
+    )
+    record = run.record(sent, Outcome.RETRIED, duration_s=0.25, error="boom", delay_s=4.0)
+    assert record.outcome is Outcome.RETRIED
+    assert (record.queue, record.handler, record.role, record.version) == (
+        "orders",
+        spec.name,
+        "canary",
+        "v7",
+    )
+    assert (record.message_id, record.receive_count, record.hops) == ("m-9", 5, 1)
+    assert (record.duration_s, record.message_age_s) == (0.25, 10.5)
+    assert (record.error, record.delay_s, record.settled, record.message_type) == (
+        "boom",
+        4.0,
+        True,
+        None,
+    )
