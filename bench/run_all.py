@@ -178,7 +178,7 @@ def summary(sections: dict[str, Section]) -> str:
             _num(_get(throughput, "bare aiobotocore", "client_cpu_us_per_msg"), cpu_us)
             + " ("
             + _num(_get(throughput, "client_cpu_ratio"), ratio)
-            + ")",
+            + ", median per round)",
             "≤ 1.15x",
         ],
         [

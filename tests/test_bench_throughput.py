@@ -72,6 +72,20 @@ def test_summary_ratios() -> None:
     assert "| qworker I/O-bound | 1,550 |" in section.markdown
 
 
+def test_client_cpu_ratio_pairs_each_round_with_the_bare_loop_of_that_round() -> None:
+    runs = made_up_runs()
+    per_round = {("qworker", 0): 250.0, ("qworker", 1): 300.0}
+    per_round |= {("bare aiobotocore", 0): 200.0, ("bare aiobotocore", 1): 300.0}
+    for run in runs:
+        us = per_round.get((run.contender, run.round))
+        if us is not None:
+            run.client_cpu_s = us * run.messages / 1e6
+    data = bench_throughput._summarise(runs, "1 2 3", "4 5 6", {"concurrency": 16}).data
+    assert data["client_cpu_paired_ratios"] == pytest.approx([1.25, 1.0])
+    assert data["client_cpu_ratio"] == pytest.approx(1.125)
+    assert data["client_cpu_ratio_of_medians"] == pytest.approx(275 / 250)
+
+
 def test_results_summary_keeps_one_row_per_workload() -> None:
     section = bench_throughput._summarise(made_up_runs(), "1 2 3", "4 5 6", {"concurrency": 16})
     text = run_all.summary({"bench_throughput": Section("t", "", section.data)})
