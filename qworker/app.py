@@ -40,6 +40,7 @@ from qworker.producer import (
     Publisher,
     open_producer,
 )
+from qworker.routing import router_of
 
 __all__ = ["DEFAULT_QUEUE", "Lifespan", "QWorker", "Router"]
 
@@ -162,6 +163,9 @@ class Router:
             raise HandlerAlreadyRegistered(
                 f"{where} already has handler {existing.name}; cannot add {spec.name}"
             )
+        router = router_of(spec.func)
+        if router is not None:
+            router.bind(self.resources)  # a TypeRouter's routes take this app's resources
         self._handlers[spec.queue] = spec
 
     def include_router(self, router: Router) -> None:

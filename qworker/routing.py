@@ -39,7 +39,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, TypeVar, final, get_args, get_origin, overload
+from typing import Any, Final, Literal, TypeVar, final, get_args, get_origin, overload
 
 from pydantic import BaseModel
 
@@ -48,6 +48,7 @@ from qworker.envelopes import DEFAULT_ENVELOPE, EnvelopeMode, Unwrap, check_mode
 from qworker.envelopes import unwrap as unwrap_auto
 from qworker.exceptions import HandlerSignatureError, MessageDecodeError, Reject, Retry
 from qworker.handler import HandlerFunc, HandlerSpec
+from qworker.lifespan import ResourceScope
 from qworker.message import Message
 
 __all__ = [
@@ -106,6 +107,7 @@ class TypeRouter:
         unknown_retry_s: float = 60.0,
         envelope: EnvelopeMode = DEFAULT_ENVELOPE,
         name: str = "TypeRouter",
+        resources: Any | None = None,  # noqa: ANN401 (any type)
     ) -> None:
         """Create a router without routes.
 
@@ -117,6 +119,10 @@ class TypeRouter:
             envelope: How routes take their payload out of SNS / EventBridge envelopes
                 (`qworker.envelopes`).
             name: The handler's name in logs and metrics (`<module>.<name>`).
+            resources: The type of the lifespan resources its routes may ask for (by this type,
+                or by the type of one of its fields; `qworker.lifespan`). The app its `handle` is
+                registered with (directly, or through an included `Router`) must provide them:
+                the routes are bound to that app's resources then.
 
         Raises:
             HandlerSignatureError: An argument is invalid.
@@ -135,6 +141,7 @@ class TypeRouter:
         self.unknown: UnknownAnswer = unknown
         self.unknown_retry_s = float(unknown_retry_s)
         self.envelope: EnvelopeMode = check_mode(envelope, "TypeRouter")
+        self.resources = ResourceScope(resources)
         self._routes: dict[str, _Route] = {}
         self._fallback: _Route | None = None
         # What opens an envelope to find the type inside: any unambiguous one for "auto".
@@ -182,7 +189,7 @@ class TypeRouter:
         given: str | None = name
 
         def register(func: F) -> F:
-            spec = HandlerSpec.from_function(func)
+            spec = HandlerSpec.from_function(func, resources=self.resources)
             route_name = given if given is not None else self._inferred_name(spec)
             self._add(route_name, spec)
             return func
@@ -199,9 +206,24 @@ class TypeRouter:
             raise HandlerSignatureError(
                 f"TypeRouter: fallback {self._fallback.spec.name} is registered already"
             )
-        spec = HandlerSpec.from_function(func)
+        spec = HandlerSpec.from_function(func, resources=self.resources)
         self._fallback = _Route(UNKNOWN, spec, unwrapper(spec.body_type, self.envelope))
         return func
+
+    def bind(self, resources: ResourceScope) -> None:
+        """Take the routes' resources from `resources` (the app's, when its `handle` is added).
+
+        Raises:
+            HandlerSignatureError: `resources` does not provide what a route asks for.
+        """
+        self._routes = {
+            name: _Route(name, route.spec.rebind(resources), route.unwrap)
+            for name, route in self._routes.items()
+        }
+        fallback = self._fallback
+        if fallback is not None:
+            self._fallback = _Route(fallback.name, fallback.spec.rebind(resources), fallback.unwrap)
+        self.resources = resources  # routes added later are bound to them too
 
     def _inferred_name(self, spec: HandlerSpec) -> str:
         field = self.by.field
@@ -311,8 +333,14 @@ def metric_dimension(message_type: str | None) -> str | None:
 
 def message_type_of(func: object) -> Callable[[Message], str] | None:
     """The `message_type` function of a handler that is a router's `handle`, else None."""
+    router = router_of(func)
+    return router.message_type if router is not None else None
+
+
+def router_of(func: object) -> TypeRouter | None:
+    """The `TypeRouter` whose `handle` `func` is, else None."""
     router = getattr(func, _ATTRIBUTE, None)
-    return router.message_type if isinstance(router, TypeRouter) else None
+    return router if isinstance(router, TypeRouter) else None
 
 
 def _caller_module() -> str:

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from qworker import Depends, Message, QWorker, Router
 from qworker.exceptions import HandlerSignatureError
 from qworker.handler import HandlerSpec
+from qworker.routing import TypeRouter, by_attribute
 from qworker.testing import Drainer, FakeSqs, ManualClock
 
 
@@ -274,3 +275,62 @@ def test_the_readme_example_runs_as_written() -> None:
         assert Drainer(sqs)(app).succeeded == 1
     finally:
         del sys.modules[module.__name__]
+
+
+def test_a_type_routers_routes_take_the_apps_resources() -> None:
+    """Routes ask for resources by type and through Depends, like any handler."""
+    router = TypeRouter(by_attribute("type"), resources=Resources)
+    seen: list[object] = []
+
+    @router.route("placed")
+    async def placed(order: Order, db: Database) -> None:
+        await db.insert(f"placed:{order.order_id}")
+
+    events: list[str] = []
+    app = make_app(events)
+    app.handler("orders")(router.handle)
+
+    @router.route("cancelled")  # a route added after the app took the router: bound too
+    async def cancelled(
+        order: Order, cache: Cache, tenant: Annotated[str, Depends(tenant_of)]
+    ) -> None:
+        cache.hits += 1
+        seen.append((tenant, order.order_id, cache.hits))
+
+    @router.fallback
+    async def other(body: str, resources: Resources) -> None:
+        seen.append(("other", len(resources.db.rows)))
+
+    sqs = FakeSqs(clock=ManualClock())
+    queue = sqs.create_queue("orders", dead_letter="orders-dlq")
+    queue.put('{"order_id": "o-1"}', attributes={"type": "placed"})
+    queue.put('{"order_id": "o-2"}', attributes={"type": "cancelled", "tenant": "acme"})
+    drained = Drainer(sqs)(app, concurrency=1)
+    queue.put("?", attributes={"type": "renamed"})
+    drained = Drainer(sqs)(app, concurrency=1)
+    assert drained.succeeded == 1
+    assert seen == [("acme", "o-2", 1), ("other", 0)]  # a new lifespan: a new database
+    assert events.count("close") == 2
+
+
+def test_a_type_router_needs_an_app_that_provides_its_routes_resources() -> None:
+    router = TypeRouter(by_attribute("type"), resources=Resources)
+
+    @router.route("placed")
+    async def placed(order: Order, db: Database) -> None: ...
+
+    with pytest.raises(HandlerSignatureError, match="'db' cannot be filled"):
+        QWorker("bare").handler("orders")(router.handle)
+    with pytest.raises(HandlerSignatureError, match="'db' cannot be filled"):
+        Router().handler("orders")(router.handle)  # a router must declare them, as for handlers
+    through = Router(resources=Resources)
+    through.handler("orders")(router.handle)
+    app = make_app([])
+    app.include_router(through)
+    sqs = FakeSqs(clock=ManualClock())
+    sqs.create_queue("orders", dead_letter="orders-dlq").put(
+        '{"order_id": "o-1"}', attributes={"type": "placed"}
+    )
+    assert Drainer(sqs)(app).succeeded == 1
+    with pytest.raises(HandlerSignatureError, match="'db' cannot be filled"):
+        TypeRouter(by_attribute("type")).route("placed")(placed)  # undeclared: refused at once
