@@ -4,6 +4,7 @@ happened, the stdout writer, the periodic emitter, and PutMetricData to a real (
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import math
@@ -420,6 +421,32 @@ def test_metric_data_uses_statistic_sets_for_values_under_both_dimension_sets() 
     assert len(datums) == 2 * (len(COUNT_METRICS) + 2)
 
 
+def test_metric_data_of_a_routed_queue_carries_the_message_type_set_as_its_document_does() -> None:
+    aggregator = MetricsAggregator(role="primary", message_types=True)
+    aggregator.record(record(Outcome.SUCCEEDED, ms=3.0))  # a plain handler's: no type
+    aggregator.record(dataclasses.replace(record(Outcome.FAILED, ms=4.0), message_type="unknown"))
+    plain, routed = sorted(aggregator.snapshot().aggregates, key=lambda a: a.message_type or "")
+    assert plain.message_type is None
+    assert routed.message_type == "unknown"
+    now = datetime.now(UTC)
+    assert {len(d["Dimensions"]) for d in metric_data(plain, service="s", timestamp=now)} == {2, 3}
+    datums = metric_data(routed, service="s", timestamp=now)
+    assert len(datums) == 3 * (len(COUNT_METRICS) + 2)
+    typed = [d for d in datums if len(d["Dimensions"]) == 4]
+    assert {(d["Dimensions"][3]["Name"], d["Dimensions"][3]["Value"]) for d in typed} == {
+        ("MessageType", "unknown")
+    }
+    failed = next(d for d in typed if d["MetricName"] == "Failed")
+    assert failed["Value"] == 1.0
+    # The same sets as the EMF document of that aggregate.
+    document = build_document(routed, namespace="QWorker", service="s", timestamp_ms=0)
+    assert sorted(len(d) for d in document["_aws"]["CloudWatchMetrics"][0]["Dimensions"]) == [
+        2,
+        3,
+        4,
+    ]
+
+
 # -- PutMetricData against a real server ---------------------------------------------------------
 
 
@@ -526,6 +553,67 @@ async def test_cloudwatch_publishing_matches_the_emf_documents(
         assert read["ProcessingTime:SampleCount"] == samples(document["ProcessingTime"])[0]
     assert expected["canary"]["FirstAttemptFailed"] == 3
     assert expected["primary"]["FirstAttemptFailed"] == 1
+
+
+async def read_typed_sum(
+    endpoint_url: str, namespace: str, metric: str, message_type: str, start: datetime
+) -> float:
+    """One metric's sum under `[Service, DeploymentRole, Queue, MessageType]`."""
+    dims = [
+        {"Name": Dimension.SERVICE.value, "Value": "orders-svc"},
+        {"Name": Dimension.DEPLOYMENT_ROLE.value, "Value": "primary"},
+        {"Name": Dimension.QUEUE.value, "Value": "orders"},
+        {"Name": Dimension.MESSAGE_TYPE.value, "Value": message_type},
+    ]
+    query = {
+        "Id": "q0",
+        "MetricStat": {
+            "Metric": {"Namespace": namespace, "MetricName": metric, "Dimensions": dims},
+            "Period": 60,
+            "Stat": "Sum",
+        },
+    }
+    async with get_session().create_client(
+        "cloudwatch", endpoint_url=endpoint_url, region_name="us-east-1"
+    ) as cw:
+        response = await cw.get_metric_data(
+            MetricDataQueries=[query], StartTime=start, EndTime=start + timedelta(minutes=10)
+        )
+    return float(sum(response["MetricDataResults"][0]["Values"]))
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("aws_env")
+@pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param("moto", marks=pytest.mark.moto),
+        pytest.param("localstack", marks=pytest.mark.localstack),
+    ],
+)
+async def test_cloudwatch_publishing_carries_the_message_type_series(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    endpoint_url: str = request.getfixturevalue(f"{server}_server").endpoint_url
+    namespace = f"QWorkerTypes{time.time_ns()}"
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1)
+    aggregator = MetricsAggregator(role="primary", message_types=True)
+    routed = [
+        ("never-declared", Outcome.SUCCEEDED),  # an undeclared type counts as "other"
+        ("never-declared", Outcome.SUCCEEDED),
+        ("unknown", Outcome.FAILED),
+    ]
+    for index, (message_type, outcome) in enumerate(routed):
+        one = record(outcome, queue="orders", role="primary", ms=float(index + 1))
+        aggregator.record(dataclasses.replace(one, message_type=message_type))
+    async with open_cloudwatch_client(
+        region="us-east-1", endpoint_url=endpoint_url, local=True
+    ) as client:
+        publisher = CloudWatchPublisher(client, namespace=namespace, service="orders-svc")
+        assert await publisher.publish(aggregator.snapshot())
+    assert await read_typed_sum(endpoint_url, namespace, "Succeeded", "other", start) == 2
+    assert await read_typed_sum(endpoint_url, namespace, "Failed", "unknown", start) == 1
+    assert await read_typed_sum(endpoint_url, namespace, "Failed", "other", start) == 0
 
 
 async def test_a_failing_publish_is_logged_and_never_raised(
