@@ -40,17 +40,8 @@ from qworker._localstack_venv import (
     installed,
     venv_dir,
 )
-from qworker._process import (
-    HOST,
-    ManagedProcess,
-    ProcessError,
-    alive,
-    check_loopback_only,
-    free_port,
-    listening_addresses,
-    read_text,
-    terminate,
-)
+from qworker._loopback import HOST, check_loopback_only, free_port, listening_addresses
+from qworker._process import ManagedProcess, ProcessError, alive, read_text, terminate
 
 __all__ = [
     "CACHE_DIR",

@@ -25,14 +25,8 @@ from typing import TYPE_CHECKING, Final, Protocol, final
 import pytest
 
 from qworker import localstack
-from qworker._process import (
-    HOST,
-    ManagedProcess,
-    ProcessError,
-    check_loopback_only,
-    free_port,
-    listening_addresses,
-)
+from qworker._loopback import HOST, check_loopback_only, free_port, listening_addresses
+from qworker._process import ManagedProcess, ProcessError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -20,7 +20,8 @@ from aiobotocore.session import get_session
 from botocore.exceptions import EndpointConnectionError
 from servers import MotoServer, SqsServer, listening_addresses
 
-from qworker._process import ManagedProcess, ProcessError, alive, check_loopback_only
+from qworker._loopback import check_loopback_only
+from qworker._process import ManagedProcess, ProcessError, alive
 
 LOCALSTACK_SCRIPT: Final = Path(__file__).resolve().parent.parent / "scripts" / "localstack.py"
 
