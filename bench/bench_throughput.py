@@ -529,11 +529,15 @@ def _us(value: float | None) -> str:
     return "?" if value is None else f"{value:.0f}"
 
 
-def _paired(runs: list[Run], name: str, base: str) -> list[float]:
-    """Per-round ratios of `name`'s rate to `base`'s (same round)."""
+def _paired(
+    runs: list[Run], name: str, base: str, value: Callable[[Run], float] = lambda r: r.rate
+) -> list[float]:
+    """Per-round ratios of `name`'s `value` (its rate) to `base`'s (same round)."""
     by_round = {r.round: r for r in runs if r.contender == base}
     return [
-        r.rate / by_round[r.round].rate for r in runs if r.contender == name and r.round in by_round
+        value(r) / value(by_round[r.round])
+        for r in runs
+        if r.contender == name and r.round in by_round
     ]
 
 
@@ -613,12 +617,7 @@ def _summarise(
     io["median_paired_ratio_to_ideal"] = median(io_paired)
     # Client CPU: the ratio of the same round's runs (as for throughput: the rounds' drift in
     # machine load cancels within a round), and the ratio of the medians beside it.
-    bare_by_round = {r.round: r for r in by_name["bare aiobotocore"]}
-    client_paired = [
-        r.client_us() / bare_by_round[r.round].client_us()
-        for r in by_name["qworker"]
-        if r.round in bare_by_round
-    ]
+    client_paired = _paired(runs, "qworker", "bare aiobotocore", Run.client_us)
     data["client_cpu_paired_ratios"] = client_paired
     data["client_cpu_ratio"] = median(client_paired)
     data["client_cpu_ratio_of_medians"] = (

@@ -22,14 +22,7 @@ from typing import Any, Final, final
 from qworker._aws import CLOUDWATCH_PROFILE, AwsTarget, map_errors, open_client
 from qworker.emf import Aggregate, Snapshot
 from qworker.exceptions import TransportError
-from qworker.metrics import (
-    COUNT_METRICS,
-    DIMENSION_SETS,
-    MESSAGE_TYPE_DIMENSION_SET,
-    METRICS,
-    VALUE_METRICS,
-    Dimension,
-)
+from qworker.metrics import COUNT_METRICS, METRICS, VALUE_METRICS
 
 __all__ = ["CloudWatchPublisher", "metric_data", "open_cloudwatch_client"]
 
@@ -61,25 +54,17 @@ async def open_cloudwatch_client(
 def metric_data(aggregate: Aggregate, *, service: str, timestamp: datetime) -> list[dict[str, Any]]:
     """The PutMetricData datums of one key's aggregate, under every dimension set.
 
-    The sets its EMF document carries: `DIMENSION_SETS`, and `MESSAGE_TYPE_DIMENSION_SET` for a
-    routed queue's per-type aggregate (`QWORKER_METRICS_MESSAGE_TYPE`).
+    The sets its EMF document carries (`Aggregate.dimension_sets()`: the per-type one too for a
+    routed queue's per-type aggregate, `QWORKER_METRICS_MESSAGE_TYPE`).
 
     Args:
         aggregate: One key's numbers for one interval.
         service: The `Service` dimension.
         timestamp: The interval's time.
     """
-    values = {
-        Dimension.SERVICE: service,
-        Dimension.DEPLOYMENT_ROLE: aggregate.role,
-        Dimension.QUEUE: aggregate.queue,
-    }
-    chosen = DIMENSION_SETS
-    if aggregate.message_type is not None:
-        values[Dimension.MESSAGE_TYPE] = aggregate.message_type
-        chosen = (*DIMENSION_SETS, MESSAGE_TYPE_DIMENSION_SET)
+    values = aggregate.dimensions(service)
     datums: list[dict[str, Any]] = []
-    for dimension_set in chosen:
+    for dimension_set in aggregate.dimension_sets():
         dimensions = [{"Name": d.value, "Value": values[d]} for d in dimension_set]
         for spec in COUNT_METRICS:
             datums.append(  # noqa: PERF401 (two shapes of datum; a loop reads better)

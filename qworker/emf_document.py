@@ -92,6 +92,23 @@ class Aggregate:
     failed_message_ids: tuple[str, ...] = ()
     message_type: str | None = None
 
+    def dimension_sets(self) -> tuple[tuple[Dimension, ...], ...]:
+        """The dimension sets this key's numbers go under (its document and PutMetricData)."""
+        if self.message_type is None:
+            return DIMENSION_SETS
+        return (*DIMENSION_SETS, MESSAGE_TYPE_DIMENSION_SET)
+
+    def dimensions(self, service: str) -> dict[Dimension, str]:
+        """The value of each dimension of `dimension_sets()`."""
+        values = {
+            Dimension.SERVICE: service,
+            Dimension.DEPLOYMENT_ROLE: self.role,
+            Dimension.QUEUE: self.queue,
+        }
+        if self.message_type is not None:
+            values[Dimension.MESSAGE_TYPE] = self.message_type
+        return values
+
 
 @final
 @dataclass(frozen=True, slots=True)
@@ -137,20 +154,13 @@ def build_document(
     """
     if not namespace or not namespace.strip():
         raise ConfigError("EMF needs a metrics namespace: set QWORKER_METRICS_NAMESPACE")
-    chosen = DIMENSION_SETS
-    if aggregate.message_type is not None:
-        chosen = (*DIMENSION_SETS, MESSAGE_TYPE_DIMENSION_SET)
-    dimension_sets = [[d.value for d in dimension_set] for dimension_set in chosen]
+    dimension_sets = [[d.value for d in chosen] for chosen in aggregate.dimension_sets()]
     if any(len(s) > MAX_DIMENSIONS_PER_SET for s in dimension_sets):
         raise ValueError(f"EMF allows at most {MAX_DIMENSIONS_PER_SET} dimensions per set")
     members: dict[str, Any] = {
-        Dimension.SERVICE.value: service,
-        Dimension.DEPLOYMENT_ROLE.value: aggregate.role,
-        Dimension.QUEUE.value: aggregate.queue,
+        **{d.value: value for d, value in aggregate.dimensions(service).items()},
         **(properties or {}),
     }
-    if aggregate.message_type is not None:
-        members[Dimension.MESSAGE_TYPE.value] = aggregate.message_type
     if aggregate.message_ids:
         members["MessageIds"] = list(aggregate.message_ids)
     if aggregate.failed_message_ids:

@@ -450,19 +450,25 @@ def test_metric_data_of_a_routed_queue_carries_the_message_type_set_as_its_docum
 # -- PutMetricData against a real server ---------------------------------------------------------
 
 
-async def get_sums(
-    endpoint_url: str, namespace: str, role: str, start: datetime, queue: str | None = None
+ON_BOTH_SERVERS = pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param("moto", marks=pytest.mark.moto),
+        pytest.param("localstack", marks=pytest.mark.localstack),
+    ],
+)
+"""Run a test against moto's server and LocalStack (`server`: the fixture's prefix)."""
+
+
+async def read_sums(
+    endpoint_url: str,
+    namespace: str,
+    dimensions: Mapping[Dimension, str],
+    wanted: list[tuple[str, str]],
+    start: datetime,
 ) -> dict[str, float]:
-    dims = [
-        {"Name": Dimension.SERVICE.value, "Value": "orders-svc"},
-        {"Name": Dimension.DEPLOYMENT_ROLE.value, "Value": role},
-    ]
-    if queue is not None:
-        dims.append({"Name": Dimension.QUEUE.value, "Value": queue})
-    wanted = [
-        (name.value, "Sum") for name in (MetricName.PROCESSED, MetricName.FIRST_ATTEMPT_FAILED)
-    ]
-    wanted += [("ProcessingTime", "SampleCount"), ("FirstAttemptProcessed", "Sum")]
+    """Each `(metric, statistic)`'s sum over the ten minutes from `start`, as `metric:statistic`."""
+    dims = [{"Name": d.value, "Value": value} for d, value in dimensions.items()]
     queries = [
         {
             "Id": f"q{i}",
@@ -474,8 +480,7 @@ async def get_sums(
         }
         for i, (name, stat) in enumerate(wanted)
     ]
-    session = get_session()
-    async with session.create_client(
+    async with get_session().create_client(
         "cloudwatch", endpoint_url=endpoint_url, region_name="us-east-1"
     ) as cw:
         response = await cw.get_metric_data(
@@ -483,6 +488,19 @@ async def get_sums(
         )
     results = {r["Id"]: sum(r["Values"]) for r in response["MetricDataResults"]}
     return {f"{name}:{stat}": results[f"q{i}"] for i, (name, stat) in enumerate(wanted)}
+
+
+async def get_sums(
+    endpoint_url: str, namespace: str, role: str, start: datetime, queue: str | None = None
+) -> dict[str, float]:
+    dimensions = {Dimension.SERVICE: "orders-svc", Dimension.DEPLOYMENT_ROLE: role}
+    if queue is not None:
+        dimensions[Dimension.QUEUE] = queue
+    wanted = [
+        (name.value, "Sum") for name in (MetricName.PROCESSED, MetricName.FIRST_ATTEMPT_FAILED)
+    ]
+    wanted += [("ProcessingTime", "SampleCount"), ("FirstAttemptProcessed", "Sum")]
+    return await read_sums(endpoint_url, namespace, dimensions, wanted, start)
 
 
 def failing_first(failing: int) -> Callable[[dict[str, int]], Awaitable[None]]:
@@ -523,13 +541,7 @@ async def publish_role(endpoint_url: str, namespace: str, role: str, failing: in
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("aws_env")
-@pytest.mark.parametrize(
-    "server",
-    [
-        pytest.param("moto", marks=pytest.mark.moto),
-        pytest.param("localstack", marks=pytest.mark.localstack),
-    ],
-)
+@ON_BOTH_SERVERS
 async def test_cloudwatch_publishing_matches_the_emf_documents(
     server: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -559,38 +571,19 @@ async def read_typed_sum(
     endpoint_url: str, namespace: str, metric: str, message_type: str, start: datetime
 ) -> float:
     """One metric's sum under `[Service, DeploymentRole, Queue, MessageType]`."""
-    dims = [
-        {"Name": Dimension.SERVICE.value, "Value": "orders-svc"},
-        {"Name": Dimension.DEPLOYMENT_ROLE.value, "Value": "primary"},
-        {"Name": Dimension.QUEUE.value, "Value": "orders"},
-        {"Name": Dimension.MESSAGE_TYPE.value, "Value": message_type},
-    ]
-    query = {
-        "Id": "q0",
-        "MetricStat": {
-            "Metric": {"Namespace": namespace, "MetricName": metric, "Dimensions": dims},
-            "Period": 60,
-            "Stat": "Sum",
-        },
+    dimensions = {
+        Dimension.SERVICE: "orders-svc",
+        Dimension.DEPLOYMENT_ROLE: "primary",
+        Dimension.QUEUE: "orders",
+        Dimension.MESSAGE_TYPE: message_type,
     }
-    async with get_session().create_client(
-        "cloudwatch", endpoint_url=endpoint_url, region_name="us-east-1"
-    ) as cw:
-        response = await cw.get_metric_data(
-            MetricDataQueries=[query], StartTime=start, EndTime=start + timedelta(minutes=10)
-        )
-    return float(sum(response["MetricDataResults"][0]["Values"]))
+    read = await read_sums(endpoint_url, namespace, dimensions, [(metric, "Sum")], start)
+    return read[f"{metric}:Sum"]
 
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("aws_env")
-@pytest.mark.parametrize(
-    "server",
-    [
-        pytest.param("moto", marks=pytest.mark.moto),
-        pytest.param("localstack", marks=pytest.mark.localstack),
-    ],
-)
+@ON_BOTH_SERVERS
 async def test_cloudwatch_publishing_carries_the_message_type_series(
     server: str, request: pytest.FixtureRequest
 ) -> None:
