@@ -1,16 +1,17 @@
 """Batching: gather single requests (deletes, visibility changes) into SQS batch calls.
 
 Callers `await batcher.submit(item)` and get back the entry's `BatchFailure`, or None when it
-succeeded; or `batcher.enqueue(item)` for the future, or `batcher.send_soon(item, done)` to be
-called back synchronously with the answer (no future, no waiting task: the consumer's success path
-uses it). The batcher collects up to 10 items, or what arrives within a few milliseconds, sends
-them in one call, and resolves every caller. Entry ids are the entries' indexes in the batch (see
-`SqsTransport`), and every failed entry is handed back to its caller, never dropped. Transient
-errors (of the whole call, or of entries the server did not blame on us) are retried with a short
-backoff. One try that gets no answer within `attempt_timeout_s` is cut short and retried like a
-transient error: a pooled connection that silently died must not use up the whole batch's time
-(cancelling the call closes that connection, so the retry goes out on another). `flush()` waits
-until every item queued so far has its answer (a consumer's last step before it stops).
+succeeded; or `batcher.enqueue(item)` for the future, or `batcher.send_soon(item, done, token)`
+for `done(token, answer)` to be called synchronously (no future, no waiting task, and one `done`
+for every item: the consumer's success path uses it). The batcher collects up to 10 items, or what
+arrives within a few milliseconds, sends them in one call, and resolves every caller. Entry ids
+are the entries' indexes in the batch (see `SqsTransport`), and every failed entry is handed back
+to its caller, never dropped. Transient errors (of the whole call, or of entries the server did
+not blame on us) are retried with a short backoff. One try that gets no answer within
+`attempt_timeout_s` is cut short and retried like a transient error: a pooled connection that
+silently died must not use up the whole batch's time (cancelling the call closes that connection,
+so the retry goes out on another). `flush()` waits until every item queued so far has its answer
+(a consumer's last step before it stops).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, Generic, TypeAlias, TypeVar, final
+from typing import Any, Final, Generic, TypeAlias, TypeVar, final
 
 from qworker.exceptions import QueueUnavailable, TransientTransportError, TransportError
 from qworker.message import BatchFailure
@@ -32,10 +33,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-Done: TypeAlias = Callable[[BatchFailure | None, TransportError | None], None]
-"""Called once with an entry's answer: its failure (None: it succeeded), or the call's error."""
+Done: TypeAlias = Callable[[Any, BatchFailure | None, TransportError | None], None]
+"""Called once with the entry's token and its answer: its failure (None: it succeeded), or the
+call's error."""
 
 _Target: TypeAlias = "asyncio.Future[BatchFailure | None] | Done"
+_Entry: TypeAlias = "tuple[T, _Target, object]"
+"""An item, who gets its answer, and the token a `Done` gets back."""
 
 DEFAULT_MAX_WAIT_S: Final = 0.002
 """How long a partial batch waits for more entries: short, as a held message burns visibility."""
@@ -89,7 +93,7 @@ class Batcher(Generic[T]):
         self._timeout_s = timeout_s
         self._attempt_timeout_s = attempt_timeout_s
         self._sleep = sleep
-        self._items: deque[tuple[T, _Target]] = deque()
+        self._items: deque[_Entry[T]] = deque()
         self._arrived: asyncio.Future[None] | None = None  # the collector waits for a first item
         self._filled: asyncio.Future[None] | None = None  # ... then, lingering, for a full batch
         self.calls = 0
@@ -103,18 +107,20 @@ class Batcher(Generic[T]):
         Cancelling a wait on it does not take the item back: shield it, and it is still sent.
         """
         future: asyncio.Future[BatchFailure | None] = asyncio.get_running_loop().create_future()
-        self._put((item, future))
+        self._put((item, future, None))
         return future
 
-    def send_soon(self, item: T, done: Done) -> None:
-        """Queue one item; `done` is called once, synchronously, with its answer.
+    def send_soon(self, item: T, done: Done, token: object = None) -> None:
+        """Queue one item; `done` is called once, synchronously, with `token` and its answer.
 
-        `done(failure, None)`: the entry's failure, None when it succeeded; `done(None, error)`:
-        the batch call failed for good or timed out. An error `done` raises is logged, not raised.
+        `done(token, failure, None)`: the entry's failure, None when it succeeded;
+        `done(token, None, error)`: the batch call failed for good or timed out. An error `done`
+        raises is logged, not raised. (The token saves a callback object per item: one `done`
+        serves every item.)
         """
-        self._put((item, done))
+        self._put((item, done, token))
 
-    def _put(self, entry: tuple[T, _Target]) -> None:
+    def _put(self, entry: _Entry[T]) -> None:
         self._unanswered += 1
         items = self._items
         items.append(entry)
@@ -145,7 +151,7 @@ class Batcher(Generic[T]):
                 await self._slots.acquire()
                 group.create_task(self._flush(batch), name=f"{self.name} batch")
 
-    async def _collect(self) -> list[tuple[T, _Target]]:
+    async def _collect(self) -> list[_Entry[T]]:
         """The next batch: up to 10 queued items, after up to `max_wait_s` for a full batch."""
         items = self._items
         loop = asyncio.get_running_loop()
@@ -165,7 +171,7 @@ class Batcher(Generic[T]):
                 self._filled = None
         return [items.popleft() for _ in range(min(MAX_BATCH, len(items)))]
 
-    async def _flush(self, batch: list[tuple[T, _Target]]) -> None:
+    async def _flush(self, batch: list[_Entry[T]]) -> None:
         pending = batch  # (an entry is answered once: only the unanswered fail at the timeout)
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -181,13 +187,13 @@ class Batcher(Generic[T]):
         finally:
             self._slots.release()
 
-    async def _try(self, batch: list[tuple[T, _Target]], *, final: bool) -> list[tuple[T, _Target]]:
+    async def _try(self, batch: list[_Entry[T]], *, final: bool) -> list[_Entry[T]]:
         """Send once; resolve what is settled and return what should be tried again."""
         self.calls += 1
         try:
             try:
                 async with asyncio.timeout(self._attempt_timeout_s):
-                    failures = await self._send([item for item, _ in batch])
+                    failures = await self._send([entry[0] for entry in batch])
             except TimeoutError:
                 raise QueueUnavailable(
                     f"{self.name} batch call: no answer within {self._attempt_timeout_s:g} s"
@@ -205,23 +211,24 @@ class Batcher(Generic[T]):
             self._fail_all(batch, exc)
             return []
         by_index = {f.index: f for f in failures} if failures else {}
-        retry: list[tuple[T, _Target]] = []
-        for index, (item, target) in enumerate(batch):
+        retry: list[_Entry[T]] = []
+        for index, entry in enumerate(batch):
             failure = by_index.get(index)
             if failure is not None and not failure.sender_fault and not final:
-                retry.append((item, target))
+                retry.append(entry)
             else:
-                self._answer(target, failure, None)
+                self._answer(entry, failure, None)
         return retry
 
-    def _fail_all(self, batch: list[tuple[T, _Target]], exc: TransportError) -> None:
-        for _, target in batch:
-            self._answer(target, None, exc)
+    def _fail_all(self, batch: list[_Entry[T]], exc: TransportError) -> None:
+        for entry in batch:
+            self._answer(entry, None, exc)
 
     def _answer(
-        self, target: _Target, failure: BatchFailure | None, error: TransportError | None
+        self, entry: _Entry[T], failure: BatchFailure | None, error: TransportError | None
     ) -> None:
         """Give one entry its answer (exactly once per entry)."""
+        _, target, token = entry
         self._unanswered -= 1
         if not self._unanswered:
             self._answered.set()
@@ -234,7 +241,7 @@ class Batcher(Generic[T]):
                 target.set_result(failure)
             return
         try:
-            target(failure, error)
+            target(token, failure, error)
         except Exception:
             log.exception(
                 "batch answer callback failed", extra={"action": f"{self.name}_callback_failed"}

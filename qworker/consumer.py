@@ -8,9 +8,11 @@ It owns the task groups and the shutdown order, and wires the parts of the messa
 
 Pollers take capacity before they receive (a batch of up to 10 slots, or what a short linger
 gathered), so the worker never holds a message it cannot start soon: beside the running handlers
-it holds about two receive round trips' worth of what they finish, being received or waiting at
-the gate for a handler slot (sized from the running averages of handler runs and receive round
-trips, `qworker.concurrency.ahead`: at least one receive's worth, at most two per poller). A
+it holds about two receive round trips' worth of what they finish, being received or queued for
+a handler slot (sized from the running averages of handler runs and receive round trips,
+`qworker.concurrency.ahead`: at least one receive's worth, at most two per poller). The handler
+slots of a standard queue are runner tasks (`qworker.concurrency.Runners`, started as work comes,
+at most the concurrency), each running one message after another: no task per message. A
 message's slot goes back when its handler returns, so the next receive overlaps the settlement
 and the tail of the running handlers, as a plain receive loop's would. Several pollers (by
 default one per 10 slots, at least 8, `default_pollers`) keep the handlers fed while one waits on
@@ -36,7 +38,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Final, final
 
-from qworker.concurrency import Capacity, Gate, ahead, first, leaves
+from qworker.concurrency import Capacity, Runners, ahead, first, leaves
 from qworker.config import RECEIVE_BATCH, default_pollers
 from qworker.dispatch import Dispatcher
 from qworker.finish import Finisher
@@ -119,9 +121,11 @@ class Consumer:
         self._clock = clock
         self._sleep = sleep
         self._stopping = asyncio.Event()
-        # Standard queues hold messages ahead of the handler slots (the gate), sized as they go;
-        # FIFO chains hold their waiting messages themselves, within the concurrency.
-        self._gate = None if fifo else Gate(concurrency)
+        # Standard queues hold messages ahead of the handler slots (the runners, made by `run()`),
+        # sized as they go; FIFO chains hold their waiting messages themselves, within the
+        # concurrency.
+        self._runners: Runners[Held] | None = None
+        self._work: asyncio.TaskGroup | None = None
         self.ahead = 0 if fifo else ahead(concurrency, self.pollers, RECEIVE_BATCH, 0.0, 0.0)
         """Messages held beyond the running handlers (resized as handlers and receives go)."""
         self._capacity = Capacity(concurrency + self.ahead)
@@ -188,8 +192,8 @@ class Consumer:
         """Ask the consumer to shut down; idempotent, synchronous, safe from a signal handler."""
         self.poller.stop()
         self._stopping.set()
-        if self._gate is not None:
-            self._gate.close()  # held messages not started yet are released
+        if self._runners is not None:
+            self._runners.close()  # held messages not started yet are released
 
     @property
     def stopping(self) -> bool:
@@ -265,6 +269,16 @@ class Consumer:
             settler = infra.create_task(self.settler.run(), name=f"settle {queue}")
             heartbeat = infra.create_task(self.heartbeat.run(), name=f"heartbeat {queue}")
             async with asyncio.TaskGroup() as work:
+                self._work = work
+                if not self.fifo:
+                    self._runners = Runners(
+                        self.concurrency,
+                        self._handle,
+                        lambda coro, name: work.create_task(coro, name=name),
+                        f"handle {queue}",
+                    )
+                    if self.stopping:
+                        self._runners.close()
 
                 def deliver(messages: list[Message]) -> None:
                     self._start(messages, work)
@@ -287,7 +301,8 @@ class Consumer:
 
     async def _grace(self) -> None:
         """Give running handlers the grace period, then cancel the rest."""
-        running = {task for task in self._running if not task.done()}
+        runners = self._runners.tasks if self._runners is not None else ()
+        running = {task for task in (*self._running, *runners) if not task.done()}
         if not running:
             return
         _, pending = await asyncio.wait(running, timeout=self.shutdown_grace_s)
@@ -324,15 +339,10 @@ class Consumer:
                     finisher.release(h), name=f"release {queue}[{h.message.message_id}]"
                 )
             return
-        if not self.fifo:
-            running = self._running
+        if self._runners is not None:
+            submit = self._runners.submit
             for h in held:
-                # (`_handle` leaves the running set itself: no done callback per message)
-                running.add(
-                    work.create_task(
-                        self._handle(h), name=f"handle {queue}[{h.message.message_id}]"
-                    )
-                )
+                submit(h)
             return
         for h in held:
             runner = self._groups.add(h)
@@ -355,40 +365,36 @@ class Consumer:
         await self.finisher.finish(held, record)
         return record.outcome
 
+    def handling(self, runner: int) -> Held | None:
+        """The message handler runner `runner` (`handle <queue>[runner <n>]`) runs, if any."""
+        return self._runners.current(runner) if self._runners is not None else None
+
     async def _handle(self, held: Held) -> None:
-        """Standard queue: wait for a handler slot, run the handler, settle (the task's body)."""
+        """Standard queue: run a held message's handler in a handler slot (a runner), settle it."""
+        if self.stopping:  # its turn came after the stop: never started
+            await self.finisher.release(held)
+            return
         try:
-            gate = self._gate
-            assert gate is not None  # noqa: S101 (standard queues have a gate)
-            try:
-                entered = gate.try_enter() or await gate.enter()
-            except asyncio.CancelledError:
-                await self.finisher.release(held, error="cancelled before it started")
-                raise
-            if not entered:  # stopping: never started
-                await self.finisher.release(held)
-                return
-            try:
-                held.started = True
-                record = await self._dispatch(held.message)
-            except asyncio.CancelledError:
-                await self.finisher.release(held, error="cancelled at shutdown")
-                raise
-            finally:
-                gate.leave()
-            average = self._handler_s
-            self._handler_s = (
-                average + (record.duration_s - average) * _SMOOTHING
-                if average
-                else record.duration_s
-            )
-            self._capacity.give(1)  # the handler is done: the next receive overlaps the settlement
-            if record.outcome is Outcome.SUCCEEDED:
-                self.finisher.finish_success(held, record)  # the delete's answer frees it
-            else:
-                await self.finisher.finish(held, record, slot_freed=True)
-        finally:
-            self._running.discard(asyncio.current_task())
+            held.started = True
+            record = await self._dispatch(held.message)
+        except asyncio.CancelledError:
+            await self.finisher.release(held, error="cancelled at shutdown")
+            raise
+        average = self._handler_s
+        self._handler_s = (
+            average + (record.duration_s - average) * _SMOOTHING if average else record.duration_s
+        )
+        self._capacity.give(1)  # the handler is done: the next receive overlaps the settlement
+        if record.outcome is Outcome.SUCCEEDED:
+            self.finisher.finish_success(held, record)  # the delete's answer frees it
+            return
+        # Settled in a task of its own: the runner is free for the next message meanwhile.
+        assert self._work is not None  # noqa: S101 (runners run inside run())
+        self._spawn(
+            self._work,
+            self.finisher.finish(held, record, slot_freed=True),
+            f"settle {self.transport.queue_name}[{held.message.message_id}]",
+        )
 
     async def _attempt(self, held: Held) -> OutcomeRecord:
         """Run the handler; on a cancel, release the message and re-raise."""

@@ -348,7 +348,14 @@ def _where(frame: FrameType | None) -> str:
 
 
 def _running_message(consumer: Consumer, inner: str) -> str | None:
-    """The message a handler task named `handle <queue>[<inner>]` runs."""
+    """The message a handler task named `handle <queue>[<inner>]` runs.
+
+    `runner <n>`: a standard queue's handler runner; `group <id>`: a FIFO group's chain.
+    """
+    runner = inner.removeprefix("runner ")
+    if runner != inner and runner.isdigit():
+        held = consumer.handling(int(runner))
+        return held.message.message_id if held is not None else None
     if not inner.startswith("group "):
         return inner
     group = inner.removeprefix("group ")

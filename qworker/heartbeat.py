@@ -29,6 +29,7 @@ from typing import Final, final
 
 from qworker.exceptions import TransportError
 from qworker.message import Message
+from qworker.outcome import OutcomeRecord
 from qworker.transport import MAX_BATCH, QueueTransport
 
 __all__ = ["Heartbeat", "Held"]
@@ -69,6 +70,8 @@ class Held:
     extensions: int = field(default=0)
     retry_at: float | None = None
     in_call: asyncio.Future[None] | None = None
+    outcome: OutcomeRecord | None = None
+    """A success waiting for its delete's answer: its record (the sinks get it then)."""
 
 
 @final

@@ -162,14 +162,14 @@ class Settler:
             return str(exc)
         return describe_failure(failure, None)
 
-    def delete_soon(self, message: Message, done: Done) -> None:
-        """Delete a message through the batcher; `done(failure, error)` is called with the answer.
+    def delete_soon(self, message: Message, done: Done, token: object) -> None:
+        """Delete a message through the batcher; `done(token, failure, error)` gets the answer.
 
         The success path's delete: no future and no waiting task (`done` runs in the batcher's
         task when the batch's answer arrives; `describe_failure` words a failure). `flush()` waits
         for it at shutdown.
         """
-        self.deletes.send_soon(message.receipt_handle, done)
+        self.deletes.send_soon(message.receipt_handle, done, token)
 
     async def _acknowledge(self, message: Message, record: OutcomeRecord) -> bool:
         error = await self.delete(message)

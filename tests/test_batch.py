@@ -208,11 +208,11 @@ async def test_send_soon_calls_back_each_entry_once_with_its_answer(sleeps: Slee
     batcher: Batcher[str] = Batcher(FakeCall(answer), name="delete", max_wait_s=0, sleep=sleeps)
     answers: dict[str, list[tuple[object, object]]] = {}
 
-    def recorder(item: str) -> Callable[[BatchFailure | None, Exception | None], None]:
-        return lambda failure, error: answers.setdefault(item, []).append((failure, error))
+    def record(item: object, failure: BatchFailure | None, error: Exception | None) -> None:
+        answers.setdefault(str(item), []).append((failure, error))
 
     for item in ("ok-1", "bad", "ok-2"):
-        batcher.send_soon(item, recorder(item))
+        batcher.send_soon(item, record, item)  # one callback; the token tells the items apart
     async with asyncio.TaskGroup() as group:
         runner = group.create_task(batcher.run(), name="batcher")
         await batcher.flush()
@@ -231,14 +231,15 @@ async def test_send_soon_gets_the_error_of_a_call_that_failed_for_good(sleeps: S
         raise QueueDoesNotExist("gone")
 
     batcher: Batcher[str] = Batcher(gone, name="delete", max_wait_s=0, sleep=sleeps)
-    answers: list[tuple[object, object]] = []
-    batcher.send_soon("r-1", lambda f, e: answers.append((f, e)))
+    answers: list[tuple[object, object, object]] = []
+    batcher.send_soon("r-1", lambda token, f, e: answers.append((token, f, e)), "r-1's")
     async with asyncio.TaskGroup() as group:
         runner = group.create_task(batcher.run(), name="batcher")
         await batcher.flush()
         runner.cancel()
 
-    [(failure, error)] = answers
+    [(given, failure, error)] = answers
+    assert given == "r-1's"
     assert failure is None
     assert isinstance(error, QueueDoesNotExist)
 
@@ -249,11 +250,11 @@ async def test_a_callback_that_raises_is_logged_and_the_batcher_goes_on(
     batcher: Batcher[str] = Batcher(FakeCall(), name="delete", max_wait_s=0, sleep=sleeps)
     answered: list[str] = []
 
-    def broken(_failure: object, _error: object) -> None:
+    def broken(_token: object, _failure: object, _error: object) -> None:
         raise RuntimeError("callback bug")
 
     batcher.send_soon("r-1", broken)
-    batcher.send_soon("r-2", lambda _f, _e: answered.append("r-2"))
+    batcher.send_soon("r-2", lambda _t, _f, _e: answered.append("r-2"))
     async with asyncio.TaskGroup() as group:
         runner = group.create_task(batcher.run(), name="batcher")
         await batcher.flush()
@@ -274,7 +275,7 @@ async def test_flush_waits_for_the_answer_of_a_batch_in_flight(sleeps: Sleeps) -
 
     batcher: Batcher[str] = Batcher(slow, name="delete", max_wait_s=0, sleep=sleeps)
     answers: list[object] = []
-    batcher.send_soon("r-1", lambda f, _e: answers.append(f))
+    batcher.send_soon("r-1", lambda _t, f, _e: answers.append(f))
     future = batcher.enqueue("r-2")
     async with asyncio.TaskGroup() as group:
         runner = group.create_task(batcher.run(), name="batcher")

@@ -1,4 +1,4 @@
-"""`first()`, `cancel_and_wait()` (no task they create outlives the call), `Capacity`, `Gate`."""
+"""`first()`, `cancel_and_wait()` (no task they create outlives the call), `Capacity`, `Runners`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from qworker.concurrency import Capacity, Gate, ahead, cancel_and_wait, first
+from qworker.concurrency import Capacity, Runners, ahead, cancel_and_wait, first
 
 
 def _others() -> set[asyncio.Task[object]]:
@@ -98,36 +98,6 @@ async def test_capacity_resize_below_what_is_taken_waits_for_gives() -> None:
     assert await took == 3
 
 
-async def test_gate_lets_the_total_in_hands_slots_on_and_turns_away_when_closed() -> None:
-    gate = Gate(2)
-    assert await gate.enter()
-    assert await gate.enter()
-    third = asyncio.create_task(gate.enter())
-    fourth = asyncio.create_task(gate.enter())
-    await asyncio.sleep(0)
-    assert not third.done()
-    gate.leave()
-    assert await third  # handed the slot that was left
-    assert not fourth.done()
-    gate.close()
-    assert not await fourth  # turned away: never started
-    assert not await gate.enter()
-
-
-async def test_gate_slot_handed_to_a_cancelled_waiter_passes_on() -> None:
-    gate = Gate(1)
-    assert await gate.enter()
-    second = asyncio.create_task(gate.enter())
-    third = asyncio.create_task(gate.enter())
-    await asyncio.sleep(0)
-    gate.leave()  # handed to the second...
-    second.cancel()  # ...which is cancelled before it runs: the slot goes to the third
-    with pytest.raises(asyncio.CancelledError):
-        await second
-    assert await third
-    assert gate.free == 0
-
-
 async def test_capacity_take_woken_but_beaten_to_the_slots_waits_on() -> None:
     capacity = Capacity(10, linger_s=0.001)
     stopping = asyncio.Event()
@@ -148,16 +118,153 @@ async def test_capacity_take_woken_but_beaten_to_the_slots_waits_on() -> None:
     assert not _others()
 
 
-async def test_gate_try_enter_takes_only_a_free_slot_of_an_open_gate() -> None:
-    gate = Gate(1)
-    assert gate.try_enter()
-    assert not gate.try_enter()  # full
-    waiting = asyncio.ensure_future(gate.enter())
-    await asyncio.sleep(0)
-    gate.leave()  # the slot goes to the waiter ...
-    assert await waiting
-    gate.leave()
-    assert gate.try_enter()  # ... and is free again once it leaves
-    gate.leave()
-    gate.close()
-    assert not gate.try_enter()  # closed: nobody enters
+class _Work:
+    """Items that run until their event is set; records what ran and what ran at once."""
+
+    def __init__(self) -> None:
+        self.release: dict[str, asyncio.Event] = {}
+        self.started: list[str] = []
+        self.running = 0
+        self.most = 0
+
+    async def run(self, item: str) -> None:
+        self.started.append(item)
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await self.release.setdefault(item, asyncio.Event()).wait()
+        finally:
+            self.running -= 1
+
+    def finish(self, item: str) -> None:
+        self.release.setdefault(item, asyncio.Event()).set()
+
+
+async def _settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_runners_start_as_work_comes_run_at_most_size_and_take_the_queue_in_order() -> None:
+    work = _Work()
+    async with asyncio.TaskGroup() as group:
+        runners = Runners(2, work.run, lambda coro, name: group.create_task(coro, name=name), "h")
+        runners.submit("a")
+        await _settle()
+        assert len(runners.tasks) == 1  # one item: one runner
+        for item in "bcd":
+            runners.submit(item)
+        await _settle()
+        assert len(runners.tasks) == 2  # never more than the size
+        assert work.started == ["a", "b"]
+        assert len(runners) == 2  # c and d wait for a slot
+        assert [runners.current(i) for i in range(3)] == ["a", "b", None]
+        assert [t.get_name() for t in runners.tasks] == ["h[runner 0]", "h[runner 1]"]
+        work.finish("b")
+        await _settle()
+        assert work.started == ["a", "b", "c"]  # the free runner takes the next, in order
+        assert runners.current(1) == "c"
+        for item in "acd":
+            work.finish(item)
+        await _settle()
+        assert work.started == ["a", "b", "c", "d"]
+        assert work.most == 2
+        assert len(runners) == 0
+        assert [runners.current(i) for i in range(2)] == [None, None]  # both idle
+        runners.submit("e")  # an idle runner takes it: no third runner
+        work.finish("e")
+        await _settle()
+        assert work.started[-1] == "e"
+        assert len(runners.tasks) == 2
+        runners.close()
+    assert all(t.done() and not t.cancelled() for t in runners.tasks)  # idle runners ended
+
+
+async def test_runner_woken_but_beaten_to_the_item_waits_on_and_nothing_stalls() -> None:
+    work = _Work()
+    async with asyncio.TaskGroup() as group:
+        runners = Runners(2, work.run, lambda coro, name: group.create_task(coro, name=name), "h")
+        runners.submit("a")
+        runners.submit("b")
+        await _settle()
+        work.finish("a")  # runner 0 goes idle
+        await _settle()
+        runners.submit("c")  # wakes runner 0 ...
+        work.finish("b")  # ... but runner 1, done with b, may take c first
+        await _settle()
+        assert sorted(work.started) == ["a", "b", "c"]
+        assert work.running == 1  # c runs; the other runner idles
+        assert len(runners.tasks) == 2
+        runners.submit("d")
+        runners.submit("e")
+        await _settle()
+        assert work.started[-1] == "d"
+        assert len(runners) == 1  # e waits for a slot
+        work.finish("c")
+        await _settle()
+        assert work.started[-1] == "e"
+        for item in "de":
+            work.finish(item)
+        await _settle()
+        assert len(runners) == 0
+        assert work.running == 0
+        runners.close()
+
+
+async def test_close_runs_the_queue_at_once_though_every_runner_is_busy_then_all_end() -> None:
+    work = _Work()
+    async with asyncio.TaskGroup() as group:
+        runners = Runners(1, work.run, lambda coro, name: group.create_task(coro, name=name), "h")
+        for item in ("busy", "q1", "q2"):
+            runners.submit(item)
+        await _settle()
+        assert work.started == ["busy"]
+        runners.close()
+        await _settle()
+        assert work.started == ["busy", "q1", "q2"]  # not held back by the busy runner
+        assert len(runners.tasks) == 3
+        runners.submit("late")  # after the close: run at once too
+        await _settle()
+        assert work.started[-1] == "late"
+        for item in ("q1", "q2", "late"):
+            work.finish(item)
+        await _settle()
+        assert sum(not t.done() for t in runners.tasks) == 1  # only the busy one is left
+        work.finish("busy")
+    assert all(t.done() for t in runners.tasks)
+    assert not _others()
+
+
+async def test_a_cancelled_idle_runner_is_passed_over() -> None:
+    work = _Work()
+    async with asyncio.TaskGroup() as group:
+        runners = Runners(2, work.run, lambda coro, name: group.create_task(coro, name=name), "h")
+        runners.submit("a")
+        runners.submit("b")
+        await _settle()
+        work.finish("a")
+        work.finish("b")
+        await _settle()  # both idle
+        runners.tasks[0].cancel()
+        await _settle()
+        runners.submit("c")  # runner 0's wake-up is gone: runner 1 takes it
+        await _settle()
+        assert work.started == ["a", "b", "c"]
+        assert runners.current(1) == "c"
+        work.finish("c")
+        await _settle()
+        runners.close()
+
+
+async def test_a_runner_error_is_its_task_group_error() -> None:
+    async def run(item: str) -> None:
+        raise ValueError(item)
+
+    async def pool() -> None:
+        async with asyncio.TaskGroup() as group:
+            runners = Runners(4, run, lambda coro, name: group.create_task(coro, name=name), "h")
+            runners.submit("boom")
+
+    with pytest.raises(ExceptionGroup) as caught:
+        await pool()
+    assert [str(e) for e in caught.value.exceptions] == ["boom"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from typing import cast
 
 import pytest
 
@@ -12,7 +13,7 @@ from qworker.exceptions import AccessDenied, BadRequest, QueueUnavailable, Serve
 from qworker.outcome import Outcome, OutcomeRecord
 from qworker.role import Identity
 from qworker.testing import FakeQueueTransport, FakeSqs, ManualClock, consumer_for
-from qworker.transport import Message, SendEntry
+from qworker.transport import Message, QueueTransport, SendEntry
 
 
 async def no_sleep(_: float) -> None:
@@ -22,9 +23,23 @@ async def no_sleep(_: float) -> None:
 class Collect:
     def __init__(self) -> None:
         self.records: list[OutcomeRecord] = []
+        self._waits: list[tuple[Outcome, int, asyncio.Event]] = []
 
     def record(self, record: OutcomeRecord) -> None:
         self.records.append(record)
+        for outcome, count, reached in self._waits:
+            if self.count(outcome) >= count:
+                reached.set()
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(r.outcome is outcome for r in self.records)
+
+    async def wait_for(self, outcome: Outcome, count: int) -> None:
+        """Wait until `count` records have `outcome`."""
+        reached = asyncio.Event()
+        if self.count(outcome) < count:
+            self._waits.append((outcome, count, reached))
+            await reached.wait()
 
 
 async def fill(queue: FakeQueueTransport, count: int) -> None:
@@ -482,3 +497,85 @@ async def test_stop_waits_for_the_delete_of_a_success_before_run_returns() -> No
     stats = consumer.statistics()
     assert (stats.acked, stats.unsettled, stats.in_flight) == (1, 0, 0)
     assert queue.messages == []
+
+
+async def test_stop_releases_messages_queued_for_a_slot_while_every_handler_still_runs() -> None:
+    queue = FakeSqs().create_queue("orders")
+    await fill(queue, 6)
+    running: list[int] = []
+    two_run = asyncio.Event()
+    finish = asyncio.Event()
+    sink = Collect()
+
+    async def handle(body: dict[str, int]) -> None:
+        running.append(body["n"])
+        if len(running) == 2:
+            two_run.set()
+        await finish.wait()
+
+    consumer = consumer_for(queue, handle, concurrency=2, shutdown_grace_s=30, sinks=[sink])
+    run = asyncio.create_task(consumer.run())
+    async with asyncio.timeout(5):
+        await two_run.wait()
+        await consumer.wait_in_flight(3)  # 2 running, the rest queued for a handler slot
+        queued = consumer.statistics().in_flight - 2
+        consumer.stop()
+        await sink.wait_for(Outcome.RELEASED, queued)  # at once, though both slots stay busy
+        assert not run.done()
+        finish.set()
+        await run
+
+    assert sorted(running) == [0, 1]  # the queued ones never started
+    stats = consumer.statistics()
+    assert (stats.acked, stats.released, stats.in_flight) == (2, queued, 0)
+    assert len(queue.visible) == 4
+
+
+class SlowVisibility:
+    """A transport whose visibility changes wait until `go` is set."""
+
+    def __init__(self, inner: FakeQueueTransport) -> None:
+        self.inner = inner
+        self.go = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def change_visibility(self, receipt_handle: str, timeout_s: int) -> None:
+        self.waiting.set()
+        await self.go.wait()
+        await self.inner.change_visibility(receipt_handle, timeout_s)
+
+    async def change_visibility_batch(self, entries: list[tuple[str, int]]) -> object:
+        self.waiting.set()
+        await self.go.wait()
+        return await self.inner.change_visibility_batch(entries)
+
+
+async def test_a_failure_settling_slowly_does_not_hold_its_handler_slot() -> None:
+    queue = FakeSqs().create_queue("orders")
+    await fill(queue, 2)
+    slow = SlowVisibility(queue)
+    handled: list[int] = []
+
+    async def handle(body: dict[str, int]) -> None:
+        handled.append(body["n"])
+        if handled == [0]:  # the first message fails once
+            raise ValueError("boom")
+
+    sink = Collect()
+    consumer = consumer_for(cast("QueueTransport", slow), handle, concurrency=1, sinks=[sink])
+    run = asyncio.create_task(consumer.run())
+    async with asyncio.timeout(5):
+        await slow.waiting.wait()  # the failure's visibility change hangs ...
+        await sink.wait_for(Outcome.SUCCEEDED, 1)  # ... and the one slot runs the next message
+        assert consumer.statistics().failed == 0  # (counted once settled)
+        slow.go.set()
+        await consumer.wait_idle()
+        consumer.stop()
+        await run
+
+    assert handled == [0, 1, 0]  # (the failure came back, and then succeeded)
+    stats = consumer.statistics()
+    assert (stats.acked, stats.failed) == (2, 1)

@@ -326,6 +326,43 @@ async def test_a_blocked_event_loop_is_logged_naming_the_handler_and_reported(
     assert monitor.check().live
 
 
+async def test_a_handler_runner_blocking_the_loop_is_named_by_the_message_it_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A standard queue's handlers run in runner tasks (`handle <queue>[runner <n>]`): the watch
+    # asks the consumer which message the blocking runner runs.
+    queue = FakeSqs().create_queue("orders")
+    reported = threading.Event()
+    second = asyncio.Event()
+
+    async def handle(body: dict[str, int]) -> None:
+        if body["n"] == 1:  # runner 1's message blocks, while runner 0's waits
+            assert reported.wait(timeout=10)
+        else:
+            await second.wait()
+
+    consumer = consumer_for(queue, handle, concurrency=4)
+    monitor = monitor_of(consumer, ManualClock())
+    watch = LoopLagWatch(monitor, threshold_s=0.2, on_blocked=reported.set)
+    ids = [queue.put(json.dumps({"n": n})) for n in range(2)]
+    stop = asyncio.Event()
+    with caplog.at_level(logging.WARNING, logger="qworker.health"):
+        async with asyncio.timeout(15), asyncio.TaskGroup() as group:
+            group.create_task(watch.run(stop))
+            run = group.create_task(consumer.run())
+            await until(lambda: monitor.blocked is None and reported.is_set())
+            second.set()
+            await consumer.wait_idle()
+            consumer.stop()
+            await run
+            stop.set()
+
+    (line,) = [r for r in caplog.records if r.action == "event_loop_blocked"]  # type: ignore[attr-defined]
+    assert line.message_id == ids[1]  # type: ignore[attr-defined]
+    assert line.handler == consumer.dispatcher.spec.name  # type: ignore[attr-defined]
+    assert consumer.statistics().acked == 2
+
+
 # -- HTTP ---------------------------------------------------------------------------------------
 
 
