@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -188,11 +189,17 @@ class Runners(Generic[T]):
     `close()` (shutdown) wakes every idle runner and starts one more for each queued item nobody
     idle takes: queued items are run at once (the consumer lets them go unstarted, as it is
     stopping), busy runners finish their item, and every runner ends once the queue is empty.
+
+    Each item starts as it would in a task of its own: a cancel request an earlier item left
+    pending on the runner (one it swallowed) is dropped, so `Task.cancelling()` means this item's
+    cancellation; and a runner that ends by a cancel while the pool runs (an item that cancelled
+    its own task) is replaced, so the pool keeps its size.
     """
 
     __slots__ = (
         "_current",
         "_idle",
+        "_live",
         "_name",
         "_pending",
         "_run",
@@ -223,6 +230,7 @@ class Runners(Generic[T]):
         self._current: list[T | None] = []
         self.tasks: list[asyncio.Task[None]] = []
         """Every runner started (the shutdown grace waits for them)."""
+        self._live = 0
         self.closed = False
 
     def __len__(self) -> int:
@@ -242,7 +250,7 @@ class Runners(Generic[T]):
             if not waiter.done():  # (a cancelled runner's is)
                 waiter.set_result(None)
                 return
-        if len(self.tasks) < self.size or self.closed:
+        if self._live < self.size or self.closed:
             self._start()
 
     def close(self) -> None:
@@ -260,6 +268,7 @@ class Runners(Generic[T]):
     def _start(self) -> None:
         index = len(self.tasks)
         self._current.append(None)
+        self._live += 1
         self.tasks.append(self._spawn(self._loop(index), f"{self._name}[runner {index}]"))
 
     async def _loop(self, index: int) -> None:
@@ -267,20 +276,32 @@ class Runners(Generic[T]):
         current = self._current
         run = self._run
         loop = asyncio.get_running_loop()
-        while True:
-            if pending:
-                item = pending.popleft()
-                current[index] = item
-                try:
-                    await run(item)
-                finally:
-                    current[index] = None
-            elif self.closed:
-                return
-            else:
-                waiter = loop.create_future()
-                self._idle.append(waiter)
-                await waiter
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 (a runner is a task)
+        try:
+            while True:
+                if pending:
+                    while task.cancelling():  # left by an earlier item: not this one's
+                        task.uncancel()
+                    item = pending.popleft()
+                    current[index] = item
+                    try:
+                        await run(item)
+                    finally:
+                        current[index] = None
+                elif self.closed:
+                    return
+                else:
+                    waiter = loop.create_future()
+                    self._idle.append(waiter)
+                    await waiter
+        finally:
+            # Ended by a cancel (or an error) while the pool runs: another takes what is queued
+            # (if none is, the next submit starts one).
+            self._live -= 1
+            if pending and not self.closed and self._live < self.size:
+                with contextlib.suppress(RuntimeError):  # its task group is shutting down
+                    self._start()
 
 
 async def first(*awaitables: Awaitable[object], cancel: bool = True) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -268,3 +269,54 @@ async def test_a_runner_error_is_its_task_group_error() -> None:
     with pytest.raises(ExceptionGroup) as caught:
         await pool()
     assert [str(e) for e in caught.value.exceptions] == ["boom"]
+
+
+async def test_an_item_starts_without_the_cancel_requests_an_earlier_one_left_behind() -> None:
+    seen: list[tuple[str, int]] = []
+
+    async def run(item: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        seen.append((item, task.cancelling()))
+        if item == "swallows":
+            task.cancel()  # cancels itself and swallows it: the request stays counted on the runner
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+
+    async with asyncio.TaskGroup() as group:
+        runners = Runners(1, run, lambda coro, name: group.create_task(coro, name=name), "h")
+        runners.submit("swallows")
+        runners.submit("next")
+        await _settle()
+        runners.close()
+    assert seen == [("swallows", 0), ("next", 0)]  # the next item sees no cancel of its own
+    assert len(runners.tasks) == 1
+
+
+async def test_a_runner_cancelled_while_the_pool_runs_is_replaced() -> None:
+    work = _Work()
+
+    async def run(item: str) -> None:
+        if item == "cancels itself":
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await asyncio.sleep(0)  # the cancel ends the runner
+        await work.run(item)
+
+    async with asyncio.TaskGroup() as group:
+        runners = Runners(1, run, lambda coro, name: group.create_task(coro, name=name), "h")
+        runners.submit("cancels itself")
+        runners.submit("queued")
+        await _settle()
+        assert runners.tasks[0].cancelled()
+        assert work.started == ["queued"]  # a new runner took the queued item
+        assert len(runners.tasks) == 2
+        work.finish("queued")
+        await _settle()
+        runners.submit("later")  # the pool still has its one slot
+        work.finish("later")
+        await _settle()
+        assert work.started == ["queued", "later"]
+        assert len(runners.tasks) == 2
+        runners.close()

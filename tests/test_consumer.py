@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from typing import cast
@@ -579,3 +580,38 @@ async def test_a_failure_settling_slowly_does_not_hold_its_handler_slot() -> Non
     assert handled == [0, 1, 0]  # (the failure came back, and then succeeded)
     stats = consumer.statistics()
     assert (stats.acked, stats.failed) == (2, 1)
+
+
+class Crash(BaseException):
+    """What a handler may raise that is not an `Exception`."""
+
+
+async def test_a_cancel_a_handler_swallowed_leaves_the_next_message_a_plain_failure() -> None:
+    # Handlers share runner tasks: a cancel request one handler swallowed must not make the next
+    # message's error look like a shutdown's cancellation (it would be released, not failed).
+    queue = FakeSqs().create_queue("orders")
+    await fill(queue, 3)
+    sink = Collect()
+
+    async def handle(body: dict[str, int]) -> None:
+        if body["n"] == 0:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+        elif body["n"] == 1:
+            raise Crash("boom")  # not an Exception: only a real cancellation flows on
+
+    consumer = consumer_for(queue, handle, concurrency=1, sinks=[sink])
+    run = asyncio.create_task(consumer.run())
+    async with asyncio.timeout(5):
+        await sink.wait_for(Outcome.FAILED, 1)
+        await sink.wait_for(Outcome.SUCCEEDED, 2)
+        consumer.stop()
+        await run
+
+    failed = [r for r in sink.records if r.outcome is Outcome.FAILED]
+    assert failed
+    assert all("boom" in (r.error or "") for r in failed)
+    assert sink.count(Outcome.RELEASED) == 0  # not taken for a shutdown's cancellation
