@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.metadata
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, final
 
@@ -118,12 +118,12 @@ def error_class(code: str, http_status: int) -> type[TransportError]:
     return TransportError
 
 
-@contextlib.contextmanager
-def map_errors(operation: str) -> Iterator[None]:
-    """Translate botocore errors raised inside the block into qworker's `TransportError` family.
+def map_errors(operation: str) -> _ErrorMap:
+    """Translate botocore errors raised inside the `with` block into qworker's `TransportError`s.
 
     Works around synchronous and asynchronous calls alike. The server's error code, if any, is
-    the raised error's `code`.
+    the raised error's `code`. (A small class, not a generator context manager: every SQS call
+    goes through it.)
 
     Args:
         operation: The AWS operation (and what it acted on), for the error's message.
@@ -131,24 +131,41 @@ def map_errors(operation: str) -> Iterator[None]:
     Raises:
         TransportError: A subclass naming what went wrong.
     """
-    try:
-        yield
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        text = f"{operation}: {code}: {error.get('Message', '')}".rstrip(": ")
-        raise error_class(code, status)(text, code=code) from exc
-    except _CONNECTION_ERRORS as exc:
-        raise QueueUnavailable(f"{operation}: {exc}") from exc
-    except NoCredentialsError as exc:
-        raise AccessDenied(
-            f"{operation}: no AWS credentials found: set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY, a profile, or a task role"
-        ) from exc
-    except BotoCoreError as exc:
-        # Anything else botocore raises (SSL, parameter validation, ...) is not worth retrying.
-        raise TransportError(f"{operation}: {exc}") from exc
+    return _ErrorMap(operation)
+
+
+@final
+class _ErrorMap:
+    __slots__ = ("operation",)
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, _type: type[BaseException] | None, exc: BaseException | None, _tb: object
+    ) -> None:
+        if exc is None:
+            return
+        operation = self.operation
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            text = f"{operation}: {code}: {error.get('Message', '')}".rstrip(": ")
+            raise error_class(code, status)(text, code=code) from exc
+        if isinstance(exc, _CONNECTION_ERRORS):
+            raise QueueUnavailable(f"{operation}: {exc}") from exc
+        if isinstance(exc, NoCredentialsError):
+            raise AccessDenied(
+                f"{operation}: no AWS credentials found: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, a profile, or a task role"
+            ) from exc
+        if isinstance(exc, BotoCoreError):
+            # Anything else botocore raises (SSL, parameter validation, ...) is not worth retrying.
+            raise TransportError(f"{operation}: {exc}") from exc
 
 
 @final
