@@ -255,6 +255,8 @@ class Runners(Generic[T]):
 
     def close(self) -> None:
         """Run what is queued at once, then let every runner end (idempotent)."""
+        if self.closed:
+            return
         self.closed = True
         woken = 0
         while self._idle:

@@ -221,6 +221,7 @@ async def test_close_runs_the_queue_at_once_though_every_runner_is_busy_then_all
         await _settle()
         assert work.started == ["busy"]
         runners.close()
+        runners.close()  # (a second stop starts nothing more)
         await _settle()
         assert work.started == ["busy", "q1", "q2"]  # not held back by the busy runner
         assert len(runners.tasks) == 3
