@@ -279,14 +279,10 @@ class Consumer:
                     )
                     if self.stopping:
                         self._runners.close()
-
-                def deliver(messages: list[Message]) -> None:
-                    self._start(messages, work)
-
                 async with asyncio.TaskGroup() as polls:
                     for index in range(self.pollers):
                         polls.create_task(
-                            self.poller.loop(deliver, self.stop), name=f"poll {queue}[{index}]"
+                            self.poller.loop(self._start, self.stop), name=f"poll {queue}[{index}]"
                         )
                 await self._grace()
             # Successes settle without a waiting task: their deletes are answered before the
@@ -320,7 +316,9 @@ class Consumer:
                 },
             )
 
-    def _start(self, messages: list[Message], work: asyncio.TaskGroup) -> None:
+    def _start(self, messages: list[Message]) -> None:
+        work = self._work
+        assert work is not None  # noqa: S101 (pollers deliver inside run())
         held: list[Held] = []
         queue = self.transport.queue_name
         finisher = self.finisher
@@ -347,13 +345,12 @@ class Consumer:
         for h in held:
             runner = self._groups.add(h)
             if runner is not None:
-                self._spawn(work, runner, f"handle {queue}[group {h.message.group_id}]")
+                self._spawn(runner, f"handle {queue}[group {h.message.group_id}]")
 
-    def _spawn(
-        self, work: asyncio.TaskGroup, coro: Coroutine[object, object, object], name: str
-    ) -> None:
+    def _spawn(self, coro: Coroutine[object, object, object], name: str) -> None:
         # The running set is only for the grace; a done callback, not a wrapping coroutine.
-        task = work.create_task(coro, name=name)
+        assert self._work is not None  # noqa: S101 (spawned inside run())
+        task = self._work.create_task(coro, name=name)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
@@ -389,9 +386,7 @@ class Consumer:
             self.finisher.finish_success(held, record)  # the delete's answer frees it
             return
         # Settled in a task of its own: the runner is free for the next message meanwhile.
-        assert self._work is not None  # noqa: S101 (runners run inside run())
         self._spawn(
-            self._work,
             self.finisher.finish(held, record, slot_freed=True),
             f"settle {self.transport.queue_name}[{held.message.message_id}]",
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
@@ -141,6 +143,13 @@ class _Work:
         self.release.setdefault(item, asyncio.Event()).set()
 
 
+def _pool(
+    group: asyncio.TaskGroup, size: int, run: Callable[[str], Coroutine[Any, Any, None]]
+) -> Runners[str]:
+    """Runners named `h[runner <n>]`, started in `group`."""
+    return Runners(size, run, lambda coro, name: group.create_task(coro, name=name), "h")
+
+
 async def _settle() -> None:
     for _ in range(10):
         await asyncio.sleep(0)
@@ -149,7 +158,7 @@ async def _settle() -> None:
 async def test_runners_start_as_work_comes_run_at_most_size_and_take_the_queue_in_order() -> None:
     work = _Work()
     async with asyncio.TaskGroup() as group:
-        runners = Runners(2, work.run, lambda coro, name: group.create_task(coro, name=name), "h")
+        runners = _pool(group, 2, work.run)
         runners.submit("a")
         await _settle()
         assert len(runners.tasks) == 1  # one item: one runner
@@ -184,7 +193,7 @@ async def test_runners_start_as_work_comes_run_at_most_size_and_take_the_queue_i
 async def test_runner_woken_but_beaten_to_the_item_waits_on_and_nothing_stalls() -> None:
     work = _Work()
     async with asyncio.TaskGroup() as group:
-        runners = Runners(2, work.run, lambda coro, name: group.create_task(coro, name=name), "h")
+        runners = _pool(group, 2, work.run)
         runners.submit("a")
         runners.submit("b")
         await _settle()
@@ -215,7 +224,7 @@ async def test_runner_woken_but_beaten_to_the_item_waits_on_and_nothing_stalls()
 async def test_close_runs_the_queue_at_once_though_every_runner_is_busy_then_all_end() -> None:
     work = _Work()
     async with asyncio.TaskGroup() as group:
-        runners = Runners(1, work.run, lambda coro, name: group.create_task(coro, name=name), "h")
+        runners = _pool(group, 1, work.run)
         for item in ("busy", "q1", "q2"):
             runners.submit(item)
         await _settle()
@@ -240,7 +249,7 @@ async def test_close_runs_the_queue_at_once_though_every_runner_is_busy_then_all
 async def test_a_cancelled_idle_runner_is_passed_over() -> None:
     work = _Work()
     async with asyncio.TaskGroup() as group:
-        runners = Runners(2, work.run, lambda coro, name: group.create_task(coro, name=name), "h")
+        runners = _pool(group, 2, work.run)
         runners.submit("a")
         runners.submit("b")
         await _settle()
@@ -264,7 +273,7 @@ async def test_a_runner_error_is_its_task_group_error() -> None:
 
     async def pool() -> None:
         async with asyncio.TaskGroup() as group:
-            runners = Runners(4, run, lambda coro, name: group.create_task(coro, name=name), "h")
+            runners = _pool(group, 4, run)
             runners.submit("boom")
 
     with pytest.raises(ExceptionGroup) as caught:
@@ -285,7 +294,7 @@ async def test_an_item_starts_without_the_cancel_requests_an_earlier_one_left_be
                 await asyncio.sleep(0)
 
     async with asyncio.TaskGroup() as group:
-        runners = Runners(1, run, lambda coro, name: group.create_task(coro, name=name), "h")
+        runners = _pool(group, 1, run)
         runners.submit("swallows")
         runners.submit("next")
         await _settle()
@@ -306,7 +315,7 @@ async def test_a_runner_cancelled_while_the_pool_runs_is_replaced() -> None:
         await work.run(item)
 
     async with asyncio.TaskGroup() as group:
-        runners = Runners(1, run, lambda coro, name: group.create_task(coro, name=name), "h")
+        runners = _pool(group, 1, run)
         runners.submit("cancels itself")
         runners.submit("queued")
         await _settle()
