@@ -198,12 +198,14 @@ class Runners(Generic[T]):
 
     __slots__ = (
         "_current",
+        "_event_loop",
         "_idle",
         "_live",
         "_name",
         "_pending",
         "_run",
         "_spawn",
+        "_topping",
         "closed",
         "size",
         "tasks",
@@ -231,6 +233,8 @@ class Runners(Generic[T]):
         self.tasks: list[asyncio.Task[None]] = []
         """Every runner started (the shutdown grace waits for them)."""
         self._live = 0
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._topping = False
         self.closed = False
 
     def __len__(self) -> int:
@@ -244,6 +248,29 @@ class Runners(Generic[T]):
     def submit(self, item: T) -> None:
         """Queue `item` for the next free runner."""
         self._pending.append(item)
+        if self._topping:
+            return  # a runner is on its way, and the top-up comes after it
+        self._topping = True
+        self._wake_one()
+        # The runner woken (or started) now runs first and takes queued items one after another
+        # while their handlers finish without waiting; only what is still queued after it had
+        # its turn wakes more runners. A batch of quick handlers then costs one wake-up, not one
+        # per message; a handler that waits has the rest started one loop iteration later.
+        if self._event_loop is None:
+            self._event_loop = asyncio.get_running_loop()
+        self._event_loop.call_soon(self._top_up)
+
+    def _top_up(self) -> None:
+        """Wake a runner for each item still queued (as far as the pool has runners to give)."""
+        self._topping = False
+        if self.closed:
+            return  # close() gave every queued item a runner
+        for _ in range(len(self._pending)):
+            if not self._wake_one():
+                return
+
+    def _wake_one(self) -> bool:
+        """Wake an idle runner, or start one while fewer than `size` run; False: every one is busy."""
         idle = self._idle
         while idle:
             # The runner idle the shortest time: a few runners stay warm (in the CPU's caches)
@@ -251,9 +278,11 @@ class Runners(Generic[T]):
             waiter = idle.pop()
             if not waiter.done():  # (a cancelled runner's is)
                 waiter.set_result(None)
-                return
+                return True
         if self._live < self.size or self.closed:
             self._start()
+            return True
+        return False
 
     def close(self) -> None:
         """Run what is queued at once, then let every runner end (idempotent)."""

@@ -131,7 +131,12 @@ class Dispatcher:
         delay_s: float | None = None,
     ) -> OutcomeRecord:
         """Build the record of `message`'s outcome."""
-        sent = message.sent_timestamp_s
+        attributes = message.attributes
+        sent = attributes.get("SentTimestamp")
+        if message.message_attributes:  # a hand-back copy's counts are among them
+            receive_count, hops = message.effective_receive_count, message.hops
+        else:  # (most messages: what those properties give, without their calls)
+            receive_count, hops = int(attributes.get("ApproximateReceiveCount", "1")), 0
         # (Positional, in the fields' order: a frozen record built by keyword costs a microsecond
         # more per message; tests/test_dispatch.py checks the order.)
         return OutcomeRecord(
@@ -141,13 +146,13 @@ class Dispatcher:
             self.identity.role,
             self.identity.version,
             message.message_id,
-            message.effective_receive_count,
+            receive_count,
             duration_s,
-            max(0.0, self._wall_clock() - sent) if sent is not None else 0.0,
+            max(0.0, self._wall_clock() - int(sent) / 1000) if sent else 0.0,
             error,
             delay_s,
             True,  # noqa: FBT003 (settled)
-            message.hops,
+            hops,
             self._message_type(message) if self._message_type is not None else None,
         )
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Final, final
@@ -80,8 +79,9 @@ class Finisher:
         self._stopping = stopping
         self._fifo = fifo
         self._clock = clock
-        self.deleting: Counter[str] = Counter()
-        """Ids whose success is being deleted (a redelivery of one is a duplicate)."""
+        self.deleting: dict[str, int] = {}
+        """Ids whose success is being deleted, with how many deletes of each are in flight (a
+        redelivery of one is a duplicate)."""
         self.unreleased: list[str] = []
         """Ids of messages that could not be released while stopping (left to lapse)."""
 
@@ -106,15 +106,13 @@ class Finisher:
                 # Keep extending it until the delete is confirmed: a delete retried through an
                 # outage must not outlive the visibility timeout. Only outcomes that set the
                 # visibility themselves stop the heartbeat first.
-                self.deleting[message_id] += 1
+                self._deleting(message_id)
             else:
                 await self._heartbeat.claim(held)
             settled = await self._settler.settle(held.message, settle_as or record)
         finally:
             if succeeded:
-                self.deleting[message_id] -= 1
-                if not self.deleting[message_id]:
-                    del self.deleting[message_id]
+                self._deleted_one(message_id)
             if not settled or (settle_as or record).outcome in _COMES_BACK:
                 self._poller.put_back += 1  # before the drop: a drain must look again
             self.free(held, give=not slot_freed)
@@ -135,7 +133,7 @@ class Finisher:
         record goes to the sinks, as `finish()` would. No future and no task waits for the delete.
         """
         message = held.message
-        self.deleting[message.message_id] += 1
+        self._deleting(message.message_id)
         # (The record waits on the message, which is the delete's token: no callback object per
         # message, and fewer objects per message mean fewer garbage collections.)
         held.outcome = record
@@ -149,11 +147,7 @@ class Finisher:
         assert record is not None  # noqa: S101 (set by finish_success)
         held.outcome = None
         message = held.message
-        message_id = message.message_id
-        deleting = self.deleting
-        deleting[message_id] -= 1
-        if not deleting[message_id]:
-            del deleting[message_id]
+        self._deleted_one(message.message_id)
         error = describe_failure(failure, call_error) if failure or call_error else None
         if error is None:
             self.free(held, give=False)
@@ -167,6 +161,18 @@ class Finisher:
         self._counts.unsettled += 1
         self._poller.may_return()
         self.note(replace(record, settled=False))
+
+    def _deleting(self, message_id: str) -> None:
+        deleting = self.deleting
+        deleting[message_id] = deleting.get(message_id, 0) + 1
+
+    def _deleted_one(self, message_id: str) -> None:
+        deleting = self.deleting
+        left = deleting[message_id] - 1
+        if left:
+            deleting[message_id] = left
+        else:
+            del deleting[message_id]
 
     async def release(self, held: Held, error: str | None = None) -> None:
         """Let a message go (visible again), unstarted or cancelled at shutdown."""

@@ -216,17 +216,16 @@ class Message:
     @classmethod
     def from_sqs(cls, raw: Mapping[str, Any]) -> Message:
         """Build a message from one entry of a ReceiveMessage response."""
-        # (botocore gives strings already: the system attributes are copied as they are)
+        # (botocore gives strings already, in a dict of the response nobody else keeps: the
+        # system attributes are taken as they are, not copied)
         attributes = raw.get("Attributes")
         message_attributes = raw.get("MessageAttributes")
         return cls(
-            message_id=str(raw["MessageId"]),
-            receipt_handle=str(raw["ReceiptHandle"]),
-            body=str(raw.get("Body", "")),
-            attributes=dict(attributes) if attributes else {},
-            message_attributes={
-                str(k): MessageAttribute.from_sqs(v) for k, v in message_attributes.items()
-            }
+            str(raw["MessageId"]),
+            str(raw["ReceiptHandle"]),
+            str(raw.get("Body", "")),
+            attributes or {},
+            {str(k): MessageAttribute.from_sqs(v) for k, v in message_attributes.items()}
             if message_attributes
             else {},
         )

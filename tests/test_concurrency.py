@@ -190,6 +190,44 @@ async def test_runners_start_as_work_comes_run_at_most_size_and_take_the_queue_i
     assert all(t.done() and not t.cancelled() for t in runners.tasks)  # idle runners ended
 
 
+async def test_quick_items_submitted_together_run_on_one_runner_and_waiting_ones_each_get_one() -> None:
+    ran: list[tuple[str, str]] = []
+    gate = asyncio.Event()
+
+    async def run(item: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        ran.append((item, task.get_name()))
+        if item.startswith("wait"):
+            await gate.wait()
+
+    async with asyncio.TaskGroup() as group:
+        runners = _pool(group, 10, run)
+        for index in range(5):  # handlers that finish without waiting (a batch of a receive)
+            runners.submit(f"quick {index}")
+        await _settle()
+        # One runner started, and it ran them all one after another: no runner per item.
+        assert [item for item, _ in ran] == [f"quick {i}" for i in range(5)]
+        assert {name for _, name in ran} == {"h[runner 0]"}
+        assert len(runners.tasks) == 1
+        ran.clear()
+        for index in range(4):  # handlers that wait: each gets a runner of its own
+            runners.submit(f"wait {index}")
+        await _settle()
+        assert [item for item, _ in ran] == [f"wait {i}" for i in range(4)]
+        assert len({name for _, name in ran}) == 4  # all four run at once
+        assert len(runners) == 0
+        gate.set()
+        await _settle()
+        ran.clear()
+        for index in range(3):  # idle runners: the most recently busy one takes the batch
+            runners.submit(f"quick again {index}")
+        await _settle()
+        assert len({name for _, name in ran}) == 1
+        assert len(runners.tasks) == 4
+        runners.close()
+
+
 async def test_runner_woken_but_beaten_to_the_item_waits_on_and_nothing_stalls() -> None:
     work = _Work()
     async with asyncio.TaskGroup() as group:

@@ -11,7 +11,7 @@ from typing import cast
 import pytest
 
 from qworker.exceptions import AccessDenied, BadRequest, QueueUnavailable, ServerError, Throttled
-from qworker.outcome import Outcome, OutcomeRecord
+from qworker.outcome import Outcome, OutcomeRecord, RetryPolicy
 from qworker.role import Identity
 from qworker.testing import FakeQueueTransport, FakeSqs, ManualClock, consumer_for
 from qworker.transport import Message, QueueTransport, SendEntry
@@ -603,7 +603,9 @@ async def test_a_cancel_a_handler_swallowed_leaves_the_next_message_a_plain_fail
         elif body["n"] == 1:
             raise Crash("boom")  # not an Exception: only a real cancellation flows on
 
-    consumer = consumer_for(queue, handle, concurrency=1, sinks=[sink])
+    # (The failure stays hidden past the stop: no redelivery of it is held, and let go, then.)
+    retry = RetryPolicy(base_s=60, jitter=0)
+    consumer = consumer_for(queue, handle, concurrency=1, sinks=[sink], retry_policy=retry)
     run = asyncio.create_task(consumer.run())
     async with asyncio.timeout(5):
         await sink.wait_for(Outcome.FAILED, 1)
