@@ -270,7 +270,7 @@ class Runners(Generic[T]):
                 return
 
     def _wake_one(self) -> bool:
-        """Wake an idle runner, or start one while fewer than `size` run; False: every one is busy."""
+        """Wake an idle runner, or start one while fewer than `size` run (False: all are busy)."""
         idle = self._idle
         while idle:
             # The runner idle the shortest time: a few runners stay warm (in the CPU's caches)

@@ -190,7 +190,7 @@ async def test_runners_start_as_work_comes_run_at_most_size_and_take_the_queue_i
     assert all(t.done() and not t.cancelled() for t in runners.tasks)  # idle runners ended
 
 
-async def test_quick_items_submitted_together_run_on_one_runner_and_waiting_ones_each_get_one() -> None:
+async def test_quick_items_submitted_together_share_a_runner_waiting_ones_each_get_one() -> None:
     ran: list[tuple[str, str]] = []
     gate = asyncio.Event()
 
