@@ -107,7 +107,7 @@ class Dispatcher:
         self._layers = tuple(reversed(handler_middleware))
         # A batch handler's message joins a batch; any other calls its handler.
         self._base: Callable[[object, Message], Awaitable[None]] = (
-            BatchRunner(spec, spec.batch).submit if spec.batch is not None else spec.call
+            BatchRunner(spec, spec.batch).submit if spec.batch is not None else spec.caller()
         )
         # No middleware: the handler is called directly (nothing added per message).
         self._call = self._around if self._layers else self._base
@@ -179,10 +179,16 @@ class Dispatcher:
 
     async def _run(self, message: Message) -> OutcomeRecord:
         body = self._body
-        decoded = self._decode(message) if body is None else await self._prepare(body, message)
-        if isinstance(decoded, OutcomeRecord):
-            return decoded
-        message, argument = decoded
+        if body is None and self._unwrap is None:  # (most handlers: the body is the argument)
+            try:
+                argument = self.spec.decode(message)
+            except MessageDecodeError as exc:
+                return self.record(message, Outcome.REJECTED, error=str(exc)[:MAX_ERROR_CHARS])
+        else:
+            decoded = self._decode(message) if body is None else await self._prepare(body, message)
+            if isinstance(decoded, OutcomeRecord):
+                return decoded
+            message, argument = decoded
         started = self._clock()
         outcome, error, delay_s = Outcome.SUCCEEDED, None, None
         try:
@@ -191,20 +197,8 @@ class Dispatcher:
             else:
                 async with asyncio.timeout(self.timeout_s):
                     await self._call(argument, message)
-        except Retry as exc:
-            outcome, error, delay_s = Outcome.RETRIED, str(exc), exc.delay_s
-        except Reject as exc:
-            outcome, error = Outcome.REJECTED, exc.reason[:MAX_ERROR_CHARS]
-        except TimeoutError as exc:
-            outcome = Outcome.FAILED
-            error = (
-                f"handler timed out after {self.timeout_s:g} s"
-                if self.timeout_s is not None and self._clock() - started >= self.timeout_s
-                else _describe(exc)
-            )
         except Exception as exc:  # noqa: BLE001 (a handler's error is an outcome, never a crash)
-            outcome, error = Outcome.FAILED, _describe(exc)
-            self._failed(message, exc)
+            outcome, error, delay_s = self._failure(exc, message, started)
         except BaseException as exc:
             if _cancelled():
                 # A real cancellation (shutdown): the consumer releases the message. A handler
@@ -217,6 +211,24 @@ class Dispatcher:
         return self.record(
             message, outcome, duration_s=self._clock() - started, error=error, delay_s=delay_s
         )
+
+    def _failure(
+        self, exc: Exception, message: Message, started: float
+    ) -> tuple[Outcome, str, float | None]:
+        """The outcome, error text and delay of a handler that raised `exc`."""
+        if isinstance(exc, Retry):
+            return Outcome.RETRIED, str(exc), exc.delay_s
+        if isinstance(exc, Reject):
+            return Outcome.REJECTED, exc.reason[:MAX_ERROR_CHARS], None
+        if isinstance(exc, TimeoutError):
+            timed_out = self.timeout_s is not None and self._clock() - started >= self.timeout_s
+            return (
+                Outcome.FAILED,
+                f"handler timed out after {self.timeout_s:g} s" if timed_out else _describe(exc),
+                None,
+            )
+        self._failed(message, exc)
+        return Outcome.FAILED, _describe(exc), None
 
     async def _around(self, argument: object, message: Message) -> None:
         """The handler call inside the public middleware chain."""

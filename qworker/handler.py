@@ -22,7 +22,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, final, get_args, get_origin, get_type_hints
+from typing import Any, cast, final, get_args, get_origin, get_type_hints
 
 from pydantic import PydanticUserError, TypeAdapter, ValidationError
 
@@ -190,6 +190,22 @@ class HandlerSpec:
                 for e in exc.errors(include_url=False)[:5]
             )
             raise MessageDecodeError(f"invalid body: {summary}") from None
+
+    def caller(self) -> Callable[[object, Message], Awaitable[None]]:
+        """What calls the handler with `(argument, message)`.
+
+        `call`, or, for an async handler with nothing to inject, one that returns the handler's
+        own coroutine (awaited as it is: no coroutine of qworker's around it per message).
+        """
+        if not self.is_async or self.inject is not None:
+            return self.call
+        func = cast("Callable[..., Awaitable[None]]", self.func)  # checked by is_async
+        if self.message_param == _POSITIONAL:
+            return func
+        name = self.message_param
+        if not name:
+            return lambda argument, _: func(argument)
+        return lambda argument, message: func(argument, **{name: message})
 
     async def call(self, argument: object, message: Message) -> None:
         """Call the handler (a sync one in a worker thread).

@@ -137,11 +137,30 @@ def test_an_app_without_middleware_calls_the_handler_directly() -> None:
 
     spec = HandlerSpec.from_function(handle)
     plain = Dispatcher(spec, queue="q", identity=Identity())
-    assert plain._call == spec.call
+    # The call returns the handler's own coroutine: nothing of qworker's runs around it.
+    coroutine = plain._call(Order(order_id="o-1"), Message("m-1", "r-1", "{}"))
+    assert isinstance(coroutine, types.CoroutineType)
+    assert coroutine.cr_code is handle.__code__
+    coroutine.close()
     wrapped = Dispatcher(
         spec, queue="q", identity=Identity(), handler_middleware=[Recorder("m", [])]
     )
-    assert wrapped._call != spec.call
+    assert wrapped._call != plain._call
+
+
+async def test_a_handler_called_directly_gets_its_message_by_keyword_or_by_position() -> None:
+    seen: list[tuple[str, str]] = []
+
+    async def by_name(order: Order, *, meta: Message) -> None:
+        seen.append((order.order_id, meta.message_id))
+
+    async def by_position(order: Order, message: Message, /) -> None:
+        seen.append((order.order_id, message.message_id))
+
+    for handle in (by_name, by_position):
+        call = HandlerSpec.from_function(handle).caller()
+        await call(Order(order_id="o-1"), Message("m-1", "r-1", "{}"))
+    assert seen == [("o-1", "m-1"), ("o-1", "m-1")]
 
 
 def test_a_context_variable_set_by_middleware_reaches_the_handler_and_its_logs(
