@@ -1,8 +1,9 @@
 """Throughput against LocalStack: qworker vs a bare aiobotocore loop, on two workloads.
 
 One LocalStack, one process, interleaved rounds (the order of the async contenders rotates each
-round; the naive loop runs last). Each contender gets a fresh queue filled with the same small
-JSON bodies before its clock starts. Two workloads:
+round, and each pair compared, qworker and the bare loop on either workload, runs back to back,
+which one first alternating; the naive loop runs last). Each contender gets a fresh queue filled
+with the same small JSON bodies before its clock starts. Two workloads:
 
 **Drain** (a trivial async handler; `QWORKER_BENCH_MESSAGES` messages):
 
@@ -67,7 +68,7 @@ from qworker.testing import consumer_for
 from qworker.transport import MAX_BATCH, MESSAGE_ATTRIBUTES, SYSTEM_ATTRIBUTES, SqsTransport
 
 MESSAGES: Final = int(os.environ.get("QWORKER_BENCH_MESSAGES", "5000"))
-ROUNDS: Final = int(os.environ.get("QWORKER_BENCH_ROUNDS", "5"))
+ROUNDS: Final = int(os.environ.get("QWORKER_BENCH_ROUNDS", "7"))
 POLLERS: Final = int(os.environ.get("QWORKER_BENCH_POLLERS", "8"))
 CONCURRENCY: Final = int(os.environ.get("QWORKER_BENCH_CONCURRENCY", str(POLLERS * 10 * 2)))
 """Two full receives' worth of slots per poller: a poller never waits for capacity."""
@@ -90,6 +91,13 @@ CONTENDERS: Final = (
     "bare I/O-bound",
 )
 NAIVE: Final = "naive boto3 (1 msg)"
+BLOCKS: Final = (
+    ("qworker", "bare aiobotocore"),
+    ("qworker defaults",),
+    ("qworker + tracing 1.0",),
+    ("qworker I/O-bound", "bare I/O-bound"),
+)
+"""The contenders in the order of a round; a pair compared with each other runs back to back."""
 SEND_WAIT_S: Final = 20
 
 
@@ -489,12 +497,8 @@ async def measure(server: Server | None) -> Section:
         # Warm-up: connections, botocore's loaders, qworker's code paths. Not counted.
         for run_one in contenders.values():
             await run_one(WARMUP_MESSAGES)
-        names = list(contenders)
         for round_index in range(ROUNDS):
-            # The async contenders back to back, the order rotating, so each round's contenders
-            # see about the same machine; then the naive loop.
-            shift = round_index % len(names)
-            for name in [*names[shift:], *names[:shift], NAIVE]:
+            for name in round_order(round_index):
                 if name == NAIVE:
                     run = await run_naive(server, client, NAIVE_BUDGET_S)
                 else:
@@ -513,6 +517,23 @@ async def measure(server: Server | None) -> Section:
                 )
     shutdown()
     return _summarise(runs, load_before, loadavg(), defaults)
+
+
+def round_order(round_index: int) -> list[str]:
+    """The contenders of round `round_index`, in the order they run.
+
+    The async contenders back to back, the order of the blocks rotating, so each round's
+    contenders see about the same machine; then the naive loop. Each pair (qworker and the bare
+    loop, on either workload) runs back to back, which of the two goes first alternating from
+    one round to the next: the pair's per-round ratio compares runs seconds apart that follow
+    the same contenders equally often (a machine's slow spell, or what the run before left
+    behind, falls on both sides alike).
+    """
+    shift = round_index % len(BLOCKS)
+    order: list[str] = []
+    for block in (*BLOCKS[shift:], *BLOCKS[:shift]):
+        order.extend(block if round_index % 2 == 0 else reversed(block))
+    return [*order, NAIVE]
 
 
 def _total_cpu(entry: dict[str, Any]) -> float | None:
@@ -705,7 +726,9 @@ def _markdown(data: dict[str, Any], by_name: dict[str, list[Run]]) -> str:
         f"Drain: {data['messages']:,} messages per run; qworker tuned and the bare loop with "
         f"{data['pollers']} pollers, qworker concurrency {data['concurrency']}. I/O-bound: "
         f"{data['io_messages']:,} messages per run. {data['rounds']} interleaved rounds (the "
-        "order of the async contenders rotates each round, then the naive loop, which runs "
+        "order of the async contenders rotates each round; qworker and the bare loop of each "
+        "workload run back to back, which one first alternating from round to round; then the "
+        "naive loop, which runs "
         f"{data['naive_budget_s']:g} s). Fresh queue per run; LocalStack with "
         f"`SQS_DISABLE_CLOUDWATCH_METRICS=1`. Machine: {data['nproc']} CPUs, /proc/loadavg "
         f"{data['loadavg_before']} before and {data['loadavg_after']} after; the load column "

@@ -86,6 +86,26 @@ def test_client_cpu_ratio_pairs_each_round_with_the_bare_loop_of_that_round() ->
     assert data["client_cpu_ratio_of_medians"] == pytest.approx(275 / 250)
 
 
+def test_each_round_runs_every_contender_once_and_each_pair_back_to_back_alternating() -> None:
+    blocks = bench_throughput.BLOCKS
+    assert sorted(name for block in blocks for name in block) == sorted(bench_throughput.CONTENDERS)
+    pairs = [block for block in blocks if len(block) == 2]
+    assert ("qworker", "bare aiobotocore") in pairs
+    assert ("qworker I/O-bound", "bare I/O-bound") in pairs
+    firsts: dict[str, int] = {}
+    for index in range(8):
+        order = bench_throughput.round_order(index)
+        assert sorted(order) == sorted([*bench_throughput.CONTENDERS, bench_throughput.NAIVE])
+        assert order[-1] == bench_throughput.NAIVE
+        for one, other in pairs:
+            at = order.index(one)
+            assert abs(order.index(other) - at) == 1  # back to back
+            first = one if order.index(other) > at else other
+            firsts[first] = firsts.get(first, 0) + 1
+    # Over the rounds, each side of a pair goes first equally often.
+    assert firsts == {name: 4 for pair in pairs for name in pair}
+
+
 def test_results_summary_keeps_one_row_per_workload() -> None:
     section = bench_throughput._summarise(made_up_runs(), "1 2 3", "4 5 6", {"concurrency": 16})
     text = run_all.summary({"bench_throughput": Section("t", "", section.data)})
