@@ -182,9 +182,11 @@ class Runners(Generic[T]):
 
     `submit()` queues an item and wakes an idle runner, or starts a new one while fewer than
     `size` run (so a worker that never needs its whole concurrency never starts it); a runner
-    that finishes an item takes the next queued one without waiting. An item waits in the queue
-    while every runner is busy (a message held ahead, at its handler slot). Cheaper per item than
-    a task per item: no task, context copy or done callback, one wake-up.
+    that finishes an item takes the next queued one without waiting. Items submitted together
+    (a received batch) wake one runner; what is still queued after its turn (its item's handler
+    waits) wakes one more runner per item. An item waits in the queue while every runner is busy
+    (a message held ahead, at its handler slot). Cheaper per item than a task per item: no task,
+    context copy or done callback, and at most one wake-up.
 
     `close()` (shutdown) wakes every idle runner and starts one more for each queued item nobody
     idle takes: queued items are run at once (the consumer lets them go unstarted, as it is
@@ -265,9 +267,10 @@ class Runners(Generic[T]):
         self._topping = False
         if self.closed:
             return  # close() gave every queued item a runner
-        for _ in range(len(self._pending)):
-            if not self._wake_one():
-                return
+        with contextlib.suppress(RuntimeError):  # its task group is shutting down
+            for _ in range(len(self._pending)):
+                if not self._wake_one():
+                    return
 
     def _wake_one(self) -> bool:
         """Wake an idle runner, or start one while fewer than `size` run (False: all are busy)."""

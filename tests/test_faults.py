@@ -187,22 +187,33 @@ async def wait_journal(
         await asyncio.sleep(0.05)
 
 
+EMPTY_READINGS = 3
+"""Readings in a row that must find the queue empty (`wait_settled`)."""
+
+
 async def wait_settled(
     queues: Queues, workers: Sequence[WorkerProcess], timeout_s: float = WAIT_S
 ) -> None:
-    """Wait until the source queue is empty: every message deleted or moved to the DLQ."""
+    """Wait until the source queue is empty: every message deleted or moved to the DLQ.
+
+    The counts are approximate: read one after another, they can miss a message that moves
+    between them (one failing and coming back at once), so empty means empty in
+    `EMPTY_READINGS` readings in a row.
+    """
     names = [
         "ApproximateNumberOfMessages",
         "ApproximateNumberOfMessagesNotVisible",
         "ApproximateNumberOfMessagesDelayed",
     ]
     deadline = time.monotonic() + timeout_s
+    empty = 0
     while True:
         response = await queues.client.get_queue_attributes(
             QueueUrl=queues.url, AttributeNames=names
         )
         counts = {k: int(v) for k, v in response["Attributes"].items()}
-        if not any(counts.values()):
+        empty = 0 if any(counts.values()) else empty + 1
+        if empty >= EMPTY_READINGS:
             return
         for worker in workers:
             assert worker.alive, f"worker {worker.pid} died:\n{worker.tail()}"
