@@ -82,15 +82,6 @@ WARMUP_MESSAGES: Final = 500
 NAIVE_BUDGET_S: Final = float(os.environ.get("QWORKER_BENCH_NAIVE_S", "4"))
 NAIVE_MESSAGES: Final = 2000
 """Enough that the naive loop never runs dry within its budget."""
-CONTENDERS: Final = (
-    "qworker",
-    "bare aiobotocore",
-    "qworker defaults",
-    "qworker + tracing 1.0",
-    "qworker I/O-bound",
-    "bare I/O-bound",
-)
-NAIVE: Final = "naive boto3 (1 msg)"
 BLOCKS: Final = (
     ("qworker", "bare aiobotocore"),
     ("qworker defaults",),
@@ -98,6 +89,8 @@ BLOCKS: Final = (
     ("qworker I/O-bound", "bare I/O-bound"),
 )
 """The contenders in the order of a round; a pair compared with each other runs back to back."""
+CONTENDERS: Final = tuple(name for block in BLOCKS for name in block)
+NAIVE: Final = "naive boto3 (1 msg)"
 SEND_WAIT_S: Final = 20
 
 

@@ -131,12 +131,8 @@ class Dispatcher:
         delay_s: float | None = None,
     ) -> OutcomeRecord:
         """Build the record of `message`'s outcome."""
-        attributes = message.attributes
-        sent = attributes.get("SentTimestamp")
-        if message.message_attributes:  # a hand-back copy's counts are among them
-            receive_count, hops = message.effective_receive_count, message.hops
-        else:  # (most messages: what those properties give, without their calls)
-            receive_count, hops = int(attributes.get("ApproximateReceiveCount", "1")), 0
+        sent = message.sent_timestamp_s
+        receive_count, hops = message.budget_counts()
         # (Positional, in the fields' order: a frozen record built by keyword costs a microsecond
         # more per message; tests/test_dispatch.py checks the order.)
         return OutcomeRecord(
@@ -148,7 +144,7 @@ class Dispatcher:
             message.message_id,
             receive_count,
             duration_s,
-            max(0.0, self._wall_clock() - int(sent) / 1000) if sent else 0.0,
+            max(0.0, self._wall_clock() - sent) if sent is not None else 0.0,
             error,
             delay_s,
             True,  # noqa: FBT003 (settled)

@@ -185,6 +185,15 @@ class Message:
         """
         return self.prior_receives + self.receive_count
 
+    def budget_counts(self) -> tuple[int, int]:
+        """`(effective_receive_count, hops)` in one call (every outcome record asks for both).
+
+        A message without message attributes (most) is no hand-back copy: nothing to look up.
+        """
+        if not self.message_attributes:
+            return self.receive_count, 0
+        return self.effective_receive_count, self.hops
+
     def _count(self, name: str) -> int:
         """A non-negative integer attribute (absent or malformed: 0)."""
         if not self.message_attributes:

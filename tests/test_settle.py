@@ -827,6 +827,25 @@ def test_message_hops(raw: str | None, hops: int) -> None:
     assert Message("m", "r", "{}", message_attributes=attributes).hops == hops
 
 
+@pytest.mark.parametrize(
+    ("attributes", "counts"),
+    [
+        ({}, (2, 0)),
+        ({"qworker.hops": MessageAttribute("Number", "1")}, (2, 1)),
+        ({"qworker.receives": MessageAttribute("Number", "3")}, (5, 0)),
+        ({"other": MessageAttribute("String", "x")}, (2, 0)),
+    ],
+)
+def test_message_budget_counts_are_the_effective_receive_count_and_the_hops(
+    attributes: dict[str, MessageAttribute], counts: tuple[int, int]
+) -> None:
+    message = Message(
+        "m", "r", "{}", {"ApproximateReceiveCount": "2"}, message_attributes=attributes
+    )
+
+    assert message.budget_counts() == counts == (message.effective_receive_count, message.hops)
+
+
 def test_hand_back_entry_replaces_an_old_hop_count_within_the_limit() -> None:
     assert hand_back_entry(message_with(10), 1) is None
     message = message_with(9)
